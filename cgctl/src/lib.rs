@@ -1,5 +1,34 @@
 //! cgroup v2 tree for agentd sessions and tool calls.
 //!
-//! This crate will own the agentd hierarchy (`session-<id>/{agent,calls/<n>}`), typed limits,
-//! placement (cgroup fds for clone3), freeze/kill/cleanup, per-call reports and event
-//! streams, plus the `cgctl` CLI. Nothing is implemented yet (see the cgctl issue).
+//! agentd gives every tool call its own cgroup, because an agent's resource use is driven
+//! by individual calls (AgentCgroup measured memory bursts of up to 15x the average inside
+//! calls). This crate is a thin layer over cgroupfs with directory fds:
+//!
+//! - [`Root`] / [`Session`] / [`Call`]: the hierarchy
+//!   `agentd.slice/session-<id>/{agent,calls/<n>}` with controllers enabled down the tree;
+//! - [`Limits`]: typed knobs, refused with a typed error when the kernel lacks them;
+//! - [`Command::spawn_into`]: start a process directly inside a call cgroup (clone3
+//!   `CLONE_INTO_CGROUP`), or [`Cgroup::add_pid`] to move an existing one;
+//! - [`Cgroup::freeze`], [`Cgroup::thaw`], [`Cgroup::kill`], [`Cgroup::wait_empty`],
+//!   [`Call::finish`], [`Root::sweep`]: lifecycle and cleanup;
+//! - [`Report`] / [`Stats`]: per-call statistics; [`EventWatcher`]: async memory/cgroup
+//!   events of a subtree;
+//! - [`fs::Backend`]: the seam that lets all of it run against a fake cgroupfs in tests.
+
+pub mod cgroup;
+pub mod discover;
+pub mod error;
+pub mod events;
+pub mod fs;
+pub mod limits;
+pub mod spawn;
+pub mod stats;
+pub mod tree;
+
+pub use cgroup::{CONTROLLERS, Cgroup};
+pub use error::{Error, Result};
+pub use events::{Event, EventKind, EventWatcher};
+pub use limits::{CpuMax, IoMax, Limits, Max};
+pub use spawn::{Child, Command, Placement, Stdio};
+pub use stats::{Report, Stats};
+pub use tree::{Call, Root, Session, SweepReport};
