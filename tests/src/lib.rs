@@ -23,3 +23,23 @@ pub mod vm;
 pub const VM_ENV: &str = "AGENTD_TEST_VM";
 /// File the VM init writes (content: the kernel flavour, see [`vm::Kernel`]).
 pub const VM_MARKER: &str = "/run/agentd-test-vm";
+
+use std::path::PathBuf;
+
+/// Path of a binary of this workspace (`agentd`, `cgctl`, …) built next to the running test
+/// executable (`target/<profile>/deps/<test>` → `target/<profile>/<name>`). `cargo xtask
+/// vm-test` builds every workspace binary before it boots the VM.
+pub fn project_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        bin.display()
+    );
+    bin
+}

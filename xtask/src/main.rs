@@ -1,1 +1,212 @@
-fn main() {}
+//! `cargo xtask`: the project's automation — install build dependencies, run the privileged
+//! tests in a QEMU VM on a real Debian kernel, run any command in that VM, run every test.
+
+mod apt;
+mod build;
+mod deps;
+mod initramfs;
+mod kernel;
+mod run;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::initramfs::{Payload, sh_quote};
+use crate::kernel::Flavour;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "agentd development automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install build and test dependencies (Debian packages, QEMU, virtiofsd, VM kernels).
+    Deps,
+    /// Build the privileged tests and run them inside the VM.
+    VmTest {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Only tests whose name contains this (libtest filter).
+        filter: Option<String>,
+    },
+    /// Run a command inside the VM (host root shared read-only, workspace writable, the
+    /// project's binaries on PATH) and exit with its status.
+    VmRun {
+        #[command(flatten)]
+        vm: VmArgs,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Every test: unit tests on the host, then the privileged tests in the VM on both kernels.
+    Test {
+        /// VM settings for both boots.
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+struct VmArgs {
+    /// Kernel to boot.
+    #[arg(long, value_enum, default_value = "sched-ext")]
+    kernel: Flavour,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    memory: u32,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Hard limit for the whole VM run, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout: u64,
+    /// Show kernel messages on the console.
+    #[arg(long)]
+    verbose: bool,
+}
+
+impl VmArgs {
+    fn config(&self) -> vm::VmConfig {
+        vm::VmConfig {
+            memory_mib: self.memory,
+            cpus: self.cpus,
+            timeout: Duration::from_secs(self.timeout),
+            verbose: self.verbose,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<u8> {
+    let ws = workspace_root()?;
+    match cmd {
+        Cmd::Deps => deps::install(&ws).map(|()| 0),
+        Cmd::VmTest { vm, filter } => {
+            let (passed, failed, status) = vm_test(&ws, &vm, filter.as_deref())?;
+            println!("vm-test ({}): {passed} passed, {failed} failed", vm.kernel.name());
+            Ok(exit_byte(status))
+        }
+        Cmd::VmRun { vm, command } => vm_run(&ws, &vm, &command).map(exit_byte),
+        Cmd::Test { vm } => test_all(&ws, &vm),
+    }
+}
+
+fn exit_byte(status: i32) -> u8 {
+    u8::try_from(status).unwrap_or(1)
+}
+
+/// Builds and runs the privileged tests in one boot; returns (passed, failed, status).
+fn vm_test(ws: &Path, args: &VmArgs, filter: Option<&str>) -> Result<(u64, u64, i32)> {
+    let bins = build::workspace_binaries()?;
+    let tests = build::privileged_tests()?;
+    let mut script = String::from("rc=0\necho \"agentd-vm: kernel $(uname -r)\"\n");
+    for t in &tests {
+        let t = sh_quote(&t.to_string_lossy());
+        let f = filter.map(sh_quote).unwrap_or_default();
+        script.push_str(&format!(
+            "echo \"agentd-vm: running {t}\"\n{t} --ignored --test-threads=1 {f} || rc=1\n"
+        ));
+    }
+    script.push_str("exit $rc\n");
+    let outcome = boot(ws, args, &bins, script)?;
+    let (passed, failed, ignored) = build::tally(&outcome.lines);
+    println!(
+        "vm-test: kernel {} ({}, {}): {passed} passed, {failed} failed, {ignored} ignored, {} binaries, {:.1} s",
+        kernel_version(ws, args.kernel)?,
+        args.kernel.name(),
+        vm::accel_name(),
+        tests.len(),
+        outcome.elapsed.as_secs_f64()
+    );
+    Ok((passed, failed, outcome.status))
+}
+
+fn vm_run(ws: &Path, args: &VmArgs, command: &[String]) -> Result<i32> {
+    let bins = build::workspace_binaries()?;
+    let quoted: Vec<String> = command.iter().map(|a| sh_quote(a)).collect();
+    let script = format!("exec {}\n", quoted.join(" "));
+    Ok(boot(ws, args, &bins, script)?.status)
+}
+
+fn boot(ws: &Path, args: &VmArgs, bins: &[PathBuf], script: String) -> Result<vm::Outcome> {
+    let kernel = kernel::prepare(ws, args.kernel)?;
+    let mut path_dirs: Vec<String> = bins
+        .iter()
+        .filter_map(|b| b.parent())
+        .map(|d| d.to_string_lossy().into_owned())
+        .collect();
+    path_dirs.dedup();
+    eprintln!(
+        "vm: booting {} ({}, {}) with {} MiB, {} CPUs",
+        kernel.version,
+        args.kernel.name(),
+        vm::accel_name(),
+        args.memory,
+        args.cpus
+    );
+    let payload = Payload {
+        flavour: args.kernel,
+        kernel: &kernel,
+        workspace: ws,
+        path_dirs,
+        script,
+    };
+    vm::run(&args.config(), &payload, |line| println!("{line}"))
+}
+
+fn kernel_version(ws: &Path, flavour: Flavour) -> Result<String> {
+    Ok(kernel::prepare(ws, flavour)?.version)
+}
+
+/// Unit tests on the host, then the privileged tests on both kernels.
+fn test_all(ws: &Path, args: &VmArgs) -> Result<u8> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let host_ok = Command::new(&cargo)
+        .args(["test", "--workspace"])
+        .status()
+        .context("running cargo test")?
+        .success();
+    let mut totals = (0, 0);
+    let mut all_ok = host_ok;
+    for flavour in Flavour::ALL {
+        let a = VmArgs {
+            kernel: flavour,
+            ..args.clone()
+        };
+        let (p, f, status) = vm_test(ws, &a, None)?;
+        totals.0 += p;
+        totals.1 += f;
+        all_ok &= status == 0;
+    }
+    println!(
+        "xtask test: host unit tests {}; VM tests on both kernels:",
+        if host_ok { "passed" } else { "FAILED" }
+    );
+    println!("vm-tests: {} passed, {} failed", totals.0, totals.1);
+    Ok(if all_ok { 0 } else { 1 })
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}

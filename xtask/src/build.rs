@@ -1,0 +1,87 @@
+//! Building the project's binaries and privileged test executables through cargo's JSON
+//! messages, so the VM gets exact paths whatever the target directory is.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// The package whose tests run inside the VM.
+pub const PRIVILEGED_TESTS_PACKAGE: &str = "agentd-tests";
+
+/// Builds every workspace binary; returns their paths.
+pub fn workspace_binaries() -> Result<Vec<PathBuf>> {
+    executables(&["build", "--workspace", "--bins"], false)
+}
+
+/// Builds the privileged test executables; returns their paths.
+pub fn privileged_tests() -> Result<Vec<PathBuf>> {
+    executables(&["test", "-p", PRIVILEGED_TESTS_PACKAGE, "--no-run"], true)
+}
+
+fn executables(args: &[&str], tests: bool) -> Result<Vec<PathBuf>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(&cargo)
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cargo} {}", args.join(" ")))?;
+    let stdout = child.stdout.take().context("cargo stdout")?;
+    let mut found = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"].as_bool() != Some(tests)
+        {
+            continue;
+        }
+        if let Some(exe) = msg["executable"].as_str() {
+            found.push(PathBuf::from(exe));
+        }
+    }
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("cargo {} failed: {st}", args.join(" "));
+    }
+    Ok(found)
+}
+
+/// Sums libtest's `test result:` lines: (passed, failed, ignored).
+pub fn tally(lines: &[String]) -> (u64, u64, u64) {
+    let mut t = (0, 0, 0);
+    for line in lines {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            continue;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => t.0 += n,
+                    "failed" => t.1 += n,
+                    "ignored" => t.2 += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tallies_libtest_summaries() {
+        let lines = vec![
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 2 filtered out; finished in 0.10s".to_string(),
+            "noise".to_string(),
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out".to_string(),
+        ];
+        assert_eq!(super::tally(&lines), (4, 2, 1));
+    }
+}

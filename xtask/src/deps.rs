@@ -1,0 +1,122 @@
+//! `cargo xtask deps`: installs what builds and tests need on a Debian bookworm machine,
+//! idempotently, saying what it installs. Host apt sources are never changed: suites the host
+//! does not list are reached through a private apt configuration under `target/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::apt::{PrivateApt, host_codename};
+use crate::run::status;
+
+/// Packages from the host's own release (pinned with `-t <codename>`), with why we need them.
+const HOST_PACKAGES: &[(&str, &str)] = &[
+    ("clang-19", "compiles the BPF C programs (scx_cargo refuses clang < 18)"),
+    ("llvm-19", "llvm-strip for BPF objects"),
+    ("libelf-dev", "libbpf-sys builds libbpf statically against libelf"),
+    ("zlib1g-dev", "libbpf-sys"),
+    ("pkg-config", "libbpf-sys and libseccomp-sys find their libraries"),
+    ("libseccomp-dev", "the libseccomp crate; virtiofsd"),
+    ("libcap-ng-dev", "virtiofsd"),
+    ("busybox-static", "the test VM's initramfs"),
+    ("zstd", "Debian kernel packages are zstd-compressed"),
+    ("xz-utils", "kernel modules are xz-compressed"),
+    ("bubblewrap", "benchmark baseline: a new bwrap sandbox per call"),
+    ("crun", "benchmark baseline: crun run/exec"),
+];
+
+/// QEMU comes from `<codename>-backports`: bookworm's 7.2 would replace the machine's
+/// qemu-utils 10.
+const QEMU_PACKAGE: &str = "qemu-system-x86";
+
+/// The virtiofsd release that shares the host root with the test VM (crates.io).
+pub const VIRTIOFSD_VERSION: &str = "1.14.0";
+
+/// Installs everything; prints one line per item saying whether it was already there.
+pub fn install(workspace: &Path) -> Result<()> {
+    if !is_root() {
+        bail!("cargo xtask deps installs Debian packages: run it as root");
+    }
+    let codename = host_codename()?;
+    let missing: Vec<&str> = HOST_PACKAGES
+        .iter()
+        .filter(|(p, _)| !dpkg_installed(p))
+        .map(|(p, _)| *p)
+        .collect();
+    for (p, why) in HOST_PACKAGES {
+        let state = if missing.contains(p) { "installing" } else { "present" };
+        println!("deps: {p:<16} {state:<10} ({why})");
+    }
+    let apt_dir = workspace.join("target/apt-host");
+    let backports = format!("{codename}-backports");
+    let need_qemu = !dpkg_installed(QEMU_PACKAGE);
+    println!(
+        "deps: {QEMU_PACKAGE:<16} {:<10} (the test VM; from {backports})",
+        if need_qemu { "installing" } else { "present" }
+    );
+    if !missing.is_empty() || need_qemu {
+        let apt = PrivateApt::for_installs(&apt_dir, &[&backports])?;
+        apt.update()?;
+        if !missing.is_empty() {
+            apt.install(&codename, &missing)?;
+        }
+        if need_qemu {
+            apt.install(&backports, &[QEMU_PACKAGE])?;
+        }
+    }
+    let vfsd = virtiofsd_path()?;
+    if vfsd.exists() {
+        println!("deps: virtiofsd       present    ({})", vfsd.display());
+    } else {
+        println!("deps: virtiofsd       installing (cargo install virtiofsd {VIRTIOFSD_VERSION})");
+        let root = vfsd
+            .parent()
+            .and_then(Path::parent)
+            .context("virtiofsd path has no root")?;
+        status(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["install", "--locked", "--quiet", "--version", VIRTIOFSD_VERSION])
+                .arg("--root")
+                .arg(root)
+                .arg("virtiofsd")
+                // Its own target dir: never contend with the workspace's build lock.
+                .env("CARGO_TARGET_DIR", root.join("build")),
+        )?;
+        std::fs::remove_dir_all(root.join("build")).ok();
+    }
+    for flavour in crate::kernel::Flavour::ALL {
+        let k = crate::kernel::prepare(workspace, flavour)?;
+        println!("deps: kernel {:<10} present    ({})", flavour.name(), k.version);
+    }
+    Ok(())
+}
+
+/// Where virtiofsd is installed: a per-user cache so clean clones on the same machine do not
+/// rebuild it (`AGENTD_VIRTIOFSD` overrides).
+pub fn virtiofsd_path() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("AGENTD_VIRTIOFSD") {
+        return Ok(PathBuf::from(p));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set")?;
+    Ok(cache
+        .join("agentd/tools")
+        .join(format!("virtiofsd-{VIRTIOFSD_VERSION}"))
+        .join("bin/virtiofsd"))
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "install ok installed")
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
