@@ -323,7 +323,7 @@ impl Cgroup {
         // Watch before the first read, so a change between the read and the poll is not lost.
         inotify::add_watch(
             &ino,
-            &self.path.join("cgroup.events"),
+            self.path.join("cgroup.events"),
             inotify::WatchFlags::MODIFY,
         )
         .map_err(|e| Error::io("inotify_add_watch on cgroup.events", e))?;

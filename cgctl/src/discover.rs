@@ -47,26 +47,32 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The first cgroup2 mount whose root offers controllers.
+/// The first cgroup2 mount whose root offers the memory controller (agentd's per-call
+/// control is pointless without it; hybrid hosts offer at most leftovers like hugetlb on
+/// their cgroup2 mount).
 pub fn cgroup2_with_controllers(mountinfo: &str) -> Result<PathBuf> {
     let mounts = cgroup2_mounts(mountinfo);
+    let mut seen = Vec::new();
     for m in &mounts {
         let ctrl = std::fs::read_to_string(m.join("cgroup.controllers")).unwrap_or_default();
-        if !ctrl.trim().is_empty() {
+        if ctrl.split_whitespace().any(|c| c == "memory") {
             return Ok(m.clone());
         }
+        let offered = if ctrl.trim().is_empty() {
+            "no controllers".to_string()
+        } else {
+            format!("only [{}]", ctrl.trim())
+        };
+        seen.push(format!("{} offers {offered}", m.display()));
     }
     Err(Error::NoHierarchy(if mounts.is_empty() {
         "no cgroup2 filesystem is mounted (see /proc/self/mountinfo)".to_string()
     } else {
         format!(
-            "no cgroup2 hierarchy with controllers: {} offer(s) none (a hybrid cgroup host \
-             keeps memory/cpu on cgroup v1); pass --root to point at an agentd root",
-            mounts
-                .iter()
-                .map(|m| m.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "no cgroup2 hierarchy with controllers (memory, cpu, pids): {} — this looks like \
+             a hybrid cgroup host that keeps memory/cpu on cgroup v1; pass --root to point \
+             at an agentd root",
+            seen.join("; ")
         )
     }))
 }
@@ -147,7 +153,13 @@ mod tests {
         );
         let e = cgroup2_with_controllers(&info).unwrap_err().to_string();
         assert!(e.contains("no cgroup2 hierarchy with controllers"), "{e}");
-        assert!(e.contains(&dir.path().display().to_string()), "{e}");
+        assert!(
+            e.contains(&format!("{} offers no controllers", dir.path().display())),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("cgroup.controllers"), "hugetlb\n").unwrap();
+        let e = cgroup2_with_controllers(&info).unwrap_err().to_string();
+        assert!(e.contains("offers only [hugetlb]"), "{e}");
         let e = cgroup2_with_controllers("").unwrap_err().to_string();
         assert!(e.contains("no cgroup2 filesystem"), "{e}");
 

@@ -85,8 +85,8 @@ pub(crate) fn open_dir(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
 pub(crate) fn child_dirs(dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
     let fd = open_dir(dir, ".")?;
     let mut out = Vec::new();
-    let mut iter = rustix::fs::Dir::read_from(&fd)?;
-    while let Some(entry) = iter.next() {
+    let iter = rustix::fs::Dir::read_from(&fd)?;
+    for entry in iter {
         let entry = entry?;
         if entry.file_type() != rustix::fs::FileType::Directory {
             continue;
@@ -230,8 +230,8 @@ impl Backend for Fake {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
         let mut files = Vec::new();
-        let mut iter = rustix::fs::Dir::read_from(&child)?;
-        while let Some(entry) = iter.next() {
+        let iter = rustix::fs::Dir::read_from(&child)?;
+        for entry in iter {
             let entry = entry?;
             if entry.file_type() == rustix::fs::FileType::RegularFile {
                 files.push(entry.file_name().to_owned());

@@ -2,6 +2,9 @@
 //! cgroupfs root (a tempdir populated by `fs::Fake`); the real kernel is exercised by the
 //! VM tests in `tests/tests/cgctl.rs`.
 
+// Test helpers outside #[test] fns may unwrap too (a failure is a test failure).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
