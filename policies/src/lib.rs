@@ -1,5 +1,38 @@
-//! agentd policy files.
+//! agentd policy files: schema, validation with file:line:column errors, profile layering,
+//! host caps, and resolution to a pure [`Plan`].
 //!
-//! This crate will own the policy schema (`.agentd/policy.toml`, profiles, host policy),
-//! validation with file:line:column errors, layering, and resolution to a pure `Plan`.
-//! Nothing is implemented yet (see the Policy files issue).
+//! Pipeline: text → [`validate`] (per file) → [`load_stack`] (host → profile → repo → command
+//! line) → [`resolve_stack`] → [`Plan`]; [`Plan::call`] turns a command and a declared intent
+//! into the call's limits and decisions. [`load`] does all of it. Which keys this build
+//! enforces is decided by ONE table, [`enforcement::TABLE`]; everything else is refused.
+//!
+//! Modules: `units` (sizes, durations, CPU), `error` (diagnostics), `schema` (file format),
+//! `enforcement` (the table), `validate` (one file), `layer` (layers and merging), `plan`
+//! (resolution), `load` (files, extends, examples), `cli` (the `policy` commands).
+
+pub mod cli;
+pub mod enforcement;
+pub mod error;
+pub mod layer;
+pub mod load;
+pub mod plan;
+pub mod schema;
+pub mod units;
+pub mod validate;
+
+pub use error::{Diagnostic, DiagnosticKind, PolicyError};
+pub use layer::{Layer, LayerKind, Mechanism, Origin, merge, merge_all};
+pub use load::{
+    FileKind, Files, HOST_POLICY, LoadOptions, MemFs, PROFILES, REPO_POLICY, RealFs, Stack, load,
+    load_stack, resolve_stack,
+};
+pub use plan::{CallLimit, CallPlan, CapRef, DeclaredIntent, Decider, Limit, Plan};
+pub use schema::{CpuClass, Effect, json_schema};
+pub use units::{Cpu, Duration, Size};
+pub use validate::validate;
+
+/// Parse and validate one file on its own (no layering): the fuzz target's entry point.
+/// Never panics; returns the diagnostics.
+pub fn check_text(name: &str, text: &str) -> Vec<Diagnostic> {
+    validate(name, text, LayerKind::Repo).1
+}

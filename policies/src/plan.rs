@@ -1,0 +1,483 @@
+//! Resolution: a stack of validated layers → a pure `Plan`, and `Plan::call` (command argv +
+//! declared intent → the call's limits and decisions). Owns the host-cap rules: repo and
+//! command-line values above a host cap are refused (the error names the cap), profile values
+//! are clamped (so shipped profiles work on small hosts), and every clamp is recorded with the
+//! cap that caused it. A declared intent may lower a limit, never raise it.
+
+use std::fmt;
+
+use globset::{Glob, GlobMatcher};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Diagnostic, DiagnosticKind};
+use crate::layer::{ArgvPattern, CompiledPattern, Layer, LayerKind, Mechanism, Origin, Val};
+use crate::layer::merge_all;
+use crate::schema::{CpuClass, Effect, WorkspaceMode};
+use crate::units::{Cpu, Duration, Size};
+
+/// A cap that lowered a value: where it is set and its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CapRef {
+    pub origin: Origin,
+    pub value: String,
+}
+
+impl fmt::Display for CapRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.origin.layer == LayerKind::Builtin {
+            write!(f, "{}: {} = {}", self.origin.file, self.origin.key, self.value)
+        } else {
+            write!(f, "{} {}: {} = {}", self.origin.layer, self.origin.file, self.origin.key, self.value)
+        }
+    }
+}
+
+/// A resolved value: where it came from and, if it was lowered, by which cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limit<T> {
+    pub value: T,
+    pub from: Origin,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capped_by: Option<CapRef>,
+}
+
+/// A layer of the resolved stack, bottom first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerInfo {
+    pub kind: LayerKind,
+    pub file: String,
+    /// True for the `default` profile a repo policy gets when it has no `extends`.
+    pub implied: bool,
+}
+
+/// Environment passed into the session: allowed globs minus denied globs (deny wins).
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvPlan {
+    pub allow: Vec<String>,
+    pub allow_from: Origin,
+    pub deny: Vec<Val<String>>,
+    #[serde(skip)]
+    allow_m: Vec<GlobMatcher>,
+    #[serde(skip)]
+    deny_m: Vec<GlobMatcher>,
+}
+
+/// Session-wide part of the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionPlan {
+    pub memory: Limit<Size>,
+    pub cpu: Limit<Cpu>,
+    pub pids: Limit<u32>,
+    pub timeout: Limit<Duration>,
+    pub env: EnvPlan,
+    /// Only the overlay workspace exists in this build.
+    pub workspace: WorkspaceMode,
+    /// Only the host root (read-only) exists in this build.
+    pub root: String,
+    /// Always off in this build (the network proxy is not enforced yet).
+    pub network: String,
+}
+
+/// Default limits of a call that no intent rule matches.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallDefaults {
+    pub memory: Limit<Size>,
+    pub cpu_class: Limit<CpuClass>,
+    pub timeout: Limit<Duration>,
+    pub pids: Limit<u32>,
+}
+
+/// An intent rule as resolved (its limits already within the caps).
+#[derive(Debug, Clone, Serialize)]
+pub struct RulePlan {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub patterns: Vec<ArgvPattern>,
+    pub origin: Origin,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Limit<Size>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_class: Option<Limit<CpuClass>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Limit<Duration>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<Limit<u32>>,
+    #[serde(skip)]
+    compiled: Vec<CompiledPattern>,
+}
+
+/// The resolved policy: pure data, applied by agentd through the kernel-facing crates.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub layers: Vec<LayerInfo>,
+    /// Mechanisms that must be present or the session is refused.
+    pub require: Vec<Val<Mechanism>>,
+    pub session: SessionPlan,
+    pub call_defaults: CallDefaults,
+    /// Tried in order; the first match decides the call's intent.
+    pub intents: Vec<RulePlan>,
+}
+
+/// What a caller declares about a tool call. Every field may only lower a limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclaredIntent {
+    pub memory: Option<Size>,
+    pub cpu_class: Option<CpuClass>,
+    pub timeout: Option<Duration>,
+    pub pids: Option<u32>,
+}
+
+/// Who decided a call's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "by", rename_all = "kebab-case")]
+pub enum Decider {
+    /// The caller's declared intent (lower than what policy allows).
+    Declared,
+    /// An intent rule.
+    Rule { name: String, origin: Origin },
+    /// `resources.call` defaults (no rule set this value).
+    Default { origin: Origin },
+}
+
+/// One limit of a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallLimit<T> {
+    pub value: T,
+    pub decided_by: Decider,
+    /// The most policy allows for this call.
+    pub allowed: T,
+    /// The cap that lowered `allowed` below what the rule or default asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capped_by: Option<CapRef>,
+    /// A declared value above `allowed`, lowered to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declared_clamped: Option<T>,
+}
+
+/// The exec decision for a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub effect: Effect,
+    pub reason: String,
+}
+
+/// Everything policy decides about one call.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallPlan {
+    pub argv: Vec<String>,
+    /// The matching intent rule, if any.
+    pub rule: Option<String>,
+    pub memory: CallLimit<Size>,
+    pub cpu_class: CallLimit<CpuClass>,
+    pub timeout: CallLimit<Duration>,
+    pub pids: CallLimit<u32>,
+    pub exec: Decision,
+    pub network: String,
+}
+
+/// A resolved layer stack entry, as `resolve_layers` needs it.
+#[derive(Debug, Clone)]
+pub struct StackLayer<'a> {
+    pub info: LayerInfo,
+    pub layer: &'a Layer,
+}
+
+fn cap_ref<T: fmt::Display>(v: &Val<T>) -> CapRef {
+    CapRef {
+        origin: v.origin.clone(),
+        value: v.value.to_string(),
+    }
+}
+
+/// Lower `v` to the smallest cap below it; report refusals for host-bound layers.
+fn clamp<T: Ord + Copy + fmt::Display>(
+    v: &Val<T>,
+    caps: &[Option<CapVal<T>>],
+    diags: &mut Vec<Diagnostic>,
+) -> Limit<T> {
+    let mut out = Limit {
+        value: v.value,
+        from: v.origin.clone(),
+        capped_by: None,
+    };
+    // Report only the tightest host cap a value exceeds (one error per value).
+    let mut refused = None;
+    for cap in caps.iter().flatten() {
+        if out.value > cap.value {
+            if v.origin.layer.bound_by_host() && cap.host {
+                refused = Some(cap.r.clone());
+            }
+            out.value = cap.value;
+            out.capped_by = Some(cap.r.clone());
+        }
+    }
+    if let Some(cap) = refused {
+        diags.push(exceeds(&v.origin, &v.value.to_string(), &cap));
+    }
+    out
+}
+
+/// A cap value: `host` caps refuse repo/CLI values; session caps only clamp.
+#[derive(Debug, Clone)]
+struct CapVal<T> {
+    value: T,
+    r: CapRef,
+    host: bool,
+}
+
+fn host_cap<T: Copy + fmt::Display>(v: &Option<Val<T>>) -> Option<CapVal<T>> {
+    v.as_ref().map(|v| CapVal {
+        value: v.value,
+        r: cap_ref(v),
+        host: true,
+    })
+}
+
+fn limit_cap<T: Copy + fmt::Display>(l: &Limit<T>) -> Option<CapVal<T>> {
+    Some(CapVal {
+        value: l.value,
+        r: CapRef {
+            origin: l.from.clone(),
+            value: l.value.to_string(),
+        },
+        host: false,
+    })
+}
+
+fn exceeds(origin: &Origin, value: &str, cap: &CapRef) -> Diagnostic {
+    Diagnostic {
+        kind: DiagnosticKind::ExceedsHostCap,
+        file: origin.file.clone(),
+        line: origin.line,
+        column: origin.column,
+        key: Some(origin.key.clone()),
+        message: format!("`{} = {value}` exceeds the host cap: {cap}", origin.key),
+        hint: Some(format!(
+            "a {} may tighten but never exceed the host policy; lower it to at most {}",
+            origin.layer, cap.value
+        )),
+    }
+}
+
+fn builtin_missing(key: &str) -> Diagnostic {
+    Diagnostic {
+        kind: DiagnosticKind::Invalid,
+        file: "built-in host defaults".into(),
+        line: 0,
+        column: 0,
+        key: Some(key.into()),
+        message: format!("no layer sets `{key}`"),
+        hint: None,
+    }
+}
+
+fn req<'a, T>(v: &'a Option<Val<T>>, key: &str, d: &mut Vec<Diagnostic>) -> Option<&'a Val<T>> {
+    if v.is_none() {
+        d.push(builtin_missing(key));
+    }
+    v.as_ref()
+}
+
+fn compile_globs(list: &[String]) -> Vec<GlobMatcher> {
+    list.iter()
+        .filter_map(|g| Glob::new(g).ok().map(|g| g.compile_matcher()))
+        .collect()
+}
+
+/// Resolve a stack (bottom first). Always returns the diagnostics found (host-cap refusals);
+/// returns a plan only when every required value is set (the built-in host layer sets all).
+pub fn resolve_layers(stack: &[StackLayer<'_>]) -> (Option<Plan>, Vec<Diagnostic>) {
+    let mut d = Vec::new();
+    let host = merge_all(
+        stack
+            .iter()
+            .filter(|s| matches!(s.info.kind, LayerKind::Builtin | LayerKind::Host))
+            .map(|s| s.layer),
+    );
+    let caps = &host.caps;
+    let all = merge_all(stack.iter().map(|s| s.layer));
+
+    // Network: only the host may allow lower layers to turn it on.
+    if let Some(on) = all.network_enabled.as_ref().filter(|v| v.value) {
+        let denied = caps.network_enabled.as_ref().filter(|c| !c.value);
+        if let (Some(cap), true) = (denied, on.origin.layer.bound_by_host()) {
+            let mut e = exceeds(&on.origin, "true", &cap_ref(cap));
+            e.hint = Some(format!(
+                "the host does not let a {} turn the network on; remove `network.enabled`",
+                on.origin.layer
+            ));
+            d.push(e);
+        }
+    }
+
+    let (Some(mem), Some(cpu), Some(pids), Some(timeout)) = (
+        req(&all.memory, "resources.memory", &mut d),
+        req(&all.cpu, "resources.cpu", &mut d),
+        req(&all.pids, "resources.pids", &mut d),
+        req(&all.session_timeout, "session.timeout", &mut d),
+    ) else {
+        return (None, d);
+    };
+    let (Some(c_mem), Some(c_class), Some(c_timeout), Some(c_pids), Some(env)) = (
+        req(&all.call.memory, "resources.call.memory", &mut d),
+        req(&all.call.cpu_class, "resources.call.cpu_class", &mut d),
+        req(&all.call.timeout, "resources.call.timeout", &mut d),
+        req(&all.call.pids, "resources.call.pids", &mut d),
+        req(&all.env, "session.env", &mut d),
+    ) else {
+        return (None, d);
+    };
+
+    let s_mem = clamp(mem, &[host_cap(&caps.memory)], &mut d);
+    let s_cpu = clamp(cpu, &[host_cap(&caps.cpu)], &mut d);
+    let s_pids = clamp(pids, &[host_cap(&caps.pids)], &mut d);
+    let s_timeout = clamp(timeout, &[host_cap(&caps.session_timeout)], &mut d);
+
+    let mem_caps = [host_cap(&caps.call_memory), host_cap(&caps.memory), limit_cap(&s_mem)];
+    let timeout_caps = [
+        host_cap(&caps.call_timeout),
+        host_cap(&caps.session_timeout),
+        limit_cap(&s_timeout),
+    ];
+    let pids_caps = [host_cap(&caps.pids), limit_cap(&s_pids)];
+
+    let call_defaults = CallDefaults {
+        memory: clamp(c_mem, &mem_caps, &mut d),
+        cpu_class: clamp(c_class, &[], &mut d),
+        timeout: clamp(c_timeout, &timeout_caps, &mut d),
+        pids: clamp(c_pids, &pids_caps, &mut d),
+    };
+
+    let intents = all
+        .intents
+        .iter()
+        .map(|r| RulePlan {
+            name: r.name.clone(),
+            patterns: r.patterns.clone(),
+            origin: r.origin.clone(),
+            memory: r.limits.memory.as_ref().map(|v| clamp(v, &mem_caps, &mut d)),
+            cpu_class: r.limits.cpu_class.as_ref().map(|v| clamp(v, &[], &mut d)),
+            timeout: r.limits.timeout.as_ref().map(|v| clamp(v, &timeout_caps, &mut d)),
+            pids: r.limits.pids.as_ref().map(|v| clamp(v, &pids_caps, &mut d)),
+            compiled: r
+                .patterns
+                .iter()
+                .filter_map(|p| ArgvPattern::compile(&p.text).ok())
+                .collect(),
+        })
+        .collect();
+
+    let deny: Vec<String> = all.env_deny.iter().map(|v| v.value.clone()).collect();
+    let plan = Plan {
+        layers: stack.iter().map(|s| s.info.clone()).collect(),
+        require: all.require.clone(),
+        session: SessionPlan {
+            memory: s_mem,
+            cpu: s_cpu,
+            pids: s_pids,
+            timeout: s_timeout,
+            env: EnvPlan {
+                allow_m: compile_globs(&env.value),
+                deny_m: compile_globs(&deny),
+                allow: env.value.clone(),
+                allow_from: env.origin.clone(),
+                deny: all.env_deny.clone(),
+            },
+            workspace: WorkspaceMode::Overlay,
+            root: "host".into(),
+            network: "off".into(),
+        },
+        call_defaults,
+        intents,
+    };
+    (Some(plan), d)
+}
+
+fn call_limit<T: Ord + Copy>(
+    rule: Option<(&RulePlan, &Limit<T>)>,
+    default: &Limit<T>,
+    declared: Option<T>,
+) -> CallLimit<T> {
+    let (policy, decided_by) = match rule {
+        Some((r, l)) => (
+            l,
+            Decider::Rule {
+                name: r.name.clone(),
+                origin: l.from.clone(),
+            },
+        ),
+        None => (
+            default,
+            Decider::Default {
+                origin: default.from.clone(),
+            },
+        ),
+    };
+    let mut out = CallLimit {
+        value: policy.value,
+        decided_by,
+        allowed: policy.value,
+        capped_by: policy.capped_by.clone(),
+        declared_clamped: None,
+    };
+    match declared {
+        Some(v) if v < policy.value => {
+            out.value = v;
+            out.decided_by = Decider::Declared;
+        }
+        Some(v) if v > policy.value => out.declared_clamped = Some(v),
+        _ => {}
+    }
+    out
+}
+
+impl Plan {
+    /// The first intent rule matching `argv`.
+    pub fn rule_for<S: AsRef<str>>(&self, argv: &[S]) -> Option<&RulePlan> {
+        self.intents
+            .iter()
+            .find(|r| r.compiled.iter().any(|c| c.matches(argv)))
+    }
+
+    /// Limits and decisions for one call. Declared values only ever lower the limits.
+    pub fn call<S: AsRef<str>>(&self, argv: &[S], declared: &DeclaredIntent) -> CallPlan {
+        let rule = self.rule_for(argv);
+        let d = &self.call_defaults;
+        let pick = |f: fn(&RulePlan) -> Option<&Limit<Size>>| rule.and_then(|r| f(r).map(|l| (r, l)));
+        let memory = call_limit(pick(|r| r.memory.as_ref()), &d.memory, declared.memory);
+        let cpu_class = call_limit(
+            rule.and_then(|r| r.cpu_class.as_ref().map(|l| (r, l))),
+            &d.cpu_class,
+            declared.cpu_class,
+        );
+        let timeout = call_limit(
+            rule.and_then(|r| r.timeout.as_ref().map(|l| (r, l))),
+            &d.timeout,
+            declared.timeout,
+        );
+        let pids = call_limit(
+            rule.and_then(|r| r.pids.as_ref().map(|l| (r, l))),
+            &d.pids,
+            declared.pids,
+        );
+        CallPlan {
+            argv: argv.iter().map(|a| a.as_ref().to_string()).collect(),
+            rule: rule.map(|r| r.name.clone()),
+            memory,
+            cpu_class,
+            timeout,
+            pids,
+            exec: Decision {
+                effect: Effect::Allow,
+                reason: "no exec rules ([exec] is not enforced by this build)".into(),
+            },
+            network: self.session.network.clone(),
+        }
+    }
+
+    /// Whether an environment variable passes into the session (deny beats allow).
+    pub fn env_allowed(&self, name: &str) -> bool {
+        let e = &self.session.env;
+        e.allow_m.iter().any(|g| g.is_match(name)) && !e.deny_m.iter().any(|g| g.is_match(name))
+    }
+}
