@@ -21,7 +21,12 @@ fn main() {
             .clang(&clang)
             // uapi headers (linux/bpf.h) come from the host's linux-libc-dev; asm/ is
             // multiarch.
-            .clang_args(["-Wall", "-Werror", "-I/usr/include/x86_64-linux-gnu", "-Isrc/bpf"])
+            .clang_args([
+                "-Wall",
+                "-Werror",
+                "-I/usr/include/x86_64-linux-gnu",
+                "-Isrc/bpf",
+            ])
             .build_and_generate(out.join(format!("{name}.skel.rs")));
         if let Err(e) = result {
             // A build script reports failure by exiting non-zero with the reason on stderr.

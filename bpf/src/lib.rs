@@ -6,4 +6,5 @@
 //! counter that proves the toolchain on a real kernel, and BTF feature probes.
 
 pub mod btf;
+pub mod probe;
 pub mod syscount;

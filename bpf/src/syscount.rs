@@ -5,7 +5,12 @@ use std::mem::MaybeUninit;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
 mod skel {
-    #![allow(clippy::all, clippy::pedantic, missing_docs, missing_debug_implementations)]
+    #![allow(
+        clippy::all,
+        clippy::pedantic,
+        missing_docs,
+        missing_debug_implementations
+    )]
     // Generated code: libbpf-cargo's skeleton panics on impossible object layouts.
     #![allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
     #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]

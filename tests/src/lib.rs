@@ -17,6 +17,9 @@
 //! outside the VM: privileged tests create cgroups and mounts, which must never happen on
 //! the host.
 
+// Test-support code: failing loudly (panic/expect) is how it reports a broken test setup.
+#![allow(clippy::panic, clippy::expect_used)]
+
 pub mod vm;
 
 /// Environment variable the VM init exports to everything it runs.

@@ -2,6 +2,8 @@
 //! memory.max, sched_ext presence by kernel flavour, BPF LSM and Landlock in the LSM list, a
 //! libbpf-rs program that loads and counts, BTF probes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,11 @@ struct TestCgroup(PathBuf);
 impl TestCgroup {
     fn new(name: &str) -> TestCgroup {
         let root = Path::new(CGROUP_ROOT);
-        fs::write(root.join("cgroup.subtree_control"), "+memory +pids +cpu +io").unwrap();
+        fs::write(
+            root.join("cgroup.subtree_control"),
+            "+memory +pids +cpu +io",
+        )
+        .unwrap();
         let path = root.join(format!("agentd-test-{name}"));
         fs::create_dir(&path).unwrap();
         TestCgroup(path)
@@ -72,7 +78,10 @@ fn cgroup2_offers_memory_cpu_pids_io() {
     let controllers = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap();
     let have: Vec<&str> = controllers.split_whitespace().collect();
     for c in ["memory", "cpu", "pids", "io"] {
-        assert!(have.contains(&c), "{c} missing from cgroup.controllers: {controllers}");
+        assert!(
+            have.contains(&c),
+            "{c} missing from cgroup.controllers: {controllers}"
+        );
     }
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
@@ -95,7 +104,11 @@ fn memory_max_oom_kills_an_allocator_and_counts_it() {
         .sh(r#"python3 -c "b = b'\x01' * (256 << 20); print(len(b))""#)
         .status()
         .unwrap();
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "allocator was not OOM-killed: {status}");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "allocator was not OOM-killed: {status}"
+    );
     let events = memory_events(&cg);
     assert!(events["oom_kill"] >= 1, "memory.events: {events:?}");
     assert!(events["max"] >= 1, "memory.events: {events:?}");
@@ -112,10 +125,16 @@ fn allocator_below_memory_max_survives() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (32u64 << 20).to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (32u64 << 20).to_string()
+    );
     assert_eq!(memory_events(&cg)["oom_kill"], 0);
     let peak: u64 = cg.get("memory.peak").trim().parse().unwrap();
-    assert!(peak >= 32 << 20, "memory.peak {peak} below the 32 MiB allocated");
+    assert!(
+        peak >= 32 << 20,
+        "memory.peak {peak} below the 32 MiB allocated"
+    );
 }
 
 #[test]
@@ -139,7 +158,10 @@ fn bpf_and_landlock_are_active_lsms() {
     let lsm = fs::read_to_string("/sys/kernel/security/lsm").unwrap();
     let active: Vec<&str> = lsm.trim().split(',').collect();
     assert!(active.contains(&"bpf"), "bpf not in the LSM list: {lsm}");
-    assert!(active.contains(&"landlock"), "landlock not in the LSM list: {lsm}");
+    assert!(
+        active.contains(&"landlock"),
+        "landlock not in the LSM list: {lsm}"
+    );
 }
 
 #[test]
@@ -155,7 +177,10 @@ fn libbpf_program_loads_and_counts_syscalls() {
     })
     .unwrap();
     assert!(count >= 500, "counted {count} syscalls, made at least 500");
-    assert!(count < 100_000, "counted {count}: the tgid filter does not work");
+    assert!(
+        count < 100_000,
+        "counted {count}: the tgid filter does not work"
+    );
 }
 
 #[test]
@@ -164,7 +189,10 @@ fn btf_probes_follow_the_kernel_not_its_version() {
     let vm = vm::enter();
     use agentd_bpf::btf::{KernelBtf, VMLINUX_BTF, features};
     let btf = KernelBtf::load(Path::new(VMLINUX_BTF)).unwrap();
-    assert_eq!(btf.has_struct(features::SCHED_EXT_OPS), vm.kernel == Kernel::SchedExt);
+    assert_eq!(
+        btf.has_struct(features::SCHED_EXT_OPS),
+        vm.kernel == Kernel::SchedExt
+    );
     assert!(btf.has_struct("task_struct"));
     // Not upstream: expected absent on both kernels (probe, never assume).
     assert!(!btf.has_struct(features::MEMCG_BPF_OPS));

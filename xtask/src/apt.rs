@@ -57,7 +57,9 @@ impl PrivateApt {
         }
         let mut list = String::new();
         for suite in suites {
-            list.push_str(&format!("deb [signed-by={KEYRING}] {mirror} {suite} main\n"));
+            list.push_str(&format!(
+                "deb [signed-by={KEYRING}] {mirror} {suite} main\n"
+            ));
         }
         fs::write(self.dir.join("sources.list"), list)?;
         if !self.host_status {
@@ -88,7 +90,8 @@ impl PrivateApt {
 
     fn apt(&self, tool: &str) -> Command {
         let mut cmd = Command::new(tool);
-        cmd.args(self.options()).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd.args(self.options())
+            .env("DEBIAN_FRONTEND", "noninteractive");
         cmd
     }
 
@@ -144,7 +147,10 @@ impl PrivateApt {
             .collect();
         match new.as_slice() {
             [one] => Ok(one.clone()),
-            _ => bail!("apt-get download {package}={version} left {new:?} in {}", dest.display()),
+            _ => bail!(
+                "apt-get download {package}={version} left {new:?} in {}",
+                dest.display()
+            ),
         }
     }
 
@@ -152,7 +158,14 @@ impl PrivateApt {
     pub fn install(&self, suite: &str, packages: &[&str]) -> Result<()> {
         status(
             self.apt("apt-get")
-                .args(["-y", "-qq", "--no-install-recommends", "install", "-t", suite])
+                .args([
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "install",
+                    "-t",
+                    suite,
+                ])
                 .args(packages),
         )
     }
@@ -187,10 +200,9 @@ pub fn debian_mirror() -> Result<String> {
             }
         }
     }
-    texts
-        .iter()
-        .find_map(|t| mirror_in(t))
-        .context("no Debian archive URI (…/debian) in the host's apt sources; set AGENTD_DEBIAN_MIRROR")
+    texts.iter().find_map(|t| mirror_in(t)).context(
+        "no Debian archive URI (…/debian) in the host's apt sources; set AGENTD_DEBIAN_MIRROR",
+    )
 }
 
 /// Finds a `…/debian` archive URI in one-line (`deb URI suite`) or deb822 (`URIs:`) syntax.
@@ -208,7 +220,10 @@ fn mirror_in(text: &str) -> Option<String> {
                 .map(str::to_string)
                 .collect::<Vec<_>>()
         })
-        .find(|u| (u.starts_with("http://") || u.starts_with("https://")) && u.trim_end_matches('/').ends_with("/debian"))
+        .find(|u| {
+            (u.starts_with("http://") || u.starts_with("https://"))
+                && u.trim_end_matches('/').ends_with("/debian")
+        })
 }
 
 /// The host's Debian codename (`bookworm`), from /etc/os-release.
@@ -228,7 +243,10 @@ mod tests {
     #[test]
     fn finds_mirror_in_deb822_and_one_line_sources() {
         let deb822 = "Types: deb\n# URIs: http://old.example/debian\nURIs: http://m.example/debian\nSuites: bookworm\n";
-        assert_eq!(mirror_in(deb822).as_deref(), Some("http://m.example/debian"));
+        assert_eq!(
+            mirror_in(deb822).as_deref(),
+            Some("http://m.example/debian")
+        );
         let one = "deb [arch=amd64] http://m.example/debian/ bookworm main\n";
         assert_eq!(mirror_in(one).as_deref(), Some("http://m.example/debian/"));
         let security_only = "URIs: http://m.example/debian-security\n";

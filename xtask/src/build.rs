@@ -35,8 +35,7 @@ fn executables(args: &[&str], tests: bool) -> Result<Vec<PathBuf>> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"].as_bool() != Some(tests)
-        {
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"].as_bool() != Some(tests) {
             continue;
         }
         if let Some(exe) = msg["executable"].as_str() {

@@ -12,17 +12,29 @@ use crate::run::status;
 
 /// Packages from the host's own release (pinned with `-t <codename>`), with why we need them.
 const HOST_PACKAGES: &[(&str, &str)] = &[
-    ("clang-19", "compiles the BPF C programs (scx_cargo refuses clang < 18)"),
+    (
+        "clang-19",
+        "compiles the BPF C programs (scx_cargo refuses clang < 18)",
+    ),
     ("llvm-19", "llvm-strip for BPF objects"),
-    ("libelf-dev", "libbpf-sys builds libbpf statically against libelf"),
+    (
+        "libelf-dev",
+        "libbpf-sys builds libbpf statically against libelf",
+    ),
     ("zlib1g-dev", "libbpf-sys"),
-    ("pkg-config", "libbpf-sys and libseccomp-sys find their libraries"),
+    (
+        "pkg-config",
+        "libbpf-sys and libseccomp-sys find their libraries",
+    ),
     ("libseccomp-dev", "the libseccomp crate; virtiofsd"),
     ("libcap-ng-dev", "virtiofsd"),
     ("busybox-static", "the test VM's initramfs"),
     ("zstd", "Debian kernel packages are zstd-compressed"),
     ("xz-utils", "kernel modules are xz-compressed"),
-    ("bubblewrap", "benchmark baseline: a new bwrap sandbox per call"),
+    (
+        "bubblewrap",
+        "benchmark baseline: a new bwrap sandbox per call",
+    ),
     ("crun", "benchmark baseline: crun run/exec"),
 ];
 
@@ -45,7 +57,11 @@ pub fn install(workspace: &Path) -> Result<()> {
         .map(|(p, _)| *p)
         .collect();
     for (p, why) in HOST_PACKAGES {
-        let state = if missing.contains(p) { "installing" } else { "present" };
+        let state = if missing.contains(p) {
+            "installing"
+        } else {
+            "present"
+        };
         println!("deps: {p:<16} {state:<10} ({why})");
     }
     let apt_dir = workspace.join("target/apt-host");
@@ -76,7 +92,13 @@ pub fn install(workspace: &Path) -> Result<()> {
             .context("virtiofsd path has no root")?;
         status(
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["install", "--locked", "--quiet", "--version", VIRTIOFSD_VERSION])
+                .args([
+                    "install",
+                    "--locked",
+                    "--quiet",
+                    "--version",
+                    VIRTIOFSD_VERSION,
+                ])
                 .arg("--root")
                 .arg(root)
                 .arg("virtiofsd")
@@ -87,7 +109,11 @@ pub fn install(workspace: &Path) -> Result<()> {
     }
     for flavour in crate::kernel::Flavour::ALL {
         let k = crate::kernel::prepare(workspace, flavour)?;
-        println!("deps: kernel {:<10} present    ({})", flavour.name(), k.version);
+        println!(
+            "deps: kernel {:<10} present    ({})",
+            flavour.name(),
+            k.version
+        );
     }
     Ok(())
 }

@@ -27,7 +27,17 @@ pub struct Payload<'a> {
 /// Builds the whole archive in memory.
 pub fn build(payload: &Payload<'_>) -> Result<Vec<u8>> {
     let mut cpio = Cpio::default();
-    for dir in ["bin", "dev", "proc", "sys", "lower", "upper", "newroot", "lib", "lib/modules"] {
+    for dir in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "lower",
+        "upper",
+        "newroot",
+        "lib",
+        "lib/modules",
+    ] {
         cpio.dir(dir);
     }
     cpio.dir("agentd");
@@ -42,8 +52,7 @@ pub fn build(payload: &Payload<'_>) -> Result<Vec<u8>> {
             .context("module path without a name")?
             .to_string_lossy()
             .into_owned();
-        let bytes =
-            std::fs::read(m).with_context(|| format!("reading module {}", m.display()))?;
+        let bytes = std::fs::read(m).with_context(|| format!("reading module {}", m.display()))?;
         cpio.file(&format!("lib/modules/{name}"), 0o644, &bytes);
         order.push_str(&name);
         order.push('\n');
@@ -51,6 +60,7 @@ pub fn build(payload: &Payload<'_>) -> Result<Vec<u8>> {
     cpio.file("lib/modules/order", 0o644, order.as_bytes());
     cpio.file("init", 0o755, init_script(payload).as_bytes());
     cpio.file("agentd/run.sh", 0o755, payload.script.as_bytes());
+    cpio.file("agentd/stage2", 0o755, stage2_script(payload).as_bytes());
     Ok(cpio.finish())
 }
 
@@ -61,11 +71,6 @@ pub fn sh_quote(s: &str) -> String {
 
 fn init_script(p: &Payload<'_>) -> String {
     let ws = sh_quote(&p.workspace.to_string_lossy());
-    let mut path = p.path_dirs.join(":");
-    if !path.is_empty() {
-        path.push(':');
-    }
-    path.push_str("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -97,13 +102,32 @@ ip link set lo up
 hostname agentd-vm
 echo {flavour} > $R/run/agentd-test-vm
 cp /agentd/run.sh $R/run/agentd-vm-run.sh
-chroot $R /usr/bin/env -i PATH={path} HOME=/root TERM=dumb LANG=C.UTF-8 \
+cp /agentd/stage2 $R/run/agentd-vm-init
+# switch_root, not chroot: the kernel refuses new user namespaces to a chrooted process
+# (its root would differ from its mount namespace's root), and sessions need them.
+exec switch_root -c /dev/console $R /bin/sh /run/agentd-vm-init
+"#,
+        flavour = p.flavour.name(),
+    )
+}
+
+/// PID 1 after switch_root: runs the payload in a clean environment, reports its status,
+/// powers off (busybox from the host root: `cargo xtask deps` installs busybox-static).
+fn stage2_script(p: &Payload<'_>) -> String {
+    let ws = sh_quote(&p.workspace.to_string_lossy());
+    let mut path = p.path_dirs.join(":");
+    if !path.is_empty() {
+        path.push(':');
+    }
+    path.push_str("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    format!(
+        r#"#!/bin/sh
+/usr/bin/env -i PATH={path} HOME=/root TERM=dumb LANG=C.UTF-8 \
   AGENTD_TEST_VM=1 RUST_BACKTRACE=1 /bin/sh -c 'cd {ws} && exec /bin/sh /run/agentd-vm-run.sh'
 echo "{EXIT_SENTINEL}$?"
 sync
-poweroff -f
+/bin/busybox poweroff -f
 "#,
-        flavour = p.flavour.name(),
         path = sh_quote(&path),
     )
 }

@@ -80,7 +80,10 @@ pub fn prepare(workspace: &Path, flavour: Flavour) -> Result<KernelImage> {
     let dest = vm_dir.join("kernels").join(&kver);
     let stamp = dest.join("ready");
     if !stamp.exists() {
-        eprintln!("vm: fetching kernel {kver} ({} {meta_version})", flavour.suite());
+        eprintln!(
+            "vm: fetching kernel {kver} ({} {meta_version})",
+            flavour.suite()
+        );
         let debs_dir = vm_dir.join("debs");
         // The image package either carries everything (6.12) or splits the binary, the
         // modules and the config into sibling packages of the same version (7.x).
@@ -156,15 +159,21 @@ fn cached_download(apt: &PrivateApt, pkg: &str, version: &str, dir: &Path) -> Re
 /// extracted packages.
 fn extract(tree: &Path, kver: &str, dest: &Path) -> Result<()> {
     let moddir = tree.join("usr/lib/modules").join(kver);
-    let vmlinuz = [tree.join("boot").join(format!("vmlinuz-{kver}")), moddir.join("vmlinuz")]
-        .into_iter()
-        .find(|p| p.exists())
-        .with_context(|| format!("no vmlinuz for {kver} in the packages"))?;
+    let vmlinuz = [
+        tree.join("boot").join(format!("vmlinuz-{kver}")),
+        moddir.join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .with_context(|| format!("no vmlinuz for {kver} in the packages"))?;
     fs::copy(&vmlinuz, dest.join("vmlinuz"))?;
-    let config_path = [tree.join("boot").join(format!("config-{kver}")), moddir.join("config")]
-        .into_iter()
-        .find(|p| p.exists())
-        .with_context(|| format!("no kernel config for {kver} in the packages"))?;
+    let config_path = [
+        tree.join("boot").join(format!("config-{kver}")),
+        moddir.join("config"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .with_context(|| format!("no kernel config for {kver} in the packages"))?;
     let config = fs::read_to_string(&config_path)?;
     fs::copy(&config_path, dest.join("config"))?;
 

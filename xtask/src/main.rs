@@ -100,7 +100,10 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Deps => deps::install(&ws).map(|()| 0),
         Cmd::VmTest { vm, filter } => {
             let (passed, failed, status) = vm_test(&ws, &vm, filter.as_deref())?;
-            println!("vm-test ({}): {passed} passed, {failed} failed", vm.kernel.name());
+            println!(
+                "vm-test ({}): {passed} passed, {failed} failed",
+                vm.kernel.name()
+            );
             Ok(exit_byte(status))
         }
         Cmd::VmRun { vm, command } => vm_run(&ws, &vm, &command).map(exit_byte),

@@ -53,11 +53,18 @@ pub fn run(
     let root_sock = run_dir.0.join("root.sock");
     let work_sock = run_dir.0.join("work.sock");
     children.spawn(virtiofsd_cmd(&virtiofsd, &root_sock, Path::new("/"), true))?;
-    children.spawn(virtiofsd_cmd(&virtiofsd, &work_sock, payload.workspace, false))?;
+    children.spawn(virtiofsd_cmd(
+        &virtiofsd,
+        &work_sock,
+        payload.workspace,
+        false,
+    ))?;
     wait_for_sockets(&[&root_sock, &work_sock], &mut children)?;
 
     let mut qemu = qemu_cmd(cfg, payload, &initrd, &root_sock, &work_sock);
-    qemu.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    qemu.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let qemu_idx = children.spawn(qemu)?;
     let stdout = children.0[qemu_idx].stdout.take().context("qemu stdout")?;
     let stderr = children.0[qemu_idx].stderr.take().context("qemu stderr")?;
@@ -139,19 +146,39 @@ fn qemu_cmd(
 ) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     let mem = format!("{}M", cfg.memory_mib);
-    c.args(["-machine", "q35", "-nodefaults", "-display", "none", "-no-reboot"]);
+    c.args([
+        "-machine",
+        "q35",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     c.args(accel_args());
     c.args(["-smp", &cfg.cpus.to_string(), "-m", &mem]);
     // virtiofs needs guest memory the daemons can map.
-    c.args(["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")]);
+    c.args([
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+    ]);
     c.args(["-numa", "node,memdev=mem", "-serial", "stdio"]);
     for (id, sock, tag) in [("fs0", root_sock, "hostroot"), ("fs1", work_sock, "work")] {
-        c.args(["-chardev", &format!("socket,id={id},path={}", sock.display())]);
-        c.args(["-device", &format!("vhost-user-fs-pci,chardev={id},tag={tag}")]);
+        c.args([
+            "-chardev",
+            &format!("socket,id={id},path={}", sock.display()),
+        ]);
+        c.args([
+            "-device",
+            &format!("vhost-user-fs-pci,chardev={id},tag={tag}"),
+        ]);
     }
     c.arg("-kernel").arg(&payload.kernel.vmlinuz);
     c.arg("-initrd").arg(initrd);
-    let loglevel = if cfg.verbose { "loglevel=7" } else { "quiet loglevel=2" };
+    let loglevel = if cfg.verbose {
+        "loglevel=7"
+    } else {
+        "quiet loglevel=2"
+    };
     c.args([
         "-append",
         &format!(
@@ -180,7 +207,11 @@ fn accel_args() -> Vec<&'static str> {
 
 /// A human name for the accelerator in use.
 pub fn accel_name() -> &'static str {
-    if accel_args()[1] == "kvm" { "KVM" } else { "TCG" }
+    if accel_args()[1] == "kvm" {
+        "KVM"
+    } else {
+        "TCG"
+    }
 }
 
 fn wait_for_sockets(socks: &[&Path], children: &mut Children) -> Result<()> {
