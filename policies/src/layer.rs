@@ -4,7 +4,9 @@
 //! required mechanisms accumulate (deny beats allow), intent rules of later layers are tried
 //! first. `merge` is associative (a proptest law) so a stack can be folded in any grouping.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
 
 use globset::{Glob, GlobMatcher};
 use serde::Serialize;
@@ -116,8 +118,26 @@ pub struct ArgvPattern {
 }
 
 impl ArgvPattern {
-    /// Compile, or explain why the pattern is invalid.
+    /// Compile, or explain why the pattern is invalid. Memoised (bounded): the same profile
+    /// patterns are compiled on every load, and glob compilation dominates that work.
     pub fn compile(text: &str) -> Result<CompiledPattern, String> {
+        type Memo = Mutex<HashMap<String, Result<CompiledPattern, String>>>;
+        static MEMO: OnceLock<Memo> = OnceLock::new();
+        let memo = MEMO.get_or_init(Memo::default);
+        if let Some(hit) = memo.lock().ok().and_then(|m| m.get(text).cloned()) {
+            return hit;
+        }
+        let out = Self::compile_uncached(text);
+        if let Ok(mut m) = memo.lock() {
+            if m.len() >= 4096 {
+                m.clear();
+            }
+            m.insert(text.to_string(), out.clone());
+        }
+        out
+    }
+
+    fn compile_uncached(text: &str) -> Result<CompiledPattern, String> {
         let words: Vec<&str> = text.split_whitespace().collect();
         if words.is_empty() {
             return Err("empty command pattern".into());

@@ -5,14 +5,15 @@
 //! turns all of it into a `Plan` or the complete list of problems. The only I/O is reading
 //! files, through the `Files` trait so tests run on in-memory files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Diagnostic, DiagnosticKind as K, PolicyError, closest};
 use crate::layer::{Layer, LayerKind};
 use crate::plan::{DeclaredIntent, LayerInfo, Plan, StackLayer, resolve_layers};
-use crate::validate::{ExampleSpec, validate};
+use crate::validate::{ExampleSpec, Validated, validate};
 
 /// Default location of the host policy.
 pub const HOST_POLICY: &str = "/etc/agentd/policy.toml";
@@ -32,6 +33,30 @@ pub const PROFILES: [(&str, &str); 4] = [
 ];
 
 const MAX_DEPTH: usize = 8;
+
+/// Validate, memoising the built-in texts (host defaults and embedded profiles): they never
+/// change and their globs are the bulk of the work of every load.
+fn validate_cached(name: &str, text: &str, kind: LayerKind) -> (Option<Validated>, Vec<Diagnostic>) {
+    type Memo = Mutex<HashMap<(String, LayerKind), (Option<Validated>, Vec<Diagnostic>)>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    let builtin = (name == BUILTIN_NAME && text == BUILTIN_HOST)
+        || PROFILES.iter().any(|(n, t)| name.strip_prefix("profile:") == Some(n) && *t == text);
+    if !builtin {
+        return validate(name, text, kind);
+    }
+    let memo = MEMO.get_or_init(Memo::default);
+    let key = (name.to_string(), kind);
+    if let Ok(m) = memo.lock() {
+        if let Some(v) = m.get(&key) {
+            return v.clone();
+        }
+    }
+    let v = validate(name, text, kind);
+    if let Ok(mut m) = memo.lock() {
+        m.insert(key, v.clone());
+    }
+    v
+}
 
 /// Read access to policy files.
 pub trait Files {
@@ -139,7 +164,11 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn push(&mut self, name: &str, text: &str, kind: LayerKind, implied: bool) -> Option<(String, std::ops::Range<usize>)> {
-        let (v, diags) = validate(name, text, kind);
+        let (v, diags) = validate_cached(name, text, kind);
+        self.push_validated(name, kind, implied, v, diags)
+    }
+
+    fn push_validated(&mut self, name: &str, kind: LayerKind, implied: bool, v: Option<Validated>, diags: Vec<Diagnostic>) -> Option<(String, std::ops::Range<usize>)> {
         self.diags.extend(diags);
         let v = v?;
         self.layers.push(LoadedLayer {
@@ -180,8 +209,8 @@ impl Loader<'_> {
             return;
         }
         seen.push(name.clone());
-        // Validate once to learn `extends`; layers are pushed after their base.
-        let (v, _) = validate(&name, &text, kind);
+        // Layers are pushed after their base, so hold this one's result until then.
+        let (v, own_diags) = validate_cached(&name, &text, kind);
         let ext = v.as_ref().and_then(|v| v.extends.clone());
         let base = match (&ext, kind) {
             (Some((e, _)), _) if e == "none" => None,
@@ -209,7 +238,7 @@ impl Loader<'_> {
                 }
             }
         }
-        self.push(&name, &text, kind, implied);
+        self.push_validated(&name, kind, implied, v, own_diags);
         seen.pop();
     }
 }

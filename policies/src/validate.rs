@@ -422,7 +422,8 @@ fn check_rule(cx: &mut Cx, rule: &L<schema::IntentRule>) -> Option<Rule> {
     }
     let compiled = cx.patterns(&r.patterns, "intent.match");
     let limits = check_call(cx, &schema::CallLimits { memory: r.memory.clone(), cpu_class: r.cpu_class.clone(), timeout: r.timeout.clone(), pids: r.pids.clone() }, "intent");
-    if limits == CallLayer::default() {
+    // Judge the raw fields so a rejected value (e.g. `pids = 0`) does not also report this.
+    if r.memory.is_none() && r.cpu_class.is_none() && r.timeout.is_none() && r.pids.is_none() {
         cx.err(K::Invalid, rule.span(), "intent", format!("intent rule `{name}` sets nothing"), Some("set at least one of memory, cpu_class, timeout, pids".into()));
     }
     for (list, must) in [(&r.examples, true), (&r.counter_examples, false)] {
@@ -450,8 +451,13 @@ fn check_rule(cx: &mut Cx, rule: &L<schema::IntentRule>) -> Option<Rule> {
 /// earlier rule of the same file.
 fn check_rule_conflicts(cx: &mut Cx, f: &PolicyFile) {
     let rules: Vec<&schema::IntentRule> = f.intent.iter().flatten().map(|r| r.get()).collect();
+    // Compile once: glob compilation dominates validation time.
+    let compiled: Vec<Vec<CompiledPattern>> = rules
+        .iter()
+        .map(|r| r.patterns.get().iter().filter_map(|q| ArgvPattern::compile(q.get()).ok()).collect())
+        .collect();
     for (i, r) in rules.iter().enumerate() {
-        for earlier in &rules[..i] {
+        for (j, earlier) in rules[..i].iter().enumerate() {
             if earlier.name.get().trim() == r.name.get().trim() {
                 cx.err(K::Invalid, r.name.span(), "intent.name", format!("duplicate intent rule name `{}`", r.name.get()), Some("rule names must be unique within a file".into()));
             }
@@ -467,7 +473,7 @@ fn check_rule_conflicts(cx: &mut Cx, f: &PolicyFile) {
             }
             for ex in r.examples.iter().flat_map(|l| l.get()) {
                 let argv: Vec<&str> = ex.get().split_whitespace().collect();
-                let shadowed = earlier.patterns.get().iter().any(|q| ArgvPattern::compile(q.get()).is_ok_and(|c| c.matches(&argv)));
+                let shadowed = compiled[j].iter().any(|c| c.matches(&argv));
                 if shadowed {
                     cx.err(K::Example, ex.span(), "intent.examples", format!("example `{}` of rule `{}` is taken by the earlier rule `{}`", ex.get(), r.name.get(), earlier.name.get()), Some("rules are tried in order; move the more specific rule first".into()));
                 }
