@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::enforcement;
 use crate::error::{Diagnostic, DiagnosticKind, render};
 use crate::load::{Files, LoadOptions, PROFILES, Stack, load_stack, resolve_stack};
-use crate::plan::{CallLimit, DeclaredIntent, Decider, Plan};
+use crate::plan::{CallLimit, Decider, DeclaredIntent, Plan};
 
 /// What a command prints and how it exits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +38,9 @@ fn read_policy(files: &dyn Files, path: &Path) -> Result<String, Diagnostic> {
         column: 0,
         key: None,
         message: format!("cannot read policy: {e}"),
-        hint: (e.kind() == std::io::ErrorKind::NotFound)
-            .then(|| "create .agentd/policy.toml starting with `version = 1`, or pass a file".into()),
+        hint: (e.kind() == std::io::ErrorKind::NotFound).then(|| {
+            "create .agentd/policy.toml starting with `version = 1`, or pass a file".into()
+        }),
     })
 }
 
@@ -75,7 +76,11 @@ fn layers_line(plan: &Plan) -> String {
         .join(" → ")
 }
 
-fn load_file(files: &dyn Files, opts: &LoadOptions, path: &Path) -> Result<(Stack, Plan), (Vec<Diagnostic>, i32)> {
+fn load_file(
+    files: &dyn Files,
+    opts: &LoadOptions,
+    path: &Path,
+) -> Result<(Stack, Plan), (Vec<Diagnostic>, i32)> {
     let text = read_policy(files, path).map_err(|d| (vec![d], 2))?;
     let name = path.display().to_string();
     let (stack, diags) = load_stack(files, opts, Some((&name, &text)));
@@ -105,7 +110,11 @@ pub fn check(files: &dyn Files, opts: &LoadOptions, path: &Path, json_out: bool)
         "  session:  memory {}, cpu {}, pids {}, timeout {}, network {}",
         s.memory.value, s.cpu.value, s.pids.value, s.timeout.value, s.network
     );
-    let req: Vec<String> = plan.require.iter().map(|m| format!("{:?}", m.value).to_lowercase()).collect();
+    let req: Vec<String> = plan
+        .require
+        .iter()
+        .map(|m| format!("{:?}", m.value).to_lowercase())
+        .collect();
     if !req.is_empty() {
         let _ = writeln!(out, "  require:  {}", req.join(", "));
     }
@@ -125,13 +134,24 @@ fn describe<T: std::fmt::Display>(what: &str, l: &CallLimit<T>, out: &mut String
         let _ = writeln!(out, "  {:<19} capped by {cap}", "");
     }
     if let Some(d) = &l.declared_clamped {
-        let _ = writeln!(out, "  {:<19} declared {d} lowered to the policy limit {}", "", l.allowed);
+        let _ = writeln!(
+            out,
+            "  {:<19} declared {d} lowered to the policy limit {}",
+            "", l.allowed
+        );
     }
 }
 
 /// `policy explain FILE -- CMD…`: the resolved intent and limits for one command, saying
 /// which layer or cap decided each.
-pub fn explain(files: &dyn Files, opts: &LoadOptions, path: &Path, argv: &[String], declared: &DeclaredIntent, json_out: bool) -> Output {
+pub fn explain(
+    files: &dyn Files,
+    opts: &LoadOptions,
+    path: &Path,
+    argv: &[String],
+    declared: &DeclaredIntent,
+    json_out: bool,
+) -> Output {
     if argv.is_empty() {
         return Output {
             stdout: String::new(),
@@ -157,7 +177,10 @@ pub fn explain(files: &dyn Files, opts: &LoadOptions, path: &Path, argv: &[Strin
             let _ = writeln!(out, "intent:  rule `{}` ({})", r.name, r.origin);
         }
         None => {
-            let _ = writeln!(out, "intent:  no rule matches; resources.call defaults apply");
+            let _ = writeln!(
+                out,
+                "intent:  no rule matches; resources.call defaults apply"
+            );
         }
     }
     describe("memory", &call.memory, &mut out);
@@ -165,7 +188,11 @@ pub fn explain(files: &dyn Files, opts: &LoadOptions, path: &Path, argv: &[Strin
     describe("timeout", &call.timeout, &mut out);
     describe("pids", &call.pids, &mut out);
     let _ = writeln!(out, "  {:<10} {:<8} {}", "exec", "allow", call.exec.reason);
-    let _ = writeln!(out, "  {:<10} {:<8} network rules are not enforced by this build", "network", call.network);
+    let _ = writeln!(
+        out,
+        "  {:<10} {:<8} network rules are not enforced by this build",
+        "network", call.network
+    );
     Output::ok(out)
 }
 
@@ -183,14 +210,22 @@ pub fn profiles(json_out: bool) -> Output {
     }
     let mut out = String::from("shipped profiles:\n");
     for (name, text) in PROFILES {
-        let first = text.lines().next().unwrap_or_default().trim_start_matches('#').trim();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches('#')
+            .trim();
         let _ = writeln!(out, "  {name:<8} {first}");
     }
     out.push_str("\nenforcement in this build:\n");
     for e in enforcement::TABLE {
         let status = match e.status {
             enforcement::Status::Enforced { by } => format!("enforced by {by}"),
-            enforcement::Status::NotEnforced { lands_with, default } => {
+            enforcement::Status::NotEnforced {
+                lands_with,
+                default,
+            } => {
                 format!("NOT enforced (only {default} accepted; lands with {lands_with})")
             }
         };

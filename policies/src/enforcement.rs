@@ -62,12 +62,22 @@ const fn off(key: &'static str, lands_with: &'static str, default: &'static str)
 pub const TABLE: &[Entry] = &[
     on("version", "agentd-policy (format version)"),
     on("extends", "agentd-policy (layering)"),
-    on("require", "agentd session start (refused when a mechanism is missing)"),
-    on("example", "agentd-policy (checked by `policy check` and tests)"),
+    on(
+        "require",
+        "agentd session start (refused when a mechanism is missing)",
+    ),
+    on(
+        "example",
+        "agentd-policy (checked by `policy check` and tests)",
+    ),
     on("session.env", "sandbox (environment of the session)"),
     on("session.env_deny", "sandbox (environment of the session)"),
     on("session.timeout", "agentd session manager"),
-    off("session.workspace", "sandbox workspace modes", "\"overlay\""),
+    off(
+        "session.workspace",
+        "sandbox workspace modes",
+        "\"overlay\"",
+    ),
     off("session.root", "sandbox OCI bundle roots", "\"host\""),
     on("resources.memory", "cgctl (session memory.max)"),
     on("resources.cpu", "cgctl (session cpu.max)"),
@@ -87,7 +97,11 @@ pub const TABLE: &[Entry] = &[
     off("network.allow", "the network proxy", "[]"),
     off("network.grant", "the network proxy", "no grants"),
     on("network.max", "agentd-policy (host cap)"),
-    off("exec", "exec rules (seccomp user notification / BPF LSM)", "empty lists"),
+    off(
+        "exec",
+        "exec rules (seccomp user notification / BPF LSM)",
+        "empty lists",
+    ),
     off("capabilities", "the capability broker", "empty table"),
     off("secrets", "the secret broker", "empty table"),
     off("undo.checkpoint", "journal checkpoints", "\"off\""),
@@ -99,7 +113,8 @@ pub fn lookup(key: &str) -> Option<&'static Entry> {
     TABLE
         .iter()
         .filter(|e| {
-            key == e.key || (key.starts_with(e.key) && key.as_bytes().get(e.key.len()) == Some(&b'.'))
+            key == e.key
+                || (key.starts_with(e.key) && key.as_bytes().get(e.key.len()) == Some(&b'.'))
         })
         .max_by_key(|e| e.key.len())
 }

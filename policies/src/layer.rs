@@ -67,7 +67,11 @@ impl fmt::Display for Origin {
             write!(f, "{} ", self.layer)?;
         }
         if self.line > 0 {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.key)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.key
+            )
         } else {
             write!(f, "{}: {}", self.file, self.key)
         }

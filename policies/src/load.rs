@@ -6,9 +6,9 @@
 //! files, through the `Files` trait so tests run on in-memory files.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, OnceLock};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use crate::error::{Diagnostic, DiagnosticKind as K, PolicyError, closest};
 use crate::layer::{Layer, LayerKind};
@@ -36,20 +36,24 @@ const MAX_DEPTH: usize = 8;
 
 /// Validate, memoising the built-in texts (host defaults and embedded profiles): they never
 /// change and their globs are the bulk of the work of every load.
-fn validate_cached(name: &str, text: &str, kind: LayerKind) -> (Option<Validated>, Vec<Diagnostic>) {
+fn validate_cached(
+    name: &str,
+    text: &str,
+    kind: LayerKind,
+) -> (Option<Validated>, Vec<Diagnostic>) {
     type Memo = Mutex<HashMap<(String, LayerKind), (Option<Validated>, Vec<Diagnostic>)>>;
     static MEMO: OnceLock<Memo> = OnceLock::new();
     let builtin = (name == BUILTIN_NAME && text == BUILTIN_HOST)
-        || PROFILES.iter().any(|(n, t)| name.strip_prefix("profile:") == Some(n) && *t == text);
+        || PROFILES
+            .iter()
+            .any(|(n, t)| name.strip_prefix("profile:") == Some(n) && *t == text);
     if !builtin {
         return validate(name, text, kind);
     }
     let memo = MEMO.get_or_init(Memo::default);
     let key = (name.to_string(), kind);
-    if let Ok(m) = memo.lock() {
-        if let Some(v) = m.get(&key) {
-            return v.clone();
-        }
+    if let Some(v) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return v;
     }
     let v = validate(name, text, kind);
     if let Ok(mut m) = memo.lock() {
@@ -163,16 +167,33 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn push(&mut self, name: &str, text: &str, kind: LayerKind, implied: bool) -> Option<(String, std::ops::Range<usize>)> {
+    fn push(
+        &mut self,
+        name: &str,
+        text: &str,
+        kind: LayerKind,
+        implied: bool,
+    ) -> Option<(String, std::ops::Range<usize>)> {
         let (v, diags) = validate_cached(name, text, kind);
         self.push_validated(name, kind, implied, v, diags)
     }
 
-    fn push_validated(&mut self, name: &str, kind: LayerKind, implied: bool, v: Option<Validated>, diags: Vec<Diagnostic>) -> Option<(String, std::ops::Range<usize>)> {
+    fn push_validated(
+        &mut self,
+        name: &str,
+        kind: LayerKind,
+        implied: bool,
+        v: Option<Validated>,
+        diags: Vec<Diagnostic>,
+    ) -> Option<(String, std::ops::Range<usize>)> {
         self.diags.extend(diags);
         let v = v?;
         self.layers.push(LoadedLayer {
-            info: LayerInfo { kind, file: name.to_string(), implied },
+            info: LayerInfo {
+                kind,
+                file: name.to_string(),
+                implied,
+            },
             layer: v.layer,
             examples: v.examples,
         });
@@ -194,15 +215,31 @@ impl Loader<'_> {
             .map(|(n, t)| (format!("profile:{n}"), t.to_string()))
             .ok_or_else(|| {
                 let names = PROFILES.map(|(n, _)| n);
-                let hint = closest(name, names).map_or_else(String::new, |c| format!(" (did you mean `{c}`?)"));
-                format!("unknown profile `{name}`{hint}; shipped profiles: {}", names.join(", "))
+                let hint = closest(name, names)
+                    .map_or_else(String::new, |c| format!(" (did you mean `{c}`?)"));
+                format!(
+                    "unknown profile `{name}`{hint}; shipped profiles: {}",
+                    names.join(", ")
+                )
             })
     }
 
     /// Load `name`/`text` and, first, whatever it extends (so layers end up bottom first).
-    fn chain(&mut self, name: String, text: String, kind: LayerKind, dir: Option<PathBuf>, seen: &mut Vec<String>, implied: bool) {
+    fn chain(
+        &mut self,
+        name: String,
+        text: String,
+        kind: LayerKind,
+        dir: Option<PathBuf>,
+        seen: &mut Vec<String>,
+        implied: bool,
+    ) {
         if seen.contains(&name) || seen.len() >= MAX_DEPTH {
-            let what = if seen.contains(&name) { "`extends` cycle" } else { "`extends` chain too deep" };
+            let what = if seen.contains(&name) {
+                "`extends` cycle"
+            } else {
+                "`extends` chain too deep"
+            };
             let mut d = io_diag(&name, format!("{what}: {} → {name}", seen.join(" → ")));
             d.kind = K::Extends;
             self.diags.push(d);
@@ -222,19 +259,38 @@ impl Loader<'_> {
         if let Some((target, span)) = base {
             let is_path = target.contains('/') || target.ends_with(".toml");
             let loaded = if is_path {
-                let p = dir.as_deref().map_or_else(|| PathBuf::from(&target), |d| d.join(&target));
+                let p = dir
+                    .as_deref()
+                    .map_or_else(|| PathBuf::from(&target), |d| d.join(&target));
                 self.files
                     .read(&p)
-                    .map(|t| (p.display().to_string(), t, kind, p.parent().map(Path::to_path_buf)))
+                    .map(|t| {
+                        (
+                            p.display().to_string(),
+                            t,
+                            kind,
+                            p.parent().map(Path::to_path_buf),
+                        )
+                    })
                     .map_err(|e| format!("cannot read `{}` (extended by {name}): {e}", p.display()))
             } else {
-                self.profile_text(&target).map(|(n, t)| (n, t, LayerKind::Profile, self.opts.profile_dir.clone()))
+                self.profile_text(&target)
+                    .map(|(n, t)| (n, t, LayerKind::Profile, self.opts.profile_dir.clone()))
             };
             match loaded {
                 Ok((n, t, k, d)) => self.chain(n, t, k, d, seen, span.is_none()),
                 Err(msg) => {
-                    let src = crate::error::Source { name: &name, text: &text };
-                    self.diags.push(src.diag(K::Extends, span, Some("extends"), msg, Some("use a shipped profile name or a path relative to this file".into())));
+                    let src = crate::error::Source {
+                        name: &name,
+                        text: &text,
+                    };
+                    self.diags.push(src.diag(
+                        K::Extends,
+                        span,
+                        Some("extends"),
+                        msg,
+                        Some("use a shipped profile name or a path relative to this file".into()),
+                    ));
                 }
             }
         }
@@ -244,10 +300,22 @@ impl Loader<'_> {
 }
 
 /// Load the whole stack. `file` is the repo policy (or a profile or host policy, per `opts.file_kind`).
-pub fn load_stack(files: &dyn Files, opts: &LoadOptions, file: Option<(&str, &str)>) -> (Stack, Vec<Diagnostic>) {
-    let mut l = Loader { files, opts, diags: Vec::new(), layers: Vec::new() };
+pub fn load_stack(
+    files: &dyn Files,
+    opts: &LoadOptions,
+    file: Option<(&str, &str)>,
+) -> (Stack, Vec<Diagnostic>) {
+    let mut l = Loader {
+        files,
+        opts,
+        diags: Vec::new(),
+        layers: Vec::new(),
+    };
     l.push(BUILTIN_NAME, BUILTIN_HOST, LayerKind::Builtin, false);
-    let host_path = opts.host.clone().unwrap_or_else(|| PathBuf::from(HOST_POLICY));
+    let host_path = opts
+        .host
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(HOST_POLICY));
     let host_name = host_path.display().to_string();
     let host_note = if opts.file_kind == FileKind::Host {
         match file {
@@ -263,9 +331,14 @@ pub fn load_stack(files: &dyn Files, opts: &LoadOptions, file: Option<(&str, &st
                 l.push(&host_name, &text, LayerKind::Host, false);
                 format!("host policy {host_name}")
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => format!("{BUILTIN_NAME} ({host_name} not found)"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                format!("{BUILTIN_NAME} ({host_name} not found)")
+            }
             Err(e) => {
-                l.diags.push(io_diag(&host_name, format!("cannot read the host policy: {e}")));
+                l.diags.push(io_diag(
+                    &host_name,
+                    format!("cannot read the host policy: {e}"),
+                ));
                 format!("host policy {host_name} (unreadable)")
             }
         }
@@ -277,13 +350,26 @@ pub fn load_stack(files: &dyn Files, opts: &LoadOptions, file: Option<(&str, &st
     };
     if let (Some((name, text)), Some(kind)) = (file, kind) {
         let dir = Path::new(name).parent().map(Path::to_path_buf);
-        l.chain(name.to_string(), text.to_string(), kind, dir, &mut Vec::new(), false);
+        l.chain(
+            name.to_string(),
+            text.to_string(),
+            kind,
+            dir,
+            &mut Vec::new(),
+            false,
+        );
     }
     if !opts.overrides.is_empty() {
         let text = opts.overrides.join("\n");
         l.push("<command line>", &text, LayerKind::Cli, false);
     }
-    (Stack { layers: l.layers, host_note }, l.diags)
+    (
+        Stack {
+            layers: l.layers,
+            host_note,
+        },
+        l.diags,
+    )
 }
 
 /// Check each layer's `[[example]]`s against the plan of the stack up to that layer, resolved
@@ -294,8 +380,11 @@ pub fn check_examples(stack: &Stack) -> Vec<Diagnostic> {
         if layer.examples.is_empty() {
             continue;
         }
-        let view = stack.view(|j, l| j <= i && !matches!(l.info.kind, LayerKind::Host | LayerKind::Cli));
-        let (Some(plan), _) = resolve_layers(&view) else { continue };
+        let view =
+            stack.view(|j, l| j <= i && !matches!(l.info.kind, LayerKind::Host | LayerKind::Cli));
+        let (Some(plan), _) = resolve_layers(&view) else {
+            continue;
+        };
         for ex in &layer.examples {
             out.extend(check_example(&plan, ex, &layer.info.file));
         }
@@ -317,11 +406,31 @@ fn check_example(plan: &Plan, ex: &ExampleSpec, file: &str) -> Vec<Diagnostic> {
             wrong.push(format!("{what} {got}, expected {w}"));
         }
     };
-    cmp("memory", call.memory.value.to_string(), ex.memory.map(|v| v.to_string()));
-    cmp("cpu_class", call.cpu_class.value.to_string(), ex.cpu_class.map(|v| v.to_string()));
-    cmp("timeout", call.timeout.value.to_string(), ex.timeout.map(|v| v.to_string()));
-    cmp("pids", call.pids.value.to_string(), ex.pids.map(|v| v.to_string()));
-    cmp("decision", format!("{:?}", call.exec.effect), ex.decision.map(|v| format!("{v:?}")));
+    cmp(
+        "memory",
+        call.memory.value.to_string(),
+        ex.memory.map(|v| v.to_string()),
+    );
+    cmp(
+        "cpu_class",
+        call.cpu_class.value.to_string(),
+        ex.cpu_class.map(|v| v.to_string()),
+    );
+    cmp(
+        "timeout",
+        call.timeout.value.to_string(),
+        ex.timeout.map(|v| v.to_string()),
+    );
+    cmp(
+        "pids",
+        call.pids.value.to_string(),
+        ex.pids.map(|v| v.to_string()),
+    );
+    cmp(
+        "decision",
+        format!("{:?}", call.exec.effect),
+        ex.decision.map(|v| format!("{v:?}")),
+    );
     wrong
         .into_iter()
         .map(|w| Diagnostic {
@@ -354,7 +463,11 @@ pub fn resolve_stack(stack: &Stack, mut diags: Vec<Diagnostic>) -> Result<Plan, 
 }
 
 /// Load and resolve: host policy (per `opts`) + `file` (name, text) as repo policy.
-pub fn load(files: &dyn Files, opts: &LoadOptions, file: Option<(&str, &str)>) -> Result<Plan, PolicyError> {
+pub fn load(
+    files: &dyn Files,
+    opts: &LoadOptions,
+    file: Option<(&str, &str)>,
+) -> Result<Plan, PolicyError> {
     let (stack, diags) = load_stack(files, opts, file);
     resolve_stack(&stack, diags)
 }

@@ -10,7 +10,11 @@ use agentd_policy::{CpuClass, DeclaredIntent, FileKind, LoadOptions, REPO_POLICY
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "agentd-policy", version, about = "Check and explain agentd policy files")]
+#[command(
+    name = "agentd-policy",
+    version,
+    about = "Check and explain agentd policy files"
+)]
 struct Args {
     /// Host policy (default /etc/agentd/policy.toml; a missing file means built-in defaults).
     #[arg(long, global = true, value_name = "FILE")]

@@ -10,8 +10,8 @@ use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Diagnostic, DiagnosticKind};
-use crate::layer::{ArgvPattern, CompiledPattern, Layer, LayerKind, Mechanism, Origin, Val};
 use crate::layer::merge_all;
+use crate::layer::{ArgvPattern, CompiledPattern, Layer, LayerKind, Mechanism, Origin, Val};
 use crate::schema::{CpuClass, Effect, WorkspaceMode};
 use crate::units::{Cpu, Duration, Size};
 
@@ -25,9 +25,17 @@ pub struct CapRef {
 impl fmt::Display for CapRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.origin.layer == LayerKind::Builtin {
-            write!(f, "{}: {} = {}", self.origin.file, self.origin.key, self.value)
+            write!(
+                f,
+                "{}: {} = {}",
+                self.origin.file, self.origin.key, self.value
+            )
         } else {
-            write!(f, "{} {}: {} = {}", self.origin.layer, self.origin.file, self.origin.key, self.value)
+            write!(
+                f,
+                "{} {}: {} = {}",
+                self.origin.layer, self.origin.file, self.origin.key, self.value
+            )
         }
     }
 }
@@ -333,7 +341,11 @@ pub fn resolve_layers(stack: &[StackLayer<'_>]) -> (Option<Plan>, Vec<Diagnostic
     let s_pids = clamp(pids, &[host_cap(&caps.pids)], &mut d);
     let s_timeout = clamp(timeout, &[host_cap(&caps.session_timeout)], &mut d);
 
-    let mem_caps = [host_cap(&caps.call_memory), host_cap(&caps.memory), limit_cap(&s_mem)];
+    let mem_caps = [
+        host_cap(&caps.call_memory),
+        host_cap(&caps.memory),
+        limit_cap(&s_mem),
+    ];
     let timeout_caps = [
         host_cap(&caps.call_timeout),
         host_cap(&caps.session_timeout),
@@ -355,9 +367,17 @@ pub fn resolve_layers(stack: &[StackLayer<'_>]) -> (Option<Plan>, Vec<Diagnostic
             name: r.name.clone(),
             patterns: r.patterns.clone(),
             origin: r.origin.clone(),
-            memory: r.limits.memory.as_ref().map(|v| clamp(v, &mem_caps, &mut d)),
+            memory: r
+                .limits
+                .memory
+                .as_ref()
+                .map(|v| clamp(v, &mem_caps, &mut d)),
             cpu_class: r.limits.cpu_class.as_ref().map(|v| clamp(v, &[], &mut d)),
-            timeout: r.limits.timeout.as_ref().map(|v| clamp(v, &timeout_caps, &mut d)),
+            timeout: r
+                .limits
+                .timeout
+                .as_ref()
+                .map(|v| clamp(v, &timeout_caps, &mut d)),
             pids: r.limits.pids.as_ref().map(|v| clamp(v, &pids_caps, &mut d)),
             compiled: r
                 .patterns
@@ -443,7 +463,8 @@ impl Plan {
     pub fn call<S: AsRef<str>>(&self, argv: &[S], declared: &DeclaredIntent) -> CallPlan {
         let rule = self.rule_for(argv);
         let d = &self.call_defaults;
-        let pick = |f: fn(&RulePlan) -> Option<&Limit<Size>>| rule.and_then(|r| f(r).map(|l| (r, l)));
+        let pick =
+            |f: fn(&RulePlan) -> Option<&Limit<Size>>| rule.and_then(|r| f(r).map(|l| (r, l)));
         let memory = call_limit(pick(|r| r.memory.as_ref()), &d.memory, declared.memory);
         let cpu_class = call_limit(
             rule.and_then(|r| r.cpu_class.as_ref().map(|l| (r, l))),

@@ -56,9 +56,7 @@ pub fn parse_size(text: &str) -> Result<Size, String> {
             ));
         }
     };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size"))?;
+    let value: f64 = num.parse().map_err(|_| format!("`{text}` is not a size"))?;
     let bytes = value * mult;
     // 2^62 bytes (4 EiB) is far beyond any memory or disk: keeps arithmetic overflow-free.
     if !bytes.is_finite() || bytes >= (1u64 << 62) as f64 {
@@ -99,7 +97,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             }
         };
         if digits.is_empty() {
-            return Err(format!("`{text}` is not a duration (a number must precede `{c}`)"));
+            return Err(format!(
+                "`{text}` is not a duration (a number must precede `{c}`)"
+            ));
         }
         let n: u64 = digits
             .parse()
@@ -132,7 +132,9 @@ fn check_duration(secs: u64, text: &str) -> Result<Duration, String> {
 /// Parse a CPU amount in cores (`2`, `0.5`).
 pub fn cpu_from_f64(cores: f64) -> Result<Cpu, String> {
     if !cores.is_finite() || cores <= 0.0 {
-        return Err(format!("cpu must be a positive number of cores, not {cores}"));
+        return Err(format!(
+            "cpu must be a positive number of cores, not {cores}"
+        ));
     }
     if cores > 4096.0 {
         return Err(format!("cpu = {cores} cores is more than any machine has"));
@@ -146,9 +148,14 @@ pub fn cpu_from_f64(cores: f64) -> Result<Cpu, String> {
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let units = [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        let units = [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
         for (name, unit) in units {
-            if self.0 >= unit && self.0 % unit == 0 {
+            if self.0 >= unit && self.0.is_multiple_of(unit) {
                 return write!(f, "{}{name}", self.0 / unit);
             }
         }
@@ -239,7 +246,9 @@ struct DurationVisitor;
 impl Visitor<'_> for DurationVisitor {
     type Value = Duration;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a duration like \"30s\", \"10m\" or \"1h30m\", or an integer number of seconds")
+        f.write_str(
+            "a duration like \"30s\", \"10m\" or \"1h30m\", or an integer number of seconds",
+        )
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
         parse_duration(v).map_err(E::custom)
@@ -341,7 +350,9 @@ mod tests {
 
     #[test]
     fn sizes_rejected() {
-        for bad in ["", "G", "2GiBs", "1..5G", ".5G", "5.G", "-1G", "0", "0M", "lots", "9e9T"] {
+        for bad in [
+            "", "G", "2GiBs", "1..5G", ".5G", "5.G", "-1G", "0", "0M", "lots", "9e9T",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad} should be rejected");
         }
     }
@@ -352,7 +363,16 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration(5400)));
         assert_eq!(parse_duration("2d"), Ok(Duration(172_800)));
         assert_eq!(parse_duration("45"), Ok(Duration(45)));
-        for bad in ["", "h", "10", "1x", "5m3", "0s", "400d", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "h",
+            "10",
+            "1x",
+            "5m3",
+            "0s",
+            "400d",
+            "99999999999999999999s",
+        ] {
             if bad == "10" {
                 continue;
             }

@@ -94,7 +94,13 @@ impl Cx<'_> {
     fn positive_pids(&mut self, l: &Option<L<u32>>, key: &str) -> Option<Val<u32>> {
         let l = l.as_ref()?;
         if *l.get() == 0 {
-            self.err(K::Invalid, l.span(), key, format!("`{key}` must be at least 1"), None);
+            self.err(
+                K::Invalid,
+                l.span(),
+                key,
+                format!("`{key}` must be at least 1"),
+                None,
+            );
             return None;
         }
         Some(self.val(l, key))
@@ -111,17 +117,30 @@ impl Cx<'_> {
                     item.span(),
                     key,
                     format!("bad glob `{}`: {}", item.get(), e.kind()),
-                    Some("globs use `*`, `?`, `[abc]` and `{a,b}`; escape literals with `[` `]`".into()),
+                    Some(
+                        "globs use `*`, `?`, `[abc]` and `{a,b}`; escape literals with `[` `]`"
+                            .into(),
+                    ),
                 ),
             }
         }
         out
     }
 
-    fn patterns(&mut self, list: &L<Vec<L<String>>>, key: &str) -> Vec<(Val<String>, CompiledPattern)> {
+    fn patterns(
+        &mut self,
+        list: &L<Vec<L<String>>>,
+        key: &str,
+    ) -> Vec<(Val<String>, CompiledPattern)> {
         let mut out = Vec::new();
         if list.get().is_empty() {
-            self.err(K::Invalid, list.span(), key, format!("`{key}` is empty"), Some("list at least one command, like \"cargo test\"".into()));
+            self.err(
+                K::Invalid,
+                list.span(),
+                key,
+                format!("`{key}` is empty"),
+                Some("list at least one command, like \"cargo test\"".into()),
+            );
         }
         for item in list.get() {
             match ArgvPattern::compile(item.get()) {
@@ -137,7 +156,13 @@ impl Cx<'_> {
         for item in list.iter().flat_map(|l| l.get()) {
             match check_domain(item.get()) {
                 Ok(()) => out.push(self.val(item, key)),
-                Err(e) => self.err(K::Invalid, item.span(), key, e, Some("use `domain`, `domain:port` or `*.domain:port`".into())),
+                Err(e) => self.err(
+                    K::Invalid,
+                    item.span(),
+                    key,
+                    e,
+                    Some("use `domain`, `domain:port` or `*.domain:port`".into()),
+                ),
             }
         }
         out
@@ -153,7 +178,10 @@ fn check_domain(s: &str) -> Result<(), String> {
         return if REGISTRY_SETS.contains(&name) {
             Ok(())
         } else {
-            Err(format!("unknown registry set `{s}` (known: @{})", REGISTRY_SETS.join(", @")))
+            Err(format!(
+                "unknown registry set `{s}` (known: @{})",
+                REGISTRY_SETS.join(", @")
+            ))
         };
     }
     let (host, port) = match s.rsplit_once(':') {
@@ -173,7 +201,11 @@ fn check_domain(s: &str) -> Result<(), String> {
                 && label.len() <= 63
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
-    if ok { Ok(()) } else { Err(format!("`{s}` is not a domain")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{s}` is not a domain"))
+    }
 }
 
 /// Turn a TOML/serde error into a diagnostic with a hint.
@@ -207,7 +239,11 @@ pub fn validate(name: &str, text: &str, kind: LayerKind) -> (Option<Validated>, 
         Ok(f) => f,
         Err(e) => return (None, vec![parse_diag(&src, &e)]),
     };
-    let mut cx = Cx { src, kind, diags: Vec::new() };
+    let mut cx = Cx {
+        src,
+        kind,
+        diags: Vec::new(),
+    };
     let v = check_file(&mut cx, &file);
     (Some(v), cx.diags)
 }
@@ -215,26 +251,56 @@ pub fn validate(name: &str, text: &str, kind: LayerKind) -> (Option<Validated>, 
 fn check_file(cx: &mut Cx, f: &PolicyFile) -> Validated {
     match (&f.version, cx.kind) {
         (None, LayerKind::Cli) => {}
-        (None, _) => cx.diags.push(cx.src.diag(K::Invalid, Some(0..0), Some("version"), "missing `version`", Some("add `version = 1` at the top of the file".into()))),
-        (Some(v), _) if *v.get() != 1 => cx.err(K::Invalid, v.span(), "version", format!("unsupported policy version {}", v.get()), Some("this build reads `version = 1`".into())),
+        (None, _) => cx.diags.push(cx.src.diag(
+            K::Invalid,
+            Some(0..0),
+            Some("version"),
+            "missing `version`",
+            Some("add `version = 1` at the top of the file".into()),
+        )),
+        (Some(v), _) if *v.get() != 1 => cx.err(
+            K::Invalid,
+            v.span(),
+            "version",
+            format!("unsupported policy version {}", v.get()),
+            Some("this build reads `version = 1`".into()),
+        ),
         _ => {}
     }
     let extends = f.extends.as_ref().and_then(|e| {
         if matches!(cx.kind, LayerKind::Profile | LayerKind::Repo) {
             Some((e.get().clone(), e.span()))
         } else {
-            cx.err(K::Invalid, e.span(), "extends", format!("the {} cannot extend another policy", cx.kind), Some("only profiles and repo policies use `extends`".into()));
+            cx.err(
+                K::Invalid,
+                e.span(),
+                "extends",
+                format!("the {} cannot extend another policy", cx.kind),
+                Some("only profiles and repo policies use `extends`".into()),
+            );
             None
         }
     });
     let mut layer = Layer::default();
     for m in f.require.iter().flat_map(|l| l.get()) {
         match Mechanism::parse(m.get()) {
-            Some(mech) => layer.require.push(Val { value: mech, origin: cx.origin(&m.span(), "require") }),
+            Some(mech) => layer.require.push(Val {
+                value: mech,
+                origin: cx.origin(&m.span(), "require"),
+            }),
             None => {
                 let names = Mechanism::ALL.map(|(n, _)| n);
-                let hint = closest(m.get(), names).map_or_else(|| format!("known mechanisms: {}", names.join(", ")), |c| format!("did you mean `{c}`?"));
-                cx.err(K::Invalid, m.span(), "require", format!("unknown mechanism `{}`", m.get()), Some(hint));
+                let hint = closest(m.get(), names).map_or_else(
+                    || format!("known mechanisms: {}", names.join(", ")),
+                    |c| format!("did you mean `{c}`?"),
+                );
+                cx.err(
+                    K::Invalid,
+                    m.span(),
+                    "require",
+                    format!("unknown mechanism `{}`", m.get()),
+                    Some(hint),
+                );
             }
         }
     }
@@ -261,7 +327,11 @@ fn check_file(cx: &mut Cx, f: &PolicyFile) -> Validated {
         let mut lists = Vec::new();
         for (list, key) in [(&e.allow, "exec.allow"), (&e.deny, "exec.deny")] {
             let pats: Vec<String> = match list {
-                Some(l) => cx.patterns(l, key).into_iter().map(|(v, _)| v.value).collect(),
+                Some(l) => cx
+                    .patterns(l, key)
+                    .into_iter()
+                    .map(|(v, _)| v.value)
+                    .collect(),
                 None => Vec::new(),
             };
             if let Some(l) = list.as_ref().filter(|l| !l.get().is_empty()) {
@@ -272,7 +342,13 @@ fn check_file(cx: &mut Cx, f: &PolicyFile) -> Validated {
         if let (Some(allow), Some(Some(deny))) = (lists.first(), lists.get(1).map(|l| l.1)) {
             for d in deny.get() {
                 if allow.0.contains(d.get()) {
-                    cx.err(K::Contradiction, d.span(), "exec.deny", format!("`{}` is both allowed and denied", d.get()), Some("deny beats allow; remove it from `exec.allow`".into()));
+                    cx.err(
+                        K::Contradiction,
+                        d.span(),
+                        "exec.deny",
+                        format!("`{}` is both allowed and denied", d.get()),
+                        Some("deny beats allow; remove it from `exec.allow`".into()),
+                    );
                 }
             }
         }
@@ -281,10 +357,16 @@ fn check_file(cx: &mut Cx, f: &PolicyFile) -> Validated {
         for (res, cap) in caps.get() {
             check_capability_resource(cx, res, cap.span());
             let c = cap.get();
-            if let (Effect::Deny, Some(o)) = (c.effect.get(), &c.one_shot) {
-                if *o.get() {
-                    cx.err(K::Contradiction, o.span(), "capabilities.one_shot", format!("`{res}` is a one-shot deny"), Some("one_shot only makes sense for allow or ask".into()));
-                }
+            if let (Effect::Deny, Some(o)) = (c.effect.get(), &c.one_shot)
+                && *o.get()
+            {
+                cx.err(
+                    K::Contradiction,
+                    o.span(),
+                    "capabilities.one_shot",
+                    format!("`{res}` is a one-shot deny"),
+                    Some("one_shot only makes sense for allow or ask".into()),
+                );
             }
             cx.not_enforced(cap.span(), "capabilities");
         }
@@ -297,26 +379,44 @@ fn check_file(cx: &mut Cx, f: &PolicyFile) -> Validated {
     }
     if let Some(u) = &f.undo {
         let u = u.get();
-        let on = matches!(u.checkpoint.as_ref().map(|c| *c.get()), Some(schema::CheckpointMode::PerCall));
+        let on = matches!(
+            u.checkpoint.as_ref().map(|c| *c.get()),
+            Some(schema::CheckpointMode::PerCall)
+        );
         if let Some(c) = u.checkpoint.as_ref().filter(|_| on) {
             cx.not_enforced(c.span(), "undo.checkpoint");
         }
         if let Some(r) = &u.retention {
             if u.checkpoint.is_some() && !on {
-                cx.err(K::Contradiction, r.span(), "undo.retention", "retention is set but checkpoints are off".into(), Some("set `checkpoint = \"per-call\"` or drop `retention`".into()));
+                cx.err(
+                    K::Contradiction,
+                    r.span(),
+                    "undo.retention",
+                    "retention is set but checkpoints are off".into(),
+                    Some("set `checkpoint = \"per-call\"` or drop `retention`".into()),
+                );
             }
             cx.not_enforced(r.span(), "undo.retention");
         }
     }
-    let examples = f.example.iter().flatten().filter_map(|e| check_example(cx, e)).collect();
-    Validated { layer, extends, examples }
+    let examples = f
+        .example
+        .iter()
+        .flatten()
+        .filter_map(|e| check_example(cx, e))
+        .collect();
+    Validated {
+        layer,
+        extends,
+        examples,
+    }
 }
 
 fn check_session(cx: &mut Cx, s: &schema::Session, layer: &mut Layer) {
-    if let Some(w) = &s.workspace {
-        if *w.get() != schema::WorkspaceMode::Overlay {
-            cx.not_enforced(w.span(), "session.workspace");
-        }
+    if let Some(w) = &s.workspace
+        && *w.get() != schema::WorkspaceMode::Overlay
+    {
+        cx.not_enforced(w.span(), "session.workspace");
     }
     if let Some(r) = &s.root {
         let root = r.get();
@@ -325,10 +425,22 @@ fn check_session(cx: &mut Cx, s: &schema::Session, layer: &mut Layer) {
             if path.starts_with('/') {
                 cx.not_enforced(r.span(), "session.root");
             } else {
-                cx.err(K::Invalid, r.span(), "session.root", format!("OCI bundle path `{path}` is not absolute"), Some("write `oci:/absolute/path/to/bundle`".into()));
+                cx.err(
+                    K::Invalid,
+                    r.span(),
+                    "session.root",
+                    format!("OCI bundle path `{path}` is not absolute"),
+                    Some("write `oci:/absolute/path/to/bundle`".into()),
+                );
             }
         } else {
-            cx.err(K::Invalid, r.span(), "session.root", format!("unknown root `{root}`"), Some("use \"host\" (host root, read-only) or \"oci:/path/to/bundle\"".into()));
+            cx.err(
+                K::Invalid,
+                r.span(),
+                "session.root",
+                format!("unknown root `{root}`"),
+                Some("use \"host\" (host root, read-only) or \"oci:/path/to/bundle\"".into()),
+            );
         }
     }
     let allow = cx.globs(&s.env, "session.env");
@@ -348,7 +460,10 @@ fn check_session(cx: &mut Cx, s: &schema::Session, layer: &mut Layer) {
         }
     }
     if let Some(e) = &s.env {
-        layer.env = Some(Val { value: allow.into_iter().map(|v| v.value).collect(), origin: cx.origin(&e.span(), "session.env") });
+        layer.env = Some(Val {
+            value: allow.into_iter().map(|v| v.value).collect(),
+            origin: cx.origin(&e.span(), "session.env"),
+        });
     }
     layer.env_deny = deny;
     layer.session_timeout = cx.opt(&s.timeout, "session.timeout");
@@ -375,22 +490,51 @@ fn check_resources(cx: &mut Cx, r: &schema::Resources, layer: &mut Layer) {
     }
     // Inside one file, a per-call default above the session cap is a contradiction.
     let pairs = [
-        (layer.call.memory.as_ref().map(|v| (v.value.0, &v.origin)), layer.memory.as_ref().map(|v| (v.value.0, v.value.to_string()))),
-        (layer.call.pids.as_ref().map(|v| (u64::from(v.value), &v.origin)), layer.pids.as_ref().map(|v| (u64::from(v.value), v.value.to_string()))),
-        (layer.call.timeout.as_ref().map(|v| (v.value.0, &v.origin)), layer.session_timeout.as_ref().map(|v| (v.value.0, v.value.to_string()))),
+        (
+            layer.call.memory.as_ref().map(|v| (v.value.0, &v.origin)),
+            layer
+                .memory
+                .as_ref()
+                .map(|v| (v.value.0, v.value.to_string())),
+        ),
+        (
+            layer
+                .call
+                .pids
+                .as_ref()
+                .map(|v| (u64::from(v.value), &v.origin)),
+            layer
+                .pids
+                .as_ref()
+                .map(|v| (u64::from(v.value), v.value.to_string())),
+        ),
+        (
+            layer.call.timeout.as_ref().map(|v| (v.value.0, &v.origin)),
+            layer
+                .session_timeout
+                .as_ref()
+                .map(|v| (v.value.0, v.value.to_string())),
+        ),
     ];
     let mut found = Vec::new();
     for (call, session) in pairs {
-        if let (Some((c, origin)), Some((s, shown))) = (call, session) {
-            if c > s {
+        if let (Some((c, origin)), Some((s, shown))) = (call, session)
+            && c > s
+        {
+            {
                 found.push(Diagnostic {
                     kind: K::Contradiction,
                     file: origin.file.clone(),
                     line: origin.line,
                     column: origin.column,
                     key: Some(origin.key.clone()),
-                    message: format!("`{}` is larger than the session's own limit ({shown})", origin.key),
-                    hint: Some("a call can never get more than its session; lower one of them".into()),
+                    message: format!(
+                        "`{}` is larger than the session's own limit ({shown})",
+                        origin.key
+                    ),
+                    hint: Some(
+                        "a call can never get more than its session; lower one of them".into(),
+                    ),
                 });
             }
         }
@@ -418,30 +562,71 @@ fn check_rule(cx: &mut Cx, rule: &L<schema::IntentRule>) -> Option<Rule> {
     let r = rule.get();
     let name = r.name.get().trim();
     if name.is_empty() || name == "none" {
-        cx.err(K::Invalid, r.name.span(), "intent.name", format!("bad rule name `{name}`"), Some("name rules with a word like \"test-runner\" (\"none\" is reserved)".into()));
+        cx.err(
+            K::Invalid,
+            r.name.span(),
+            "intent.name",
+            format!("bad rule name `{name}`"),
+            Some("name rules with a word like \"test-runner\" (\"none\" is reserved)".into()),
+        );
     }
     let compiled = cx.patterns(&r.patterns, "intent.match");
-    let limits = check_call(cx, &schema::CallLimits { memory: r.memory.clone(), cpu_class: r.cpu_class.clone(), timeout: r.timeout.clone(), pids: r.pids.clone() }, "intent");
+    let limits = check_call(
+        cx,
+        &schema::CallLimits {
+            memory: r.memory.clone(),
+            cpu_class: r.cpu_class.clone(),
+            timeout: r.timeout.clone(),
+            pids: r.pids.clone(),
+        },
+        "intent",
+    );
     // Judge the raw fields so a rejected value (e.g. `pids = 0`) does not also report this.
     if r.memory.is_none() && r.cpu_class.is_none() && r.timeout.is_none() && r.pids.is_none() {
-        cx.err(K::Invalid, rule.span(), "intent", format!("intent rule `{name}` sets nothing"), Some("set at least one of memory, cpu_class, timeout, pids".into()));
+        cx.err(
+            K::Invalid,
+            rule.span(),
+            "intent",
+            format!("intent rule `{name}` sets nothing"),
+            Some("set at least one of memory, cpu_class, timeout, pids".into()),
+        );
     }
     for (list, must) in [(&r.examples, true), (&r.counter_examples, false)] {
         for ex in list.iter().flat_map(|l| l.get()) {
             let argv: Vec<&str> = ex.get().split_whitespace().collect();
             if compiled.iter().any(|(_, c)| c.matches(&argv)) != must {
                 let (msg, hint) = if must {
-                    (format!("example `{}` does not match intent rule `{name}`", ex.get()), "fix the rule's `match` patterns or the example")
+                    (
+                        format!("example `{}` does not match intent rule `{name}`", ex.get()),
+                        "fix the rule's `match` patterns or the example",
+                    )
                 } else {
-                    (format!("counter-example `{}` matches intent rule `{name}`", ex.get()), "narrow the rule's `match` patterns")
+                    (
+                        format!(
+                            "counter-example `{}` matches intent rule `{name}`",
+                            ex.get()
+                        ),
+                        "narrow the rule's `match` patterns",
+                    )
                 };
-                cx.err(K::Example, ex.span(), "intent.examples", msg, Some(hint.into()));
+                cx.err(
+                    K::Example,
+                    ex.span(),
+                    "intent.examples",
+                    msg,
+                    Some(hint.into()),
+                );
             }
         }
     }
     Some(Rule {
         name: name.to_string(),
-        patterns: compiled.into_iter().map(|(v, _)| ArgvPattern { text: v.value.split_whitespace().collect::<Vec<_>>().join(" ") }).collect(),
+        patterns: compiled
+            .into_iter()
+            .map(|(v, _)| ArgvPattern {
+                text: v.value.split_whitespace().collect::<Vec<_>>().join(" "),
+            })
+            .collect(),
         limits,
         origin: cx.origin(&rule.span(), "intent"),
     })
@@ -454,28 +639,73 @@ fn check_rule_conflicts(cx: &mut Cx, f: &PolicyFile) {
     // Compile once: glob compilation dominates validation time.
     let compiled: Vec<Vec<CompiledPattern>> = rules
         .iter()
-        .map(|r| r.patterns.get().iter().filter_map(|q| ArgvPattern::compile(q.get()).ok()).collect())
+        .map(|r| {
+            r.patterns
+                .get()
+                .iter()
+                .filter_map(|q| ArgvPattern::compile(q.get()).ok())
+                .collect()
+        })
         .collect();
     for (i, r) in rules.iter().enumerate() {
         for (j, earlier) in rules[..i].iter().enumerate() {
             if earlier.name.get().trim() == r.name.get().trim() {
-                cx.err(K::Invalid, r.name.span(), "intent.name", format!("duplicate intent rule name `{}`", r.name.get()), Some("rule names must be unique within a file".into()));
+                cx.err(
+                    K::Invalid,
+                    r.name.span(),
+                    "intent.name",
+                    format!("duplicate intent rule name `{}`", r.name.get()),
+                    Some("rule names must be unique within a file".into()),
+                );
             }
-            let same_intent = earlier.memory.as_ref().map(|v| *v.get()) == r.memory.as_ref().map(|v| *v.get())
-                && earlier.cpu_class.as_ref().map(|v| *v.get()) == r.cpu_class.as_ref().map(|v| *v.get())
-                && earlier.timeout.as_ref().map(|v| *v.get()) == r.timeout.as_ref().map(|v| *v.get())
+            let same_intent = earlier.memory.as_ref().map(|v| *v.get())
+                == r.memory.as_ref().map(|v| *v.get())
+                && earlier.cpu_class.as_ref().map(|v| *v.get())
+                    == r.cpu_class.as_ref().map(|v| *v.get())
+                && earlier.timeout.as_ref().map(|v| *v.get())
+                    == r.timeout.as_ref().map(|v| *v.get())
                 && earlier.pids.as_ref().map(|v| *v.get()) == r.pids.as_ref().map(|v| *v.get());
             for p in r.patterns.get() {
                 let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-                if !same_intent && earlier.patterns.get().iter().any(|q| norm(q.get()) == norm(p.get())) {
-                    cx.err(K::Contradiction, p.span(), "intent.match", format!("`{}` is also matched by rule `{}` with a different intent", p.get(), earlier.name.get()), Some("the first matching rule wins, so this entry never applies; remove one".into()));
+                if !same_intent
+                    && earlier
+                        .patterns
+                        .get()
+                        .iter()
+                        .any(|q| norm(q.get()) == norm(p.get()))
+                {
+                    cx.err(
+                        K::Contradiction,
+                        p.span(),
+                        "intent.match",
+                        format!(
+                            "`{}` is also matched by rule `{}` with a different intent",
+                            p.get(),
+                            earlier.name.get()
+                        ),
+                        Some(
+                            "the first matching rule wins, so this entry never applies; remove one"
+                                .into(),
+                        ),
+                    );
                 }
             }
             for ex in r.examples.iter().flat_map(|l| l.get()) {
                 let argv: Vec<&str> = ex.get().split_whitespace().collect();
                 let shadowed = compiled[j].iter().any(|c| c.matches(&argv));
                 if shadowed {
-                    cx.err(K::Example, ex.span(), "intent.examples", format!("example `{}` of rule `{}` is taken by the earlier rule `{}`", ex.get(), r.name.get(), earlier.name.get()), Some("rules are tried in order; move the more specific rule first".into()));
+                    cx.err(
+                        K::Example,
+                        ex.span(),
+                        "intent.examples",
+                        format!(
+                            "example `{}` of rule `{}` is taken by the earlier rule `{}`",
+                            ex.get(),
+                            r.name.get(),
+                            earlier.name.get()
+                        ),
+                        Some("rules are tried in order; move the more specific rule first".into()),
+                    );
                 }
             }
         }
@@ -483,18 +713,43 @@ fn check_rule_conflicts(cx: &mut Cx, f: &PolicyFile) {
 }
 
 fn check_filesystem(cx: &mut Cx, fs: &schema::Filesystem) {
-    let lists = [(&fs.read_only, "filesystem.read_only"), (&fs.read_write, "filesystem.read_write"), (&fs.hidden, "filesystem.hidden")];
+    let lists = [
+        (&fs.read_only, "filesystem.read_only"),
+        (&fs.read_write, "filesystem.read_write"),
+        (&fs.hidden, "filesystem.hidden"),
+    ];
     let mut seen: Vec<(String, &str)> = Vec::new();
     for (list, key) in lists {
         for item in list.iter().flat_map(|l| l.get()) {
             let p = item.get();
             if !(p.starts_with('/') || p.starts_with("~/")) {
-                cx.err(K::Invalid, item.span(), key, format!("path `{p}` is not absolute"), Some("write `/abs/path`, `~/path` or a glob like `/home/*/.ssh`".into()));
+                cx.err(
+                    K::Invalid,
+                    item.span(),
+                    key,
+                    format!("path `{p}` is not absolute"),
+                    Some("write `/abs/path`, `~/path` or a glob like `/home/*/.ssh`".into()),
+                );
             } else if let Err(e) = Glob::new(p) {
-                cx.err(K::Invalid, item.span(), key, format!("bad glob `{p}`: {}", e.kind()), None);
+                cx.err(
+                    K::Invalid,
+                    item.span(),
+                    key,
+                    format!("bad glob `{p}`: {}", e.kind()),
+                    None,
+                );
             }
             if let Some((_, other)) = seen.iter().find(|(q, _)| q == p) {
-                cx.err(K::Contradiction, item.span(), key, format!("`{p}` is also listed in `{other}`"), Some("a path has one access mode; hidden beats read-write beats read-only".into()));
+                cx.err(
+                    K::Contradiction,
+                    item.span(),
+                    key,
+                    format!("`{p}` is also listed in `{other}`"),
+                    Some(
+                        "a path has one access mode; hidden beats read-write beats read-only"
+                            .into(),
+                    ),
+                );
             }
             seen.push((p.clone(), key));
         }
@@ -513,7 +768,13 @@ fn check_network(cx: &mut Cx, n: &schema::Network, layer: &mut Layer) {
     cx.domains(&n.allow, "network.allow");
     if let Some(a) = n.allow.as_ref().filter(|a| !a.get().is_empty()) {
         if enabled == Some(false) {
-            cx.err(K::Contradiction, a.span(), "network.allow", "destinations are allowed but the network is off".into(), Some("set `enabled = true` or drop `allow`".into()));
+            cx.err(
+                K::Contradiction,
+                a.span(),
+                "network.allow",
+                "destinations are allowed but the network is off".into(),
+                Some("set `enabled = true` or drop `allow`".into()),
+            );
         }
         cx.not_enforced(a.span(), "network.allow");
     }
@@ -527,27 +788,54 @@ fn check_network(cx: &mut Cx, n: &schema::Network, layer: &mut Layer) {
         let allow = cx.domains(&m.get().allow, "network.max.allow");
         layer.caps.network_enabled = cx.opt(&m.get().enabled, "network.max.enabled");
         if let Some(a) = &m.get().allow {
-            layer.caps.network_allow = Some(Val { value: allow.into_iter().map(|v| v.value).collect(), origin: cx.origin(&a.span(), "network.max.allow") });
+            layer.caps.network_allow = Some(Val {
+                value: allow.into_iter().map(|v| v.value).collect(),
+                origin: cx.origin(&a.span(), "network.max.allow"),
+            });
         }
     }
 }
 
 fn check_capability_resource(cx: &mut Cx, res: &str, span: Range<usize>) {
-    let ok = ["fs:", "net:", "exec:", "secret:"].iter().any(|p| res.strip_prefix(p).is_some_and(|rest| !rest.is_empty() && Glob::new(rest).is_ok()));
+    let ok = ["fs:", "net:", "exec:", "secret:"].iter().any(|p| {
+        res.strip_prefix(p)
+            .is_some_and(|rest| !rest.is_empty() && Glob::new(rest).is_ok())
+    });
     if !ok {
         cx.err(K::Invalid, span, "capabilities", format!("bad capability resource `{res}`"), Some("resources look like `fs:/srv/repo/**:write`, `net:api.github.com:443`, `exec:/usr/bin/git`, `secret:NAME`".into()));
     }
 }
 
 fn check_secret(cx: &mut Cx, name: &str, s: &L<schema::Secret>) {
-    let valid_name = name.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c == '_') && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    let valid_name = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
     if !valid_name {
-        cx.err(K::Invalid, s.span(), "secrets", format!("bad secret name `{name}`"), Some("secret names look like environment variables: GITHUB_TOKEN".into()));
+        cx.err(
+            K::Invalid,
+            s.span(),
+            "secrets",
+            format!("bad secret name `{name}`"),
+            Some("secret names look like environment variables: GITHUB_TOKEN".into()),
+        );
     }
     let src = s.get().source.get();
-    let ok = src.strip_prefix("env:").is_some_and(|v| !v.is_empty()) || src.strip_prefix("file:").is_some_and(|p| p.starts_with('/'));
+    let ok = src.strip_prefix("env:").is_some_and(|v| !v.is_empty())
+        || src
+            .strip_prefix("file:")
+            .is_some_and(|p| p.starts_with('/'));
     if !ok {
-        cx.err(K::Invalid, s.get().source.span(), "secrets.source", format!("bad secret source `{src}`"), Some("use `env:NAME` or `file:/absolute/path`".into()));
+        cx.err(
+            K::Invalid,
+            s.get().source.span(),
+            "secrets.source",
+            format!("bad secret source `{src}`"),
+            Some("use `env:NAME` or `file:/absolute/path`".into()),
+        );
     }
     if let Some(c) = &s.get().commands {
         cx.patterns(c, "secrets.commands");
@@ -557,9 +845,20 @@ fn check_secret(cx: &mut Cx, name: &str, s: &L<schema::Secret>) {
 
 fn check_example(cx: &mut Cx, e: &L<schema::Example>) -> Option<ExampleSpec> {
     let e_ref = e.get();
-    let argv: Vec<String> = e_ref.command.get().split_whitespace().map(str::to_string).collect();
+    let argv: Vec<String> = e_ref
+        .command
+        .get()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
     if argv.is_empty() {
-        cx.err(K::Invalid, e_ref.command.span(), "example.command", "empty example command".into(), None);
+        cx.err(
+            K::Invalid,
+            e_ref.command.span(),
+            "example.command",
+            "empty example command".into(),
+            None,
+        );
         return None;
     }
     let (line, column) = cx.src.position(e.span().start);

@@ -18,14 +18,24 @@ fn minimal_policy_stands_on_default_profile() {
 #[test]
 fn unknown_top_level_key_with_hint() {
     let d = one_error("version = 1\n[netwrok]\nenabled = false\n");
-    assert_diag(&d, K::Parse, ".agentd/policy.toml:2:2", "unknown field `netwrok`");
+    assert_diag(
+        &d,
+        K::Parse,
+        ".agentd/policy.toml:2:2",
+        "unknown field `netwrok`",
+    );
     assert_eq!(d.hint.as_deref(), Some("did you mean `network`?"));
 }
 
 #[test]
 fn unknown_nested_key_with_hint() {
     let d = one_error("version = 1\n[resources]\ncpu = 1\nmemroy = \"1G\"\n");
-    assert_diag(&d, K::Parse, ".agentd/policy.toml:4:1", "unknown field `memroy`");
+    assert_diag(
+        &d,
+        K::Parse,
+        ".agentd/policy.toml:4:1",
+        "unknown field `memroy`",
+    );
     assert_eq!(d.hint.as_deref(), Some("did you mean `memory`?"));
 }
 
@@ -38,30 +48,49 @@ fn wrong_type_points_at_value() {
 #[test]
 fn garbage_size_rejected_at_value() {
     let d = one_error("version = 1\n[resources]\nmemory = \"lots\"\n");
-    assert_diag(&d, K::Parse, ".agentd/policy.toml:3:10", "`lots` is not a size");
+    assert_diag(
+        &d,
+        K::Parse,
+        ".agentd/policy.toml:3:10",
+        "`lots` is not a size",
+    );
 }
 
 #[test]
 fn unknown_size_unit_rejected() {
     let d = one_error("version = 1\n\n[resources]\n  memory = \"2 gigs\"\n");
-    assert_diag(&d, K::Parse, ".agentd/policy.toml:4:12", "unknown size unit `gigs`");
+    assert_diag(
+        &d,
+        K::Parse,
+        ".agentd/policy.toml:4:12",
+        "unknown size unit `gigs`",
+    );
 }
 
 #[test]
 fn zero_size_rejected() {
     let d = one_error("version = 1\n[resources.call]\nmemory = \"0M\"\n");
-    assert_diag(&d, K::Parse, ".agentd/policy.toml:3:10", "greater than zero");
+    assert_diag(
+        &d,
+        K::Parse,
+        ".agentd/policy.toml:3:10",
+        "greater than zero",
+    );
 }
 
 #[test]
 fn sizes_in_all_accepted_spellings() {
-    let p = plan("version = 1\n[resources]\nmemory = \"1.5G\"\n[resources.call]\nmemory = \"512M\"\n");
+    let p =
+        plan("version = 1\n[resources]\nmemory = \"1.5G\"\n[resources.call]\nmemory = \"512M\"\n");
     assert_eq!(p.session.memory.value.0, 1_610_612_736);
     assert_eq!(p.call_defaults.memory.value.0, 512 << 20);
     let p = plan("version = 1\n[resources]\nmemory = \"2GiB\"\n");
     assert_eq!(p.session.memory.value.0, 2 << 30);
     assert_eq!(p.session.memory.from.key, "resources.memory");
-    assert_eq!((p.session.memory.from.line, p.session.memory.from.column), (3, 10));
+    assert_eq!(
+        (p.session.memory.from.line, p.session.memory.from.column),
+        (3, 10)
+    );
 }
 
 #[test]
@@ -73,13 +102,23 @@ fn bad_duration_rejected() {
 #[test]
 fn missing_version() {
     let d = one_error("[resources]\ncpu = 1\n");
-    assert_diag(&d, K::Invalid, ".agentd/policy.toml:1:1", "missing `version`");
+    assert_diag(
+        &d,
+        K::Invalid,
+        ".agentd/policy.toml:1:1",
+        "missing `version`",
+    );
 }
 
 #[test]
 fn unsupported_version() {
     let d = one_error("# hello\nversion = 2\n");
-    assert_diag(&d, K::Invalid, ".agentd/policy.toml:2:11", "unsupported policy version 2");
+    assert_diag(
+        &d,
+        K::Invalid,
+        ".agentd/policy.toml:2:11",
+        "unsupported policy version 2",
+    );
 }
 
 #[test]
@@ -92,7 +131,12 @@ fn toml_syntax_error_position() {
 #[test]
 fn wrong_enum_value_lists_choices() {
     let d = one_error("version = 1\n[resources.call]\ncpu_class = \"fast\"\n");
-    assert_diag(&d, K::Parse, ".agentd/policy.toml:3:13", "unknown variant `fast`");
+    assert_diag(
+        &d,
+        K::Parse,
+        ".agentd/policy.toml:3:13",
+        "unknown variant `fast`",
+    );
     assert_eq!(d.hint.as_deref(), Some("one of: batch, latency"));
 }
 
@@ -100,26 +144,46 @@ fn wrong_enum_value_lists_choices() {
 fn bad_glob_in_intent_rule() {
     let text = "version = 1\n[[intent]]\nname = \"t\"\nmatch = [\"cargo test\", \"cargo [nextest\"]\nmemory = \"1G\"\n";
     let d = one_error(text);
-    assert_diag(&d, K::Invalid, ".agentd/policy.toml:4:24", "bad glob `[nextest`");
+    assert_diag(
+        &d,
+        K::Invalid,
+        ".agentd/policy.toml:4:24",
+        "bad glob `[nextest`",
+    );
 }
 
 #[test]
 fn bad_env_glob() {
     let d = one_error("version = 1\n[session]\nenv = [\"PATH\", \"LC_{ALL\"]\n");
-    assert_diag(&d, K::Invalid, ".agentd/policy.toml:3:16", "bad glob `LC_{ALL`");
+    assert_diag(
+        &d,
+        K::Invalid,
+        ".agentd/policy.toml:3:16",
+        "bad glob `LC_{ALL`",
+    );
 }
 
 #[test]
 fn unknown_mechanism_with_hint() {
     let d = one_error("version = 1\nrequire = [\"cgroup2\", \"landlok\"]\n");
-    assert_diag(&d, K::Invalid, ".agentd/policy.toml:2:23", "unknown mechanism `landlok`");
+    assert_diag(
+        &d,
+        K::Invalid,
+        ".agentd/policy.toml:2:23",
+        "unknown mechanism `landlok`",
+    );
     assert_eq!(d.hint.as_deref(), Some("did you mean `landlock`?"));
 }
 
 #[test]
 fn unknown_profile_with_hint() {
     let d = one_error("version = 1\nextends = \"defualt\"\n");
-    assert_diag(&d, K::Extends, ".agentd/policy.toml:2:11", "unknown profile `defualt` (did you mean `default`?)");
+    assert_diag(
+        &d,
+        K::Extends,
+        ".agentd/policy.toml:2:11",
+        "unknown profile `defualt` (did you mean `default`?)",
+    );
 }
 
 #[test]
@@ -129,15 +193,35 @@ fn extends_cycle_is_refused() {
     let Err(e) = load(None, a, &[(".agentd/b.toml", b), (REPO, a)], &[]) else {
         panic!("cycle accepted")
     };
-    assert!(e.diagnostics().iter().any(|d| d.kind == K::Extends && d.message.contains("cycle")), "{e}");
+    assert!(
+        e.diagnostics()
+            .iter()
+            .any(|d| d.kind == K::Extends && d.message.contains("cycle")),
+        "{e}"
+    );
 }
 
 #[test]
 fn extends_relative_path() {
     let base = "version = 1\nextends = \"strict\"\n[resources]\npids = 300\n";
-    let p = load(None, "version = 1\nextends = \"base.toml\"\n", &[(".agentd/base.toml", base)], &[]).unwrap();
+    let p = load(
+        None,
+        "version = 1\nextends = \"base.toml\"\n",
+        &[(".agentd/base.toml", base)],
+        &[],
+    )
+    .unwrap();
     let files: Vec<&str> = p.layers.iter().map(|l| l.file.as_str()).collect();
-    assert_eq!(files, ["built-in host defaults", "profile:default", "profile:strict", ".agentd/base.toml", REPO]);
+    assert_eq!(
+        files,
+        [
+            "built-in host defaults",
+            "profile:default",
+            "profile:strict",
+            ".agentd/base.toml",
+            REPO
+        ]
+    );
     assert_eq!(p.session.pids.value, 300);
     assert_eq!(p.session.memory.value.to_string(), "2GiB");
 }
@@ -146,35 +230,73 @@ fn extends_relative_path() {
 fn same_pattern_two_intents_is_a_contradiction() {
     let text = "version = 1\n[[intent]]\nname = \"a\"\nmatch = [\"make\"]\nmemory = \"1G\"\n[[intent]]\nname = \"b\"\nmatch = [\"make  \"]\nmemory = \"2G\"\n";
     let d = one_error(text);
-    assert_diag(&d, K::Contradiction, ".agentd/policy.toml:8:10", "also matched by rule `a`");
+    assert_diag(
+        &d,
+        K::Contradiction,
+        ".agentd/policy.toml:8:10",
+        "also matched by rule `a`",
+    );
 }
 
 #[test]
 fn call_limit_above_session_limit_in_one_file() {
-    let d = one_error("version = 1\n[resources]\nmemory = \"1G\"\n[resources.call]\nmemory = \"2G\"\n");
-    assert_diag(&d, K::Contradiction, ".agentd/policy.toml:5:10", "larger than the session's own limit (1GiB)");
+    let d =
+        one_error("version = 1\n[resources]\nmemory = \"1G\"\n[resources.call]\nmemory = \"2G\"\n");
+    assert_diag(
+        &d,
+        K::Contradiction,
+        ".agentd/policy.toml:5:10",
+        "larger than the session's own limit (1GiB)",
+    );
 }
 
 #[test]
 fn env_allowed_and_denied_in_one_file() {
     let d = one_error("version = 1\n[session]\nenv = [\"PATH\", \"FOO\"]\nenv_deny = [\"FOO\"]\n");
-    assert_diag(&d, K::Contradiction, ".agentd/policy.toml:4:13", "`FOO` is both allowed and denied");
+    assert_diag(
+        &d,
+        K::Contradiction,
+        ".agentd/policy.toml:4:13",
+        "`FOO` is both allowed and denied",
+    );
 }
 
 #[test]
 fn filesystem_rules_validated_then_refused() {
     let text = "version = 1\n[filesystem]\nread_only = [\"/etc\"]\nread_write = [\"/etc\", \"relative\"]\n";
     let d = errors(None, text);
-    assert_diag(&d[0], K::NotEnforced, ".agentd/policy.toml:3:13", "`filesystem.read_only` is not enforced by this build");
-    assert_diag(&d[1], K::Contradiction, ".agentd/policy.toml:4:15", "`/etc` is also listed in `filesystem.read_only`");
-    assert_diag(&d[2], K::Invalid, ".agentd/policy.toml:4:23", "path `relative` is not absolute");
-    assert_diag(&d[3], K::NotEnforced, ".agentd/policy.toml:4:14", "`filesystem.read_write` is not enforced");
+    assert_diag(
+        &d[0],
+        K::NotEnforced,
+        ".agentd/policy.toml:3:13",
+        "`filesystem.read_only` is not enforced by this build",
+    );
+    assert_diag(
+        &d[1],
+        K::Contradiction,
+        ".agentd/policy.toml:4:15",
+        "`/etc` is also listed in `filesystem.read_only`",
+    );
+    assert_diag(
+        &d[2],
+        K::Invalid,
+        ".agentd/policy.toml:4:23",
+        "path `relative` is not absolute",
+    );
+    assert_diag(
+        &d[3],
+        K::NotEnforced,
+        ".agentd/policy.toml:4:14",
+        "`filesystem.read_write` is not enforced",
+    );
     assert_eq!(d.len(), 4);
 }
 
 #[test]
 fn empty_filesystem_lists_and_network_off_are_accepted() {
-    plan("version = 1\n[filesystem]\nread_only = []\n[network]\nenabled = false\nallow = []\n[undo]\ncheckpoint = \"off\"\n[exec]\n[capabilities]\n[secrets]\n");
+    plan(
+        "version = 1\n[filesystem]\nread_only = []\n[network]\nenabled = false\nallow = []\n[undo]\ncheckpoint = \"off\"\n[exec]\n[capabilities]\n[secrets]\n",
+    );
 }
 
 #[test]
@@ -182,26 +304,50 @@ fn repo_enabling_network_is_refused_naming_the_host_cap() {
     let host = "version = 1\n[network.max]\nenabled = false\n";
     let d = errors(Some(host), "version = 1\n[network]\nenabled = true\n");
     assert_eq!(d.len(), 2, "{d:#?}");
-    assert_diag(&d[0], K::NotEnforced, ".agentd/policy.toml:3:11", "`network.enabled` is not enforced by this build");
-    assert_diag(&d[1], K::ExceedsHostCap, ".agentd/policy.toml:3:11", "exceeds the host cap: host policy /etc/agentd/policy.toml: network.max.enabled = false");
+    assert_diag(
+        &d[0],
+        K::NotEnforced,
+        ".agentd/policy.toml:3:11",
+        "`network.enabled` is not enforced by this build",
+    );
+    assert_diag(
+        &d[1],
+        K::ExceedsHostCap,
+        ".agentd/policy.toml:3:11",
+        "exceeds the host cap: host policy /etc/agentd/policy.toml: network.max.enabled = false",
+    );
 }
 
 #[test]
 fn network_allowlist_validated() {
-    let d = errors(None, "version = 1\n[network]\nallow = [\"ok.example:443\", \"bad host\", \"x:99999\", \"@crates\", \"@nope\"]\n");
-    let msgs: Vec<String> = d.iter().map(|d| format!("{}:{} {}", d.line, d.column, d.message)).collect();
-    assert_eq!(msgs, [
-        "3:28 `bad host` is not a domain",
-        "3:40 bad port `99999` in `x:99999`",
-        "3:62 unknown registry set `@nope` (known: @crates, @pypi, @npm, @debian, @go)",
-        "3:9 `network.allow` is not enforced by this build",
-    ]);
+    let d = errors(
+        None,
+        "version = 1\n[network]\nallow = [\"ok.example:443\", \"bad host\", \"x:99999\", \"@crates\", \"@nope\"]\n",
+    );
+    let msgs: Vec<String> = d
+        .iter()
+        .map(|d| format!("{}:{} {}", d.line, d.column, d.message))
+        .collect();
+    assert_eq!(
+        msgs,
+        [
+            "3:28 `bad host` is not a domain",
+            "3:40 bad port `99999` in `x:99999`",
+            "3:62 unknown registry set `@nope` (known: @crates, @pypi, @npm, @debian, @go)",
+            "3:9 `network.allow` is not enforced by this build",
+        ]
+    );
 }
 
 #[test]
 fn workspace_disk_quota_not_enforced() {
     let d = one_error("version = 1\n[resources]\ndisk = \"10GiB\"\n");
-    assert_diag(&d, K::NotEnforced, ".agentd/policy.toml:3:8", "`resources.disk` is not enforced by this build");
+    assert_diag(
+        &d,
+        K::NotEnforced,
+        ".agentd/policy.toml:3:8",
+        "`resources.disk` is not enforced by this build",
+    );
     assert!(d.hint.as_deref().unwrap().contains("workspace disk quotas"));
 }
 
@@ -210,7 +356,14 @@ fn capabilities_validated_and_refused() {
     let text = "version = 1\n[capabilities]\n\"net:api.github.com:443\" = { effect = \"ask\", one_shot = true, ttl = \"10m\" }\n\"disk:/x\" = { effect = \"allow\" }\n";
     let d = errors(None, text);
     let kinds: Vec<(K, usize, usize)> = d.iter().map(|d| (d.kind, d.line, d.column)).collect();
-    assert_eq!(kinds, [(K::Invalid, 4, 13), (K::NotEnforced, 4, 13), (K::NotEnforced, 3, 28)]);
+    assert_eq!(
+        kinds,
+        [
+            (K::Invalid, 4, 13),
+            (K::NotEnforced, 4, 13),
+            (K::NotEnforced, 3, 28)
+        ]
+    );
     assert!(d[0].message.contains("bad capability resource `disk:/x`"));
 }
 
@@ -218,7 +371,12 @@ fn capabilities_validated_and_refused() {
 fn secrets_validated_and_refused() {
     let text = "version = 1\n[secrets.GITHUB_TOKEN]\nsource = \"vault:x\"\ncommands = [\"git push\"]\ndomains = [\"api.github.com\"]\n";
     let d = errors(None, text);
-    assert_diag(&d[0], K::Invalid, ".agentd/policy.toml:3:10", "bad secret source `vault:x`");
+    assert_diag(
+        &d[0],
+        K::Invalid,
+        ".agentd/policy.toml:3:10",
+        "bad secret source `vault:x`",
+    );
     assert_eq!(d[1].kind, K::NotEnforced);
     assert_eq!(d.len(), 2);
 }
@@ -226,27 +384,70 @@ fn secrets_validated_and_refused() {
 #[test]
 fn undo_checkpoints_not_enforced() {
     let d = one_error("version = 1\n[undo]\ncheckpoint = \"per-call\"\n");
-    assert_diag(&d, K::NotEnforced, ".agentd/policy.toml:3:14", "`undo.checkpoint` is not enforced by this build");
-    let d = errors(None, "version = 1\n[undo]\ncheckpoint = \"off\"\nretention = \"7d\"\n");
-    assert_diag(&d[0], K::Contradiction, ".agentd/policy.toml:4:13", "checkpoints are off");
-    assert_diag(&d[1], K::NotEnforced, ".agentd/policy.toml:4:13", "`undo.retention`");
+    assert_diag(
+        &d,
+        K::NotEnforced,
+        ".agentd/policy.toml:3:14",
+        "`undo.checkpoint` is not enforced by this build",
+    );
+    let d = errors(
+        None,
+        "version = 1\n[undo]\ncheckpoint = \"off\"\nretention = \"7d\"\n",
+    );
+    assert_diag(
+        &d[0],
+        K::Contradiction,
+        ".agentd/policy.toml:4:13",
+        "checkpoints are off",
+    );
+    assert_diag(
+        &d[1],
+        K::NotEnforced,
+        ".agentd/policy.toml:4:13",
+        "`undo.retention`",
+    );
 }
 
 #[test]
 fn exec_rules_not_enforced_and_contradiction() {
-    let d = errors(None, "version = 1\n[exec]\nallow = [\"git\"]\ndeny = [\"sudo\", \"git\"]\n");
+    let d = errors(
+        None,
+        "version = 1\n[exec]\nallow = [\"git\"]\ndeny = [\"sudo\", \"git\"]\n",
+    );
     let got: Vec<(K, usize, usize)> = d.iter().map(|d| (d.kind, d.line, d.column)).collect();
-    assert_eq!(got, [(K::NotEnforced, 3, 9), (K::NotEnforced, 4, 8), (K::Contradiction, 4, 17)]);
+    assert_eq!(
+        got,
+        [
+            (K::NotEnforced, 3, 9),
+            (K::NotEnforced, 4, 8),
+            (K::Contradiction, 4, 17)
+        ]
+    );
 }
 
 #[test]
 fn session_workspace_and_root() {
     let d = one_error("version = 1\n[session]\nworkspace = \"copy\"\n");
-    assert_diag(&d, K::NotEnforced, ".agentd/policy.toml:3:13", "`session.workspace` is not enforced");
+    assert_diag(
+        &d,
+        K::NotEnforced,
+        ".agentd/policy.toml:3:13",
+        "`session.workspace` is not enforced",
+    );
     let d = one_error("version = 1\n[session]\nroot = \"oci:/bundles/x\"\n");
-    assert_diag(&d, K::NotEnforced, ".agentd/policy.toml:3:8", "`session.root` is not enforced");
+    assert_diag(
+        &d,
+        K::NotEnforced,
+        ".agentd/policy.toml:3:8",
+        "`session.root` is not enforced",
+    );
     let d = one_error("version = 1\n[session]\nroot = \"vm\"\n");
-    assert_diag(&d, K::Invalid, ".agentd/policy.toml:3:8", "unknown root `vm`");
+    assert_diag(
+        &d,
+        K::Invalid,
+        ".agentd/policy.toml:3:8",
+        "unknown root `vm`",
+    );
     plan("version = 1\n[session]\nworkspace = \"overlay\"\nroot = \"host\"\n");
 }
 
@@ -255,21 +456,41 @@ fn caps_are_host_only() {
     let d = one_error("version = 1\n[resources.max]\nmemory = \"64GiB\"\n");
     assert_eq!(d.kind, K::HostOnly);
     assert_eq!((d.line, d.column), (2, 1), "{d}");
-    assert!(d.message.contains("`resources.max` may only be set by the host policy"));
+    assert!(
+        d.message
+            .contains("`resources.max` may only be set by the host policy")
+    );
 }
 
 #[test]
 fn rule_that_sets_nothing() {
     let d = one_error("version = 1\n[[intent]]\nname = \"x\"\nmatch = [\"x\"]\n");
-    assert_diag(&d, K::Invalid, ".agentd/policy.toml:2:1", "intent rule `x` sets nothing");
+    assert_diag(
+        &d,
+        K::Invalid,
+        ".agentd/policy.toml:2:1",
+        "intent rule `x` sets nothing",
+    );
 }
 
 #[test]
 fn zero_pids_and_duplicate_rule_names() {
     let d = one_error("version = 1\n[[intent]]\nname = \"x\"\nmatch = [\"x\"]\npids = 0\n");
-    assert_diag(&d, K::Invalid, ".agentd/policy.toml:5:8", "`intent.pids` must be at least 1");
-    let d = one_error("version = 1\n[[intent]]\nname = \"x\"\nmatch = [\"x\"]\npids = 5\n[[intent]]\nname = \"x\"\nmatch = [\"y\"]\npids = 5\n");
-    assert_diag(&d, K::Invalid, ".agentd/policy.toml:7:8", "duplicate intent rule name `x`");
+    assert_diag(
+        &d,
+        K::Invalid,
+        ".agentd/policy.toml:5:8",
+        "`intent.pids` must be at least 1",
+    );
+    let d = one_error(
+        "version = 1\n[[intent]]\nname = \"x\"\nmatch = [\"x\"]\npids = 5\n[[intent]]\nname = \"x\"\nmatch = [\"y\"]\npids = 5\n",
+    );
+    assert_diag(
+        &d,
+        K::Invalid,
+        ".agentd/policy.toml:7:8",
+        "duplicate intent rule name `x`",
+    );
 }
 
 #[test]
@@ -277,22 +498,42 @@ fn rule_examples_are_checked() {
     let text = "version = 1\n[[intent]]\nname = \"t\"\nmatch = [\"cargo test\"]\nmemory = \"2G\"\nexamples = [\"cargo test -q\", \"cargo build\"]\ncounter_examples = [\"cargo testx\", \"cargo test\"]\n";
     let d = errors(None, text);
     assert_eq!(d.len(), 2, "{d:#?}");
-    assert_diag(&d[0], K::Example, ".agentd/policy.toml:6:30", "example `cargo build` does not match intent rule `t`");
-    assert_diag(&d[1], K::Example, ".agentd/policy.toml:7:36", "counter-example `cargo test` matches intent rule `t`");
+    assert_diag(
+        &d[0],
+        K::Example,
+        ".agentd/policy.toml:6:30",
+        "example `cargo build` does not match intent rule `t`",
+    );
+    assert_diag(
+        &d[1],
+        K::Example,
+        ".agentd/policy.toml:7:36",
+        "counter-example `cargo test` matches intent rule `t`",
+    );
 }
 
 #[test]
 fn shadowed_rule_example_is_reported() {
     let text = "version = 1\n[[intent]]\nname = \"all-cargo\"\nmatch = [\"cargo\"]\npids = 9\n[[intent]]\nname = \"t\"\nmatch = [\"cargo test\"]\npids = 10\nexamples = [\"cargo test\"]\n";
     let d = one_error(text);
-    assert_diag(&d, K::Example, ".agentd/policy.toml:10:13", "taken by the earlier rule `all-cargo`");
+    assert_diag(
+        &d,
+        K::Example,
+        ".agentd/policy.toml:10:13",
+        "taken by the earlier rule `all-cargo`",
+    );
 }
 
 #[test]
 fn top_level_examples_are_checked_against_the_plan() {
     let text = "version = 1\n\n[[example]]\ncommand = \"cargo test\"\nintent = \"build\"\nmemory = \"4GiB\"\n";
     let d = one_error(text);
-    assert_diag(&d, K::Example, ".agentd/policy.toml:3:1", "example `cargo test`: got intent `test-runner`, expected `build`");
+    assert_diag(
+        &d,
+        K::Example,
+        ".agentd/policy.toml:3:1",
+        "example `cargo test`: got intent `test-runner`, expected `build`",
+    );
 }
 
 #[test]
@@ -301,16 +542,34 @@ fn env_deny_beats_allow_across_layers() {
     assert!(p.env_allowed("PATH"));
     assert!(p.env_allowed("MY_VAR"));
     assert!(!p.env_allowed("GITHUB_TOKEN"), "host deny *_TOKEN must win");
-    assert!(!p.env_allowed("HOME"), "the repo's allowlist replaces the profile's");
+    assert!(
+        !p.env_allowed("HOME"),
+        "the repo's allowlist replaces the profile's"
+    );
 }
 
 #[test]
 fn command_line_override_layer() {
-    let p = load(None, "version = 1\n", &[], &["resources.memory = \"2GiB\"", "resources.call.timeout = \"1m\""]).unwrap();
+    let p = load(
+        None,
+        "version = 1\n",
+        &[],
+        &[
+            "resources.memory = \"2GiB\"",
+            "resources.call.timeout = \"1m\"",
+        ],
+    )
+    .unwrap();
     assert_eq!(p.session.memory.value.to_string(), "2GiB");
     assert_eq!(p.session.memory.from.file, "<command line>");
     assert_eq!(p.call_defaults.timeout.value.to_string(), "1m");
-    let Err(e) = load(None, "version = 1\n", &[], &["resources.memory = 2GiB"]) else { panic!() };
+    let Err(e) = load(None, "version = 1\n", &[], &["resources.memory = 2GiB"]) else {
+        panic!()
+    };
     let d = &e.diagnostics()[0];
-    assert_eq!((d.file.as_str(), d.line, d.column), ("<command line>", 1, 20), "{d}");
+    assert_eq!(
+        (d.file.as_str(), d.line, d.column),
+        ("<command line>", 1, 20),
+        "{d}"
+    );
 }

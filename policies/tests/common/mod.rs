@@ -1,5 +1,6 @@
 //! Shared helpers for the policy tests: in-memory files, a host policy at the default path.
-#![allow(dead_code)]
+// Test helpers panic on purpose: a failed expectation is a failed test.
+#![allow(dead_code, clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 
@@ -9,11 +10,21 @@ pub const REPO: &str = ".agentd/policy.toml";
 pub const HOST: &str = "/etc/agentd/policy.toml";
 
 pub fn fs(files: &[(&str, &str)]) -> MemFs {
-    MemFs(files.iter().map(|(p, t)| (PathBuf::from(p), t.to_string())).collect())
+    MemFs(
+        files
+            .iter()
+            .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+            .collect(),
+    )
 }
 
 /// Resolve `repo` text as `.agentd/policy.toml`, with an optional host policy and extra files.
-pub fn load(host: Option<&str>, repo: &str, extra: &[(&str, &str)], overrides: &[&str]) -> Result<Plan, PolicyError> {
+pub fn load(
+    host: Option<&str>,
+    repo: &str,
+    extra: &[(&str, &str)],
+    overrides: &[&str],
+) -> Result<Plan, PolicyError> {
     let mut files: Vec<(&str, &str)> = extra.to_vec();
     if let Some(h) = host {
         files.push((HOST, h));
@@ -50,7 +61,11 @@ pub fn one_error(repo: &str) -> Diagnostic {
 pub fn assert_diag(d: &Diagnostic, kind: DiagnosticKind, at: &str, msg: &str) {
     assert_eq!(d.kind, kind, "{d}");
     assert_eq!(format!("{}:{}:{}", d.file, d.line, d.column), at, "{d}");
-    assert!(d.message.contains(msg), "message {:?} lacks {msg:?}", d.message);
+    assert!(
+        d.message.contains(msg),
+        "message {:?} lacks {msg:?}",
+        d.message
+    );
 }
 
 pub fn profile_opts() -> LoadOptions {
