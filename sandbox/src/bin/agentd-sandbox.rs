@@ -1,0 +1,182 @@
+//! `agentd-sandbox`: run a command in a session container (`run`), print a session's plan
+//! and mount steps (`plan`), remove a kept session's state (`destroy`); `init` is internal
+//! (the container's PID 1, re-executed by `run`).
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agentd_sandbox::{SessionPlan, container};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "agentd session containers")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Args)]
+struct SessionArgs {
+    /// The repo: the overlay's read-only lower layer, mounted at the same path inside.
+    #[arg(long)]
+    workspace: PathBuf,
+    /// The session state dir (created; must not exist): a tmpfs holding the upper layer.
+    #[arg(long)]
+    state: PathBuf,
+    /// Disk quota of the session (size of the state tmpfs): 256M, 1G, 4096K or bytes.
+    #[arg(long, default_value = "256M")]
+    disk_size: String,
+    /// Host uid (= gid) the agent maps to (default: the workspace's owner; never 0).
+    #[arg(long)]
+    owner_uid: Option<u32>,
+    /// Host uid (= gid) container root maps to (never 0).
+    #[arg(long, default_value_t = 100_000)]
+    root_uid: u32,
+    /// Share the host network instead of a loopback-only namespace.
+    #[arg(long)]
+    host_net: bool,
+    /// Allow io_uring in the seccomp filter.
+    #[arg(long)]
+    allow_io_uring: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run CMD in a new session container; exits with its status.
+    Run {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// Keep the state dir (the upper layer) mounted afterwards; remove it with `destroy`.
+        #[arg(long)]
+        keep_state: bool,
+        /// Start the container inside this cgroup directory (clone3 CLONE_INTO_CGROUP).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Print the plan (JSON) and its mount steps without running anything.
+    Plan {
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+    /// Unmount and remove a session state dir.
+    Destroy {
+        /// The state dir.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Internal: the container init.
+    #[command(hide = true)]
+    Init {
+        /// The command.
+        #[arg(trailing_var_arg = true)]
+        cmd: Vec<String>,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|e| format!("bad size {s:?}: {e}"))
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, String> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn build_plan(a: &SessionArgs) -> Result<SessionPlan, String> {
+    let repo = a
+        .workspace
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", a.workspace.display()))?;
+    let state = absolute(&a.state)?;
+    let owner = match a.owner_uid {
+        Some(u) => u,
+        None => std::fs::metadata(&repo).map_err(|e| e.to_string())?.uid(),
+    };
+    let mut plan = SessionPlan::new(&repo, &state, parse_size(&a.disk_size)?, owner, a.root_uid);
+    plan.namespaces.net = !a.host_net;
+    plan.seccomp.allow_io_uring = a.allow_io_uring;
+    for name in agentd_sandbox::plan::ENV_PASSTHROUGH {
+        if let Ok(v) = std::env::var(name) {
+            plan.env.insert((*name).to_owned(), v);
+        }
+    }
+    plan.validate()?;
+    Ok(plan)
+}
+
+fn run(
+    session: &SessionArgs,
+    keep_state: bool,
+    cgroup: Option<&Path>,
+    cmd: &[String],
+) -> Result<i32, String> {
+    let plan = build_plan(session)?;
+    let cg = match cgroup {
+        Some(p) => Some(std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    container::prepare_state(&plan).map_err(|e| e.to_string())?;
+    let result = start_and_wait(&plan, cg.as_ref().map(|f| f.as_raw_fd()), cmd);
+    if !keep_state {
+        container::destroy_state(&plan.workspace.state).map_err(|e| e.to_string())?;
+    }
+    result
+}
+
+fn start_and_wait(
+    plan: &SessionPlan,
+    cgroup: Option<std::os::fd::RawFd>,
+    cmd: &[String],
+) -> Result<i32, String> {
+    let c = container::start(plan, cmd, cgroup).map_err(|e| e.to_string())?;
+    container::wait(&c).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match &cli.cmd {
+        Cmd::Run {
+            session,
+            keep_state,
+            cgroup,
+            cmd,
+        } => run(session, *keep_state, cgroup.as_deref(), cmd),
+        Cmd::Plan { session } => build_plan(session).and_then(|p| {
+            let json = serde_json::to_string_pretty(&p).map_err(|e| e.to_string())?;
+            println!("{json}");
+            for s in p.mount_steps() {
+                println!("{s}");
+            }
+            Ok(0)
+        }),
+        Cmd::Destroy { state } => container::destroy_state(state)
+            .map(|()| 0)
+            .map_err(|e| e.to_string()),
+        Cmd::Init { .. } => agentd_sandbox::init::run().map_err(|e| e.to_string()),
+    };
+    match r {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("agentd-sandbox: {e}");
+            ExitCode::from(125)
+        }
+    }
+}

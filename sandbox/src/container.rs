@@ -1,0 +1,269 @@
+//! The runtime's side of a session (runs as host root, in the daemon or the
+//! `agentd-sandbox` binary): prepares the state dir (a size-capped tmpfs holding the
+//! overlay's upper and work dirs), clones the container's first process into new
+//! namespaces with clone3 (optionally straight into a cgroup with CLONE_INTO_CGROUP, and
+//! with a pidfd), writes its uid/gid maps, hands it the plan, waits, and tears down.
+//!
+//! The cloned child does only async-signal-safe work: it blocks on a pipe until its id maps
+//! are written (so it is container root with full capabilities in its namespace when it
+//! execs), then execs `/proc/self/exe init` — the container init ([`crate::init`]) — which
+//! reads the plan from fd 3.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::Error;
+use crate::plan::SessionPlan;
+
+/// CLONE_INTO_CGROUP (libc's constant has the wrong width).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The fd on which the init receives the plan.
+pub const PLAN_FD: RawFd = 3;
+
+/// Creates the state dir: a tmpfs of `size_bytes` (the session's disk quota) with
+/// `upper/` (owned like the repo's root so the merged workspace looks like the repo),
+/// `work/` and `rootfs/` (owned by container root, which mounts the overlay).
+pub fn prepare_state(plan: &SessionPlan) -> Result<(), Error> {
+    let ws = &plan.workspace;
+    let root = plan.ids.root_host_id;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&ws.state)
+        .map_err(|e| Error::sys(format!("mkdir {}", ws.state.display()), e))?;
+    let data = format!("size={},mode=0700,uid={root},gid={root}", ws.size_bytes);
+    nix::mount::mount(
+        Some("tmpfs"),
+        &ws.state,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(|e| Error::sys(format!("mount tmpfs on {}", ws.state.display()), e))?;
+    let repo_meta = std::fs::metadata(&ws.repo)
+        .map_err(|e| Error::sys(format!("stat {}", ws.repo.display()), e))?;
+    use std::os::unix::fs::MetadataExt;
+    for (dir, owner, gid, mode) in [
+        (
+            plan.upper_dir(),
+            repo_meta.uid(),
+            repo_meta.gid(),
+            repo_meta.mode() & 0o7777,
+        ),
+        (plan.work_dir(), root, root, 0o700),
+        (plan.rootfs_dir(), root, root, 0o755),
+    ] {
+        std::fs::create_dir(&dir).map_err(|e| Error::sys(format!("mkdir {}", dir.display()), e))?;
+        std::os::unix::fs::chown(&dir, Some(owner), Some(gid))
+            .map_err(|e| Error::sys(format!("chown {}", dir.display()), e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::sys(format!("chmod {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Unmounts and removes the state dir. Idempotent: a missing dir is fine.
+pub fn destroy_state(state: &Path) -> Result<(), Error> {
+    if !state.exists() {
+        return Ok(());
+    }
+    match nix::mount::umount2(state, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(Error::sys(format!("umount {}", state.display()), e)),
+    }
+    std::fs::remove_dir_all(state).map_err(|e| Error::sys(format!("rm -r {}", state.display()), e))
+}
+
+/// `struct clone_args` of clone3(2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// A started container: its init's pid (in our pid namespace) and a pidfd for it.
+#[derive(Debug)]
+pub struct Container {
+    /// The init's pid.
+    pub pid: Pid,
+    /// A pidfd for the init (poll it, or signal it race-free).
+    pub pidfd: OwnedFd,
+}
+
+/// The namespace flags for a plan.
+pub fn clone_flags(plan: &SessionPlan) -> u64 {
+    let mut f = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID;
+    let ns = &plan.namespaces;
+    if ns.net {
+        f |= libc::CLONE_NEWNET;
+    }
+    if ns.ipc {
+        f |= libc::CLONE_NEWIPC;
+    }
+    if ns.uts {
+        f |= libc::CLONE_NEWUTS;
+    }
+    if ns.cgroup {
+        f |= libc::CLONE_NEWCGROUP;
+    }
+    f as u64
+}
+
+/// The uid_map/gid_map text: container root → an unprivileged host id, agent → the owner.
+pub fn id_map(plan: &SessionPlan) -> String {
+    format!(
+        "0 {} 1\n{} {} 1\n",
+        plan.ids.root_host_id, plan.ids.agent_id, plan.ids.agent_host_id
+    )
+}
+
+/// Starts the container init for `plan`, which will run `argv` (the state dir must be prepared). `cgroup`: a
+/// cgroup directory fd to start the init in (CLONE_INTO_CGROUP).
+pub fn start(
+    plan: &SessionPlan,
+    argv: &[String],
+    cgroup: Option<RawFd>,
+) -> Result<Container, Error> {
+    plan.validate().map_err(Error::Plan)?;
+    let launch = crate::init::Launch {
+        plan: plan.clone(),
+        argv: argv.to_vec(),
+    };
+    let json = serde_json::to_vec(&launch).map_err(|e| Error::Plan(e.to_string()))?;
+    // Everything the child touches is prepared before the clone: it must not allocate.
+    let exe = CString::new("/proc/self/exe").map_err(|e| Error::Plan(e.to_string()))?;
+    let arg0 = CString::new("agentd-sandbox").map_err(|e| Error::Plan(e.to_string()))?;
+    let arg1 = CString::new("init").map_err(|e| Error::Plan(e.to_string()))?;
+    let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a two-int array the kernel fills.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(Error::sys("pipe2", std::io::Error::last_os_error()));
+    }
+    // SAFETY: pipe2 just returned these two fresh descriptors; each is owned once.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: clone_flags(plan) | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
+    let rfd = rd.as_raw_fd();
+    // SAFETY: clone3 without CLONE_VM or a stack behaves like fork. The child branch below
+    // only calls async-signal-safe functions (read, dup2, fcntl, execve, _exit) on memory
+    // prepared before the call, and never returns into Rust code.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if ret == 0 {
+        // SAFETY: child of a fork-like clone; async-signal-safe calls only (see above).
+        unsafe {
+            let mut b = 0u8;
+            if libc::read(rfd, (&mut b as *mut u8).cast(), 1) != 1 {
+                libc::_exit(120);
+            }
+            if libc::dup2(rfd, PLAN_FD) < 0 || libc::fcntl(PLAN_FD, libc::F_SETFD, 0) < 0 {
+                libc::_exit(121);
+            }
+            libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(122);
+        }
+    }
+    if ret < 0 {
+        return Err(Error::sys("clone3", std::io::Error::last_os_error()));
+    }
+    drop(rd);
+    let pid = Pid::from_raw(ret as libc::pid_t);
+    // SAFETY: CLONE_PIDFD stored a fresh descriptor owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let container = Container { pid, pidfd };
+    let map = id_map(plan);
+    let write_maps = || -> std::io::Result<()> {
+        std::fs::write(format!("/proc/{ret}/uid_map"), &map)?;
+        std::fs::write(format!("/proc/{ret}/gid_map"), &map)
+    };
+    if let Err(e) = write_maps() {
+        kill(&container);
+        return Err(Error::sys("writing the id maps", e));
+    }
+    let mut w = std::fs::File::from(wr);
+    // The init blocks for the first byte, then reads the plan to EOF (the write end closes
+    // when `w` drops; the child's copy was closed by its exec).
+    if let Err(e) = w.write_all(b"G").and_then(|()| w.write_all(&json)) {
+        kill(&container);
+        return Err(Error::sys("sending the plan", e));
+    }
+    Ok(container)
+}
+
+fn kill(c: &Container) {
+    let _ = nix::sys::signal::kill(c.pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = waitpid(c.pid, None);
+}
+
+/// Waits for the init; returns a shell-style exit code (128+signal when killed).
+pub fn wait(c: &Container) -> Result<i32, Error> {
+    loop {
+        match waitpid(c.pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::sys("waitpid", e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+    use super::*;
+
+    #[test]
+    fn maps_never_include_host_root() {
+        let p = SessionPlan::new(Path::new("/r"), Path::new("/s"), 1 << 30, 1000, 100_000);
+        assert_eq!(id_map(&p), "0 100000 1\n1000 1000 1\n");
+    }
+
+    #[test]
+    fn all_namespaces_by_default_and_net_optional() {
+        let mut p = SessionPlan::new(Path::new("/r"), Path::new("/s"), 1 << 30, 1000, 100_000);
+        let all = (libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWCGROUP) as u64;
+        assert_eq!(clone_flags(&p), all);
+        p.namespaces.net = false;
+        assert_eq!(clone_flags(&p) & libc::CLONE_NEWNET as u64, 0);
+    }
+}

@@ -1,0 +1,156 @@
+//! The container init (PID 1 of the session's pid namespace): `agentd-sandbox init`,
+//! exec'd by [`crate::container::start`] as container root with full capabilities in its
+//! new user namespace. It reads the plan from fd 3, builds the mount namespace
+//! ([`crate::mounts`]), brings loopback up, sets the hostname, then starts the agent command
+//! confined ([`crate::confine`]) and stays as a reaper: it forwards signals to the agent,
+//! reaps orphans, and when the agent exits kills whatever is left and exits with its status.
+
+use std::io::Read;
+use std::os::fd::FromRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::Error;
+use crate::confine::Confinement;
+use crate::container::PLAN_FD;
+use crate::plan::SessionPlan;
+use crate::sys::LinuxSys;
+
+/// Signals the init forwards to the agent.
+const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// What the runtime sends the init on fd 3.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Launch {
+    /// The session plan.
+    pub plan: SessionPlan,
+    /// The agent command (argv; argv[0] looked up in the plan's PATH).
+    pub argv: Vec<String>,
+}
+
+/// Reads the launch message the runtime sent on fd 3.
+pub fn read_launch() -> Result<Launch, Error> {
+    // SAFETY: the runtime passes the plan pipe as fd 3 and nothing else in this process
+    // owns it; it is read once, here.
+    let mut f = unsafe { std::fs::File::from_raw_fd(PLAN_FD) };
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)
+        .map_err(|e| Error::sys("reading the plan", e))?;
+    serde_json::from_slice(&buf).map_err(|e| Error::Plan(e.to_string()))
+}
+
+/// Brings `lo` up in the (new) network namespace.
+pub fn loopback_up() -> Result<(), Error> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0");
+    // Binding needs lo only for 127.0.0.1; 0.0.0.0 works with every interface down.
+    let sock = sock.map_err(|e| Error::sys("socket", e))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the live `ifr` on a valid socket.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            return Err(Error::sys(
+                "SIOCGIFFLAGS lo",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(Error::sys(
+                "SIOCSIFFLAGS lo",
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the init: returns the agent's exit code once it and every other process are gone.
+pub fn run() -> Result<i32, Error> {
+    // The runtime going away takes the whole session with it.
+    // SAFETY: integer-only prctl.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    let Launch { plan, argv } = read_launch()?;
+    if argv.is_empty() {
+        return Err(Error::Plan("no command".into()));
+    }
+    if plan.namespaces.uts {
+        nix::unistd::sethostname(&plan.hostname).map_err(|e| Error::sys("sethostname", e))?;
+    }
+    crate::mounts::apply(&LinuxSys, &plan.mount_steps())?;
+    if plan.namespaces.net {
+        loopback_up()?;
+    }
+    let confinement = Confinement {
+        agent_id: plan.ids.agent_id,
+        rlimits: plan.rlimits.clone(),
+        landlock: plan.landlock.clone(),
+        seccomp: crate::seccomp::compile(&crate::seccomp::build(&plan.seccomp)?)?,
+    };
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        mask.add(*s);
+    }
+    // Blocked here and taken with sigwait; std resets the mask in the child before exec.
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .map_err(|e| Error::sys("sigprocmask", e))?;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(&plan.env)
+        .current_dir(&plan.workspace.mount_at);
+    // SAFETY: the init is single-threaded, so the child may allocate; `apply` only changes
+    // the child's own credentials, limits and filters before exec.
+    unsafe {
+        cmd.pre_exec(move || confinement.apply().map_err(std::io::Error::other));
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::sys(format!("starting {}", argv[0]), e))?;
+    let agent = Pid::from_raw(child.id() as libc::pid_t);
+    drop(child);
+    loop {
+        let sig = mask.wait().map_err(|e| Error::sys("sigwait", e))?;
+        if sig != Signal::SIGCHLD {
+            let _ = kill(agent, sig);
+            continue;
+        }
+        while let Ok(st) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            let code = match st {
+                WaitStatus::Exited(p, c) if p == agent => c,
+                WaitStatus::Signaled(p, s, _) if p == agent => 128 + s as i32,
+                WaitStatus::StillAlive => break,
+                _ => continue,
+            };
+            // The agent is gone: the session ends; no orphan outlives it.
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            while waitpid(Pid::from_raw(-1), None).is_ok() {}
+            return Ok(code);
+        }
+    }
+}

@@ -1,0 +1,683 @@
+//! The session plan: pure data describing one session container (namespaces, root, workspace,
+//! environment, rlimits, masked paths, seccomp, Landlock), and the builder that turns it into
+//! the ordered list of mount [`Step`]s the container init performs. Nothing here touches the
+//! kernel, so all of it is unit-tested without root.
+//!
+//! The policy crate will produce a [`SessionPlan`]; until it does, [`SessionPlan::new`] gives
+//! the coding-agent default (host root read-only, tmpfs /tmp, /run and /home).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Namespaces the container gets. All are on by default; the user namespace is mandatory
+/// (container root must not be host root), so it is not a field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespaces {
+    /// A new network namespace with only loopback (up). `false` shares the host network.
+    pub net: bool,
+    /// ipc, uts and cgroup namespaces.
+    pub ipc: bool,
+    /// New UTS namespace (hostname below).
+    pub uts: bool,
+    /// New cgroup namespace (the session sees its own cgroup as the root).
+    pub cgroup: bool,
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Namespaces {
+            net: true,
+            ipc: true,
+            uts: true,
+            cgroup: true,
+        }
+    }
+}
+
+/// Who is who: inside ids and the host ids they map to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    /// Host uid/gid that container root (uid 0 inside) maps to: an unprivileged id, never 0.
+    pub root_host_id: u32,
+    /// Uid/gid the agent runs as inside.
+    pub agent_id: u32,
+    /// Host uid/gid the agent's id maps to: the session owner, so files it creates in the
+    /// upper layer belong to the owner and the repo's files are writable through the overlay.
+    pub agent_host_id: u32,
+}
+
+/// The overlay workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workspace {
+    /// The repo on the host: the overlay's read-only lower layer.
+    pub repo: PathBuf,
+    /// Where the merged view appears inside the container (default: the repo's own path).
+    pub mount_at: PathBuf,
+    /// The session state dir on the host: a size-capped tmpfs holding `upper/`, `work/` and
+    /// `rootfs/` (the new root's mount point).
+    pub state: PathBuf,
+    /// Size cap of the state tmpfs in bytes (the session's disk quota).
+    pub size_bytes: u64,
+}
+
+/// One resource limit (`RLIMIT_*` by name: "nofile", "core", "nproc", "fsize", "as", "stack").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// Filesystem access granted by a Landlock rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsAccess {
+    /// Read files and directories, execute files.
+    ReadExec,
+    /// Everything (read, write, create, remove, …).
+    ReadWrite,
+}
+
+/// A Landlock path rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandlockRule {
+    /// Path inside the container.
+    pub path: PathBuf,
+    /// What is allowed beneath it.
+    pub access: FsAccess,
+    /// When true a path that does not exist is skipped; otherwise it is an error.
+    pub optional: bool,
+}
+
+/// Landlock configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Landlock {
+    /// Path rules: anything not beneath one of them is denied.
+    pub rules: Vec<LandlockRule>,
+    /// When false, a kernel without Landlock (or one that cannot enforce the whole ruleset)
+    /// is an error. When true it is tolerated and reported by the init on stderr.
+    pub optional: bool,
+}
+
+/// Seccomp configuration: a deny list in the spirit of Docker's default profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seccomp {
+    /// Allow io_uring (denied by default: it bypasses seccomp for the ops it performs).
+    pub allow_io_uring: bool,
+    /// Extra syscall names to deny with EPERM.
+    pub extra_deny: Vec<String>,
+}
+
+/// Everything needed to start one session container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionPlan {
+    /// Namespaces beyond user/mount/pid (always on).
+    pub namespaces: Namespaces,
+    /// Id mapping.
+    pub ids: IdMap,
+    /// Hostname inside (with a UTS namespace).
+    pub hostname: String,
+    /// The workspace overlay.
+    pub workspace: Workspace,
+    /// The agent's home inside (a tmpfs under /home).
+    pub home: PathBuf,
+    /// Directories of the read-only host root covered by a writable tmpfs.
+    pub tmpfs: Vec<PathBuf>,
+    /// Host paths hidden inside (an empty read-only tmpfs over them), e.g. other sessions'
+    /// state.
+    pub hidden: Vec<PathBuf>,
+    /// Paths masked as OCI does: files get /dev/null bound over them, directories an empty
+    /// read-only tmpfs.
+    pub masked: Vec<PathBuf>,
+    /// Paths made read-only (on top of the read-only root: these are under /proc).
+    pub read_only: Vec<PathBuf>,
+    /// The environment of the agent: exactly these variables.
+    pub env: BTreeMap<String, String>,
+    /// Resource limits by name.
+    pub rlimits: BTreeMap<String, Rlimit>,
+    /// Seccomp filter.
+    pub seccomp: Seccomp,
+    /// Landlock rules.
+    pub landlock: Landlock,
+}
+
+/// OCI's default masked paths (runtime-spec config-linux, runc's defaults).
+pub const OCI_MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// OCI's default read-only paths.
+pub const OCI_READ_ONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Device nodes bound from the host into the minimal /dev.
+pub const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Environment variables passed through from the caller when set (everything else is
+/// dropped).
+pub const ENV_PASSTHROUGH: &[&str] = &["TERM", "LANG", "LC_ALL", "TZ"];
+
+impl SessionPlan {
+    /// The coding-agent default for one workspace: host root read-only, tmpfs at /tmp, /run
+    /// and /home, the agent as uid 1000 inside mapped to `owner` outside, container root
+    /// mapped to `root_host_id`.
+    pub fn new(repo: &Path, state: &Path, size_bytes: u64, owner: u32, root_host_id: u32) -> Self {
+        let home = PathBuf::from("/home/agent");
+        let mut env = BTreeMap::new();
+        env.insert(
+            "PATH".to_owned(),
+            "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin".to_owned(),
+        );
+        env.insert("HOME".to_owned(), home.display().to_string());
+        env.insert("USER".to_owned(), "agent".to_owned());
+        env.insert("TMPDIR".to_owned(), "/tmp".to_owned());
+        let mut rlimits = BTreeMap::new();
+        rlimits.insert("core".to_owned(), Rlimit { soft: 0, hard: 0 });
+        rlimits.insert(
+            "nofile".to_owned(),
+            Rlimit {
+                soft: 4096,
+                hard: 65536,
+            },
+        );
+        let rw = |p: &str| LandlockRule {
+            path: PathBuf::from(p),
+            access: FsAccess::ReadWrite,
+            optional: false,
+        };
+        let mut rules = vec![
+            LandlockRule {
+                path: PathBuf::from("/"),
+                access: FsAccess::ReadExec,
+                optional: false,
+            },
+            rw("/tmp"),
+            rw("/run"),
+            rw("/dev"),
+            rw("/home"),
+        ];
+        rules.push(LandlockRule {
+            path: repo.to_path_buf(),
+            access: FsAccess::ReadWrite,
+            optional: false,
+        });
+        SessionPlan {
+            namespaces: Namespaces::default(),
+            ids: IdMap {
+                root_host_id,
+                agent_id: 1000,
+                agent_host_id: owner,
+            },
+            hostname: "agentd".to_owned(),
+            workspace: Workspace {
+                repo: repo.to_path_buf(),
+                mount_at: repo.to_path_buf(),
+                state: state.to_path_buf(),
+                size_bytes,
+            },
+            home,
+            tmpfs: vec![
+                PathBuf::from("/tmp"),
+                PathBuf::from("/run"),
+                PathBuf::from("/home"),
+            ],
+            hidden: vec![state.to_path_buf()],
+            masked: OCI_MASKED.iter().map(PathBuf::from).collect(),
+            read_only: OCI_READ_ONLY.iter().map(PathBuf::from).collect(),
+            env,
+            rlimits,
+            seccomp: Seccomp {
+                allow_io_uring: false,
+                extra_deny: Vec::new(),
+            },
+            landlock: Landlock {
+                rules,
+                optional: false,
+            },
+        }
+    }
+
+    /// `state/upper`: the overlay's upper layer (the session's changes).
+    pub fn upper_dir(&self) -> PathBuf {
+        self.workspace.state.join("upper")
+    }
+    /// `state/work`: overlayfs's work dir.
+    pub fn work_dir(&self) -> PathBuf {
+        self.workspace.state.join("work")
+    }
+    /// `state/rootfs`: mount point of the new root (only ever mounted inside the container's
+    /// mount namespace).
+    pub fn rootfs_dir(&self) -> PathBuf {
+        self.workspace.state.join("rootfs")
+    }
+
+    /// Checks what must hold before anything is applied.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ids.root_host_id == 0 {
+            return Err("container root must not map to host root (root_host_id = 0)".into());
+        }
+        if self.ids.agent_host_id == 0 || self.ids.agent_id == 0 {
+            return Err("the agent must not run as root (inside or outside)".into());
+        }
+        for p in [
+            &self.workspace.repo,
+            &self.workspace.mount_at,
+            &self.workspace.state,
+            &self.home,
+        ] {
+            if !p.is_absolute() {
+                return Err(format!("{} is not absolute", p.display()));
+            }
+        }
+        if self.workspace.size_bytes < 1024 * 1024 {
+            return Err("workspace size cap below 1 MiB".into());
+        }
+        if self.workspace.state.starts_with(&self.workspace.repo)
+            || self.workspace.repo.starts_with(&self.workspace.state)
+        {
+            return Err("state dir and repo must not contain each other".into());
+        }
+        for name in self.rlimits.keys() {
+            if crate::confine::rlimit_resource(name).is_none() {
+                return Err(format!("unknown rlimit {name:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ordered mount steps the container init performs (before pivot_root all paths
+    /// are in the pre-pivot namespace, i.e. prefixed with the rootfs dir).
+    ///
+    /// Order and why:
+    /// 1. make every mount private, so nothing we do propagates back to the host;
+    /// 2. bind the host root recursively at `rootfs` and make the whole tree read-only
+    ///    (mount_setattr AT_RECURSIVE: submounts too, in one call);
+    /// 3. writable tmpfs over /tmp, /run, /home (they are mount points of the read-only tree;
+    ///    the agent's home and the workspace mount point are created inside them);
+    /// 4. hide host paths (other sessions' state) with empty read-only tmpfs;
+    /// 5. the overlay workspace: its lower dir is named by its host path, which still
+    ///    resolves because the old root is not gone yet;
+    /// 6. a fresh procfs for the new pid namespace, then the minimal /dev;
+    /// 7. OCI masked and read-only paths: after proc and /dev, which they live on;
+    /// 8. pivot_root and detach the old root.
+    pub fn mount_steps(&self) -> Vec<Step> {
+        let root = self.rootfs_dir();
+        let inside = |p: &Path| -> PathBuf {
+            let rel = p.strip_prefix("/").unwrap_or(p);
+            root.join(rel)
+        };
+        let mut steps = vec![
+            Step::MakePrivate,
+            Step::BindRoot {
+                target: root.clone(),
+            },
+            Step::ReadOnly {
+                target: root.clone(),
+                recursive: true,
+            },
+        ];
+        for t in &self.tmpfs {
+            let mode = if t == Path::new("/tmp") {
+                0o1777
+            } else {
+                0o755
+            };
+            steps.push(Step::Tmpfs {
+                target: inside(t),
+                mode,
+                size_bytes: None,
+                read_only: false,
+            });
+        }
+        steps.push(Step::MkdirAll {
+            path: inside(&self.home),
+            mode: 0o700,
+            owner: Some(self.ids.agent_id),
+        });
+        for h in &self.hidden {
+            steps.push(Step::Tmpfs {
+                target: inside(h),
+                mode: 0o755,
+                size_bytes: Some(4096),
+                read_only: true,
+            });
+        }
+        let ws = inside(&self.workspace.mount_at);
+        steps.push(Step::MkdirAll {
+            path: ws.clone(),
+            mode: 0o755,
+            owner: None,
+        });
+        steps.push(Step::Overlay {
+            lower: self.workspace.repo.clone(),
+            upper: self.upper_dir(),
+            work: self.work_dir(),
+            target: ws,
+        });
+        steps.push(Step::Proc {
+            target: inside(Path::new("/proc")),
+        });
+        let dev = inside(Path::new("/dev"));
+        steps.push(Step::Tmpfs {
+            target: dev.clone(),
+            mode: 0o755,
+            size_bytes: Some(64 * 1024),
+            read_only: false,
+        });
+        for node in DEV_NODES {
+            steps.push(Step::BindFile {
+                source: Path::new("/dev").join(node),
+                target: dev.join(node),
+            });
+        }
+        for (name, to) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("ptmx", "pts/ptmx"),
+        ] {
+            steps.push(Step::Symlink {
+                to: PathBuf::from(to),
+                link: dev.join(name),
+            });
+        }
+        steps.push(Step::Devpts {
+            target: dev.join("pts"),
+        });
+        steps.push(Step::Tmpfs {
+            target: dev.join("shm"),
+            mode: 0o1777,
+            size_bytes: Some(64 * 1024 * 1024),
+            read_only: false,
+        });
+        for m in &self.masked {
+            steps.push(Step::Mask { target: inside(m) });
+        }
+        for r in &self.read_only {
+            steps.push(Step::ReadOnly {
+                target: inside(r),
+                recursive: false,
+            });
+        }
+        steps.push(Step::PivotRoot { new_root: root });
+        steps
+    }
+}
+
+/// One mount-namespace setup step, performed in order by the container init.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `mount --make-rprivate /`.
+    MakePrivate,
+    /// `mount --rbind / target`.
+    BindRoot {
+        /// Mount point (the rootfs dir).
+        target: PathBuf,
+    },
+    /// Bind `target` onto itself if needed and set MOUNT_ATTR_RDONLY (recursively or not).
+    ReadOnly {
+        /// The mount (or path, bound onto itself first when not recursive).
+        target: PathBuf,
+        /// Apply to all submounts.
+        recursive: bool,
+    },
+    /// A tmpfs (nosuid,nodev).
+    Tmpfs {
+        /// Mount point.
+        target: PathBuf,
+        /// Root directory mode.
+        mode: u32,
+        /// `size=` (None: the kernel default of half the RAM).
+        size_bytes: Option<u64>,
+        /// Mounted read-only (an empty mask).
+        read_only: bool,
+    },
+    /// `mkdir -p`, optionally chown to an inside uid/gid.
+    MkdirAll {
+        /// Directory.
+        path: PathBuf,
+        /// Mode of created dirs.
+        mode: u32,
+        /// Inside uid (= gid) to own the last component.
+        owner: Option<u32>,
+    },
+    /// overlayfs (userxattr: it is mounted inside a user namespace).
+    Overlay {
+        /// Read-only lower layer (the repo).
+        lower: PathBuf,
+        /// Upper layer.
+        upper: PathBuf,
+        /// Work dir.
+        work: PathBuf,
+        /// Mount point.
+        target: PathBuf,
+    },
+    /// procfs (nosuid,nodev,noexec) for the container's pid namespace.
+    Proc {
+        /// Mount point.
+        target: PathBuf,
+    },
+    /// Create an empty file at `target` and bind `source` onto it.
+    BindFile {
+        /// Host file.
+        source: PathBuf,
+        /// File inside.
+        target: PathBuf,
+    },
+    /// `ln -s to link`.
+    Symlink {
+        /// Link contents.
+        to: PathBuf,
+        /// Link path.
+        link: PathBuf,
+    },
+    /// A new devpts instance (ptmxmode=0666).
+    Devpts {
+        /// Mount point.
+        target: PathBuf,
+    },
+    /// Mask: /dev/null over a file, an empty read-only tmpfs over a directory; a path that
+    /// does not exist is skipped (it cannot be reached either).
+    Mask {
+        /// Path.
+        target: PathBuf,
+    },
+    /// pivot_root into `new_root`, detach the old root, chdir /.
+    PivotRoot {
+        /// The new root.
+        new_root: PathBuf,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::MakePrivate => write!(f, "make-rprivate /"),
+            Step::BindRoot { target } => write!(f, "rbind / {}", target.display()),
+            Step::ReadOnly { target, recursive } => write!(
+                f,
+                "read-only{} {}",
+                if *recursive { " -R" } else { "" },
+                target.display()
+            ),
+            Step::Tmpfs {
+                target,
+                mode,
+                size_bytes,
+                read_only,
+            } => {
+                write!(f, "tmpfs {} mode={mode:o}", target.display())?;
+                if let Some(s) = size_bytes {
+                    write!(f, " size={s}")?;
+                }
+                if *read_only {
+                    write!(f, " ro")?;
+                }
+                Ok(())
+            }
+            Step::MkdirAll { path, mode, owner } => {
+                write!(f, "mkdir -p {} mode={mode:o}", path.display())?;
+                if let Some(o) = owner {
+                    write!(f, " owner={o}")?;
+                }
+                Ok(())
+            }
+            Step::Overlay {
+                lower,
+                upper,
+                work,
+                target,
+            } => write!(
+                f,
+                "overlay {} lower={} upper={} work={}",
+                target.display(),
+                lower.display(),
+                upper.display(),
+                work.display()
+            ),
+            Step::Proc { target } => write!(f, "proc {}", target.display()),
+            Step::BindFile { source, target } => {
+                write!(f, "bind-file {} {}", source.display(), target.display())
+            }
+            Step::Symlink { to, link } => {
+                write!(f, "symlink {} -> {}", link.display(), to.display())
+            }
+            Step::Devpts { target } => write!(f, "devpts {}", target.display()),
+            Step::Mask { target } => write!(f, "mask {}", target.display()),
+            Step::PivotRoot { new_root } => write!(f, "pivot_root {}", new_root.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+    use super::*;
+
+    fn plan() -> SessionPlan {
+        SessionPlan::new(
+            Path::new("/srv/repo"),
+            Path::new("/var/lib/agentd/s1"),
+            64 << 20,
+            1000,
+            100_000,
+        )
+    }
+
+    #[test]
+    fn default_plan_validates() {
+        plan().validate().unwrap();
+    }
+
+    #[test]
+    fn host_root_mappings_are_refused() {
+        let mut p = plan();
+        p.ids.root_host_id = 0;
+        assert!(p.validate().unwrap_err().contains("host root"));
+        let mut p = plan();
+        p.ids.agent_host_id = 0;
+        assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn nested_state_and_repo_are_refused() {
+        let p = SessionPlan::new(
+            Path::new("/srv/repo"),
+            Path::new("/srv/repo/.state"),
+            64 << 20,
+            1000,
+            100_000,
+        );
+        assert!(p.validate().unwrap_err().contains("contain"));
+    }
+
+    #[test]
+    fn unknown_rlimit_is_refused() {
+        let mut p = plan();
+        p.rlimits
+            .insert("bogus".into(), Rlimit { soft: 1, hard: 1 });
+        assert!(p.validate().unwrap_err().contains("bogus"));
+    }
+
+    #[test]
+    fn plan_round_trips_through_json() {
+        let p = plan();
+        let s = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<SessionPlan>(&s).unwrap(), p);
+    }
+
+    /// Golden: the whole ordered step list of the default plan.
+    #[test]
+    fn mount_steps_golden() {
+        let got: Vec<String> = plan().mount_steps().iter().map(|s| s.to_string()).collect();
+        let r = "/var/lib/agentd/s1/rootfs";
+        let mut want = vec![
+            "make-rprivate /".to_owned(),
+            format!("rbind / {r}"),
+            format!("read-only -R {r}"),
+            format!("tmpfs {r}/tmp mode=1777"),
+            format!("tmpfs {r}/run mode=755"),
+            format!("tmpfs {r}/home mode=755"),
+            format!("mkdir -p {r}/home/agent mode=700 owner=1000"),
+            format!("tmpfs {r}/var/lib/agentd/s1 mode=755 size=4096 ro"),
+            format!("mkdir -p {r}/srv/repo mode=755"),
+            format!(
+                "overlay {r}/srv/repo lower=/srv/repo upper=/var/lib/agentd/s1/upper work=/var/lib/agentd/s1/work"
+            ),
+            format!("proc {r}/proc"),
+            format!("tmpfs {r}/dev mode=755 size=65536"),
+        ];
+        for n in DEV_NODES {
+            want.push(format!("bind-file /dev/{n} {r}/dev/{n}"));
+        }
+        want.extend([
+            format!("symlink {r}/dev/fd -> /proc/self/fd"),
+            format!("symlink {r}/dev/stdin -> /proc/self/fd/0"),
+            format!("symlink {r}/dev/stdout -> /proc/self/fd/1"),
+            format!("symlink {r}/dev/stderr -> /proc/self/fd/2"),
+            format!("symlink {r}/dev/ptmx -> pts/ptmx"),
+            format!("devpts {r}/dev/pts"),
+            format!("tmpfs {r}/dev/shm mode=1777 size=67108864"),
+        ]);
+        for m in OCI_MASKED {
+            want.push(format!("mask {r}{m}"));
+        }
+        for m in OCI_READ_ONLY {
+            want.push(format!("read-only {r}{m}"));
+        }
+        want.push(format!("pivot_root {r}"));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn proc_is_mounted_before_its_masks_and_pivot_is_last() {
+        let steps = plan().mount_steps();
+        let pos = |pred: &dyn Fn(&Step) -> bool| steps.iter().position(pred).unwrap();
+        let proc_at = pos(&|s| matches!(s, Step::Proc { .. }));
+        let first_mask = pos(&|s| matches!(s, Step::Mask { .. }));
+        let overlay = pos(&|s| matches!(s, Step::Overlay { .. }));
+        let tmp = pos(&|s| matches!(s, Step::Tmpfs { target, .. } if target.ends_with("tmp")));
+        assert!(tmp < overlay && overlay < proc_at && proc_at < first_mask);
+        assert!(matches!(steps.last(), Some(Step::PivotRoot { .. })));
+        assert!(matches!(steps.first(), Some(Step::MakePrivate)));
+    }
+}
