@@ -148,14 +148,34 @@ impl ArgvPattern {
         }
         let mut globs = Vec::with_capacity(words.len());
         for w in &words {
-            let g = Glob::new(w).map_err(|e| format!("bad glob `{w}`: {}", e.kind()))?;
-            globs.push(g.compile_matcher());
+            globs.push(matcher(w)?);
         }
         Ok(CompiledPattern {
             first_is_path: words[0].contains('/'),
             globs,
         })
     }
+}
+
+/// Compile one glob, memoised (bounded): the same profile and host globs are compiled on
+/// every load, and regex compilation dominates loading time.
+pub fn matcher(glob: &str) -> Result<GlobMatcher, String> {
+    type Memo = Mutex<HashMap<String, Result<GlobMatcher, String>>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    let memo = MEMO.get_or_init(Memo::default);
+    if let Some(hit) = memo.lock().ok().and_then(|m| m.get(glob).cloned()) {
+        return hit;
+    }
+    let out = Glob::new(glob)
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("bad glob `{glob}`: {}", e.kind()));
+    if let Ok(mut m) = memo.lock() {
+        if m.len() >= 4096 {
+            m.clear();
+        }
+        m.insert(glob.to_string(), out.clone());
+    }
+    out
 }
 
 /// A compiled `ArgvPattern`.

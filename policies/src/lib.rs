@@ -17,6 +17,7 @@ pub mod layer;
 pub mod load;
 pub mod plan;
 pub mod schema;
+pub mod sections;
 pub mod units;
 pub mod validate;
 

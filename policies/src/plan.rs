@@ -6,12 +6,12 @@
 
 use std::fmt;
 
-use globset::{Glob, GlobMatcher};
+use globset::GlobMatcher;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Diagnostic, DiagnosticKind};
-use crate::layer::merge_all;
 use crate::layer::{ArgvPattern, CompiledPattern, Layer, LayerKind, Mechanism, Origin, Val};
+use crate::layer::{matcher, merge_all};
 use crate::schema::{CpuClass, Effect, WorkspaceMode};
 use crate::units::{Cpu, Duration, Size};
 
@@ -287,9 +287,7 @@ fn req<'a, T>(v: &'a Option<Val<T>>, key: &str, d: &mut Vec<Diagnostic>) -> Opti
 }
 
 fn compile_globs(list: &[String]) -> Vec<GlobMatcher> {
-    list.iter()
-        .filter_map(|g| Glob::new(g).ok().map(|g| g.compile_matcher()))
-        .collect()
+    list.iter().filter_map(|g| matcher(g).ok()).collect()
 }
 
 /// Resolve a stack (bottom first). Always returns the diagnostics found (host-cap refusals);

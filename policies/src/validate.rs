@@ -12,6 +12,7 @@ use crate::error::{Diagnostic, DiagnosticKind as K, Source, closest};
 use crate::layer::{ArgvPattern, CallLayer, Caps, CompiledPattern, Layer, LayerKind, Mechanism};
 use crate::layer::{Origin, Rule, Val};
 use crate::schema::{self, CpuClass, Effect, L, PolicyFile};
+use crate::sections::{check_capability_resource, check_filesystem, check_network, check_secret};
 use crate::units::{Duration, Size};
 
 /// A top-level `[[example]]`: a command and what the resolved plan must say about it.
@@ -38,14 +39,14 @@ pub struct Validated {
     pub examples: Vec<ExampleSpec>,
 }
 
-struct Cx<'a> {
-    src: Source<'a>,
-    kind: LayerKind,
-    diags: Vec<Diagnostic>,
+pub(crate) struct Cx<'a> {
+    pub(crate) src: Source<'a>,
+    pub(crate) kind: LayerKind,
+    pub(crate) diags: Vec<Diagnostic>,
 }
 
 impl Cx<'_> {
-    fn origin(&self, span: &Range<usize>, key: &str) -> Origin {
+    pub(crate) fn origin(&self, span: &Range<usize>, key: &str) -> Origin {
         let (line, column) = self.src.position(span.start);
         Origin {
             layer: self.kind,
@@ -56,30 +57,37 @@ impl Cx<'_> {
         }
     }
 
-    fn val<T: Clone>(&self, l: &L<T>, key: &str) -> Val<T> {
+    pub(crate) fn val<T: Clone>(&self, l: &L<T>, key: &str) -> Val<T> {
         Val {
             value: l.get().clone(),
             origin: self.origin(&l.span(), key),
         }
     }
 
-    fn opt<T: Clone>(&self, l: &Option<L<T>>, key: &str) -> Option<Val<T>> {
+    pub(crate) fn opt<T: Clone>(&self, l: &Option<L<T>>, key: &str) -> Option<Val<T>> {
         l.as_ref().map(|l| self.val(l, key))
     }
 
-    fn err(&mut self, kind: K, span: Range<usize>, key: &str, msg: String, hint: Option<String>) {
+    pub(crate) fn err(
+        &mut self,
+        kind: K,
+        span: Range<usize>,
+        key: &str,
+        msg: String,
+        hint: Option<String>,
+    ) {
         let d = self.src.diag(kind, Some(span), Some(key), msg, hint);
         self.diags.push(d);
     }
 
     /// Refuse a present, non-inert value whose mechanism this build does not enforce.
-    fn not_enforced(&mut self, span: Range<usize>, key: &str) {
+    pub(crate) fn not_enforced(&mut self, span: Range<usize>, key: &str) {
         if let Some((msg, hint)) = enforcement::refusal(key) {
             self.err(K::NotEnforced, span, key, msg, Some(hint));
         }
     }
 
-    fn host_only(&mut self, span: Range<usize>, key: &str) {
+    pub(crate) fn host_only(&mut self, span: Range<usize>, key: &str) {
         if !matches!(self.kind, LayerKind::Host | LayerKind::Builtin) {
             self.err(
                 K::HostOnly,
@@ -91,7 +99,7 @@ impl Cx<'_> {
         }
     }
 
-    fn positive_pids(&mut self, l: &Option<L<u32>>, key: &str) -> Option<Val<u32>> {
+    pub(crate) fn positive_pids(&mut self, l: &Option<L<u32>>, key: &str) -> Option<Val<u32>> {
         let l = l.as_ref()?;
         if *l.get() == 0 {
             self.err(
@@ -106,7 +114,11 @@ impl Cx<'_> {
         Some(self.val(l, key))
     }
 
-    fn globs(&mut self, list: &Option<L<Vec<L<String>>>>, key: &str) -> Vec<Val<String>> {
+    pub(crate) fn globs(
+        &mut self,
+        list: &Option<L<Vec<L<String>>>>,
+        key: &str,
+    ) -> Vec<Val<String>> {
         let mut out = Vec::new();
         for item in list.iter().flat_map(|l| l.get()) {
             match Glob::new(item.get()) {
@@ -127,7 +139,7 @@ impl Cx<'_> {
         out
     }
 
-    fn patterns(
+    pub(crate) fn patterns(
         &mut self,
         list: &L<Vec<L<String>>>,
         key: &str,
@@ -151,10 +163,14 @@ impl Cx<'_> {
         out
     }
 
-    fn domains(&mut self, list: &Option<L<Vec<L<String>>>>, key: &str) -> Vec<Val<String>> {
+    pub(crate) fn domains(
+        &mut self,
+        list: &Option<L<Vec<L<String>>>>,
+        key: &str,
+    ) -> Vec<Val<String>> {
         let mut out = Vec::new();
         for item in list.iter().flat_map(|l| l.get()) {
-            match check_domain(item.get()) {
+            match crate::sections::check_domain(item.get()) {
                 Ok(()) => out.push(self.val(item, key)),
                 Err(e) => self.err(
                     K::Invalid,
@@ -166,45 +182,6 @@ impl Cx<'_> {
             }
         }
         out
-    }
-}
-
-/// Well-known package registry sets, written `@name`; the network proxy expands them.
-pub const REGISTRY_SETS: [&str; 5] = ["crates", "pypi", "npm", "debian", "go"];
-
-/// `domain`, `domain:port`, `*.domain[:port]` or `@registry`.
-fn check_domain(s: &str) -> Result<(), String> {
-    if let Some(name) = s.strip_prefix('@') {
-        return if REGISTRY_SETS.contains(&name) {
-            Ok(())
-        } else {
-            Err(format!(
-                "unknown registry set `{s}` (known: @{})",
-                REGISTRY_SETS.join(", @")
-            ))
-        };
-    }
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (s, None),
-    };
-    if let Some(p) = port {
-        match p.parse::<u16>() {
-            Ok(n) if n > 0 => {}
-            _ => return Err(format!("bad port `{p}` in `{s}`")),
-        }
-    }
-    let bare = host.strip_prefix("*.").unwrap_or(host);
-    let ok = !bare.is_empty()
-        && bare.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("`{s}` is not a domain"))
     }
 }
 
@@ -710,137 +687,6 @@ fn check_rule_conflicts(cx: &mut Cx, f: &PolicyFile) {
             }
         }
     }
-}
-
-fn check_filesystem(cx: &mut Cx, fs: &schema::Filesystem) {
-    let lists = [
-        (&fs.read_only, "filesystem.read_only"),
-        (&fs.read_write, "filesystem.read_write"),
-        (&fs.hidden, "filesystem.hidden"),
-    ];
-    let mut seen: Vec<(String, &str)> = Vec::new();
-    for (list, key) in lists {
-        for item in list.iter().flat_map(|l| l.get()) {
-            let p = item.get();
-            if !(p.starts_with('/') || p.starts_with("~/")) {
-                cx.err(
-                    K::Invalid,
-                    item.span(),
-                    key,
-                    format!("path `{p}` is not absolute"),
-                    Some("write `/abs/path`, `~/path` or a glob like `/home/*/.ssh`".into()),
-                );
-            } else if let Err(e) = Glob::new(p) {
-                cx.err(
-                    K::Invalid,
-                    item.span(),
-                    key,
-                    format!("bad glob `{p}`: {}", e.kind()),
-                    None,
-                );
-            }
-            if let Some((_, other)) = seen.iter().find(|(q, _)| q == p) {
-                cx.err(
-                    K::Contradiction,
-                    item.span(),
-                    key,
-                    format!("`{p}` is also listed in `{other}`"),
-                    Some(
-                        "a path has one access mode; hidden beats read-write beats read-only"
-                            .into(),
-                    ),
-                );
-            }
-            seen.push((p.clone(), key));
-        }
-        if let Some(l) = list.as_ref().filter(|l| !l.get().is_empty()) {
-            cx.not_enforced(l.span(), key);
-        }
-    }
-}
-
-fn check_network(cx: &mut Cx, n: &schema::Network, layer: &mut Layer) {
-    let enabled = n.enabled.as_ref().map(|e| *e.get());
-    if let Some(e) = n.enabled.as_ref().filter(|e| *e.get()) {
-        layer.network_enabled = Some(cx.val(e, "network.enabled"));
-        cx.not_enforced(e.span(), "network.enabled");
-    }
-    cx.domains(&n.allow, "network.allow");
-    if let Some(a) = n.allow.as_ref().filter(|a| !a.get().is_empty()) {
-        if enabled == Some(false) {
-            cx.err(
-                K::Contradiction,
-                a.span(),
-                "network.allow",
-                "destinations are allowed but the network is off".into(),
-                Some("set `enabled = true` or drop `allow`".into()),
-            );
-        }
-        cx.not_enforced(a.span(), "network.allow");
-    }
-    for g in n.grant.iter().flatten() {
-        cx.patterns(&g.get().patterns, "network.grant.match");
-        cx.domains(&Some(g.get().allow.clone()), "network.grant.allow");
-        cx.not_enforced(g.span(), "network.grant");
-    }
-    if let Some(m) = &n.max {
-        cx.host_only(m.span(), "network.max");
-        let allow = cx.domains(&m.get().allow, "network.max.allow");
-        layer.caps.network_enabled = cx.opt(&m.get().enabled, "network.max.enabled");
-        if let Some(a) = &m.get().allow {
-            layer.caps.network_allow = Some(Val {
-                value: allow.into_iter().map(|v| v.value).collect(),
-                origin: cx.origin(&a.span(), "network.max.allow"),
-            });
-        }
-    }
-}
-
-fn check_capability_resource(cx: &mut Cx, res: &str, span: Range<usize>) {
-    let ok = ["fs:", "net:", "exec:", "secret:"].iter().any(|p| {
-        res.strip_prefix(p)
-            .is_some_and(|rest| !rest.is_empty() && Glob::new(rest).is_ok())
-    });
-    if !ok {
-        cx.err(K::Invalid, span, "capabilities", format!("bad capability resource `{res}`"), Some("resources look like `fs:/srv/repo/**:write`, `net:api.github.com:443`, `exec:/usr/bin/git`, `secret:NAME`".into()));
-    }
-}
-
-fn check_secret(cx: &mut Cx, name: &str, s: &L<schema::Secret>) {
-    let valid_name = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-    if !valid_name {
-        cx.err(
-            K::Invalid,
-            s.span(),
-            "secrets",
-            format!("bad secret name `{name}`"),
-            Some("secret names look like environment variables: GITHUB_TOKEN".into()),
-        );
-    }
-    let src = s.get().source.get();
-    let ok = src.strip_prefix("env:").is_some_and(|v| !v.is_empty())
-        || src
-            .strip_prefix("file:")
-            .is_some_and(|p| p.starts_with('/'));
-    if !ok {
-        cx.err(
-            K::Invalid,
-            s.get().source.span(),
-            "secrets.source",
-            format!("bad secret source `{src}`"),
-            Some("use `env:NAME` or `file:/absolute/path`".into()),
-        );
-    }
-    if let Some(c) = &s.get().commands {
-        cx.patterns(c, "secrets.commands");
-    }
-    cx.domains(&s.get().domains, "secrets.domains");
 }
 
 fn check_example(cx: &mut Cx, e: &L<schema::Example>) -> Option<ExampleSpec> {

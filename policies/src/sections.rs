@@ -1,0 +1,183 @@
+//! Per-file checks of the sections whose mechanisms are not enforced yet (filesystem,
+//! network, capabilities, secrets): their values are still validated fully (paths, globs,
+//! domains, names, contradictions) so that a policy is correct the day the mechanism lands,
+//! and then refused through `enforcement.rs`. Split from `validate.rs` to keep files small.
+
+use std::ops::Range;
+
+use globset::Glob;
+
+use crate::error::DiagnosticKind as K;
+use crate::layer::{Layer, Val};
+use crate::schema::{self, L};
+use crate::validate::Cx;
+
+/// Well-known package registry sets, written `@name`; the network proxy expands them.
+pub const REGISTRY_SETS: [&str; 5] = ["crates", "pypi", "npm", "debian", "go"];
+
+/// `domain`, `domain:port`, `*.domain[:port]` or `@registry`.
+pub(crate) fn check_domain(s: &str) -> Result<(), String> {
+    if let Some(name) = s.strip_prefix('@') {
+        return if REGISTRY_SETS.contains(&name) {
+            Ok(())
+        } else {
+            Err(format!(
+                "unknown registry set `{s}` (known: @{})",
+                REGISTRY_SETS.join(", @")
+            ))
+        };
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    if let Some(p) = port {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => {}
+            _ => return Err(format!("bad port `{p}` in `{s}`")),
+        }
+    }
+    let bare = host.strip_prefix("*.").unwrap_or(host);
+    let ok = !bare.is_empty()
+        && bare.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{s}` is not a domain"))
+    }
+}
+
+pub(crate) fn check_filesystem(cx: &mut Cx, fs: &schema::Filesystem) {
+    let lists = [
+        (&fs.read_only, "filesystem.read_only"),
+        (&fs.read_write, "filesystem.read_write"),
+        (&fs.hidden, "filesystem.hidden"),
+    ];
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for (list, key) in lists {
+        for item in list.iter().flat_map(|l| l.get()) {
+            let p = item.get();
+            if !(p.starts_with('/') || p.starts_with("~/")) {
+                cx.err(
+                    K::Invalid,
+                    item.span(),
+                    key,
+                    format!("path `{p}` is not absolute"),
+                    Some("write `/abs/path`, `~/path` or a glob like `/home/*/.ssh`".into()),
+                );
+            } else if let Err(e) = Glob::new(p) {
+                cx.err(
+                    K::Invalid,
+                    item.span(),
+                    key,
+                    format!("bad glob `{p}`: {}", e.kind()),
+                    None,
+                );
+            }
+            if let Some((_, other)) = seen.iter().find(|(q, _)| q == p) {
+                cx.err(
+                    K::Contradiction,
+                    item.span(),
+                    key,
+                    format!("`{p}` is also listed in `{other}`"),
+                    Some(
+                        "a path has one access mode; hidden beats read-write beats read-only"
+                            .into(),
+                    ),
+                );
+            }
+            seen.push((p.clone(), key));
+        }
+        if let Some(l) = list.as_ref().filter(|l| !l.get().is_empty()) {
+            cx.not_enforced(l.span(), key);
+        }
+    }
+}
+
+pub(crate) fn check_network(cx: &mut Cx, n: &schema::Network, layer: &mut Layer) {
+    let enabled = n.enabled.as_ref().map(|e| *e.get());
+    if let Some(e) = n.enabled.as_ref().filter(|e| *e.get()) {
+        layer.network_enabled = Some(cx.val(e, "network.enabled"));
+        cx.not_enforced(e.span(), "network.enabled");
+    }
+    cx.domains(&n.allow, "network.allow");
+    if let Some(a) = n.allow.as_ref().filter(|a| !a.get().is_empty()) {
+        if enabled == Some(false) {
+            cx.err(
+                K::Contradiction,
+                a.span(),
+                "network.allow",
+                "destinations are allowed but the network is off".into(),
+                Some("set `enabled = true` or drop `allow`".into()),
+            );
+        }
+        cx.not_enforced(a.span(), "network.allow");
+    }
+    for g in n.grant.iter().flatten() {
+        cx.patterns(&g.get().patterns, "network.grant.match");
+        cx.domains(&Some(g.get().allow.clone()), "network.grant.allow");
+        cx.not_enforced(g.span(), "network.grant");
+    }
+    if let Some(m) = &n.max {
+        cx.host_only(m.span(), "network.max");
+        let allow = cx.domains(&m.get().allow, "network.max.allow");
+        layer.caps.network_enabled = cx.opt(&m.get().enabled, "network.max.enabled");
+        if let Some(a) = &m.get().allow {
+            layer.caps.network_allow = Some(Val {
+                value: allow.into_iter().map(|v| v.value).collect(),
+                origin: cx.origin(&a.span(), "network.max.allow"),
+            });
+        }
+    }
+}
+
+pub(crate) fn check_capability_resource(cx: &mut Cx, res: &str, span: Range<usize>) {
+    let ok = ["fs:", "net:", "exec:", "secret:"].iter().any(|p| {
+        res.strip_prefix(p)
+            .is_some_and(|rest| !rest.is_empty() && Glob::new(rest).is_ok())
+    });
+    if !ok {
+        cx.err(K::Invalid, span, "capabilities", format!("bad capability resource `{res}`"), Some("resources look like `fs:/srv/repo/**:write`, `net:api.github.com:443`, `exec:/usr/bin/git`, `secret:NAME`".into()));
+    }
+}
+
+pub(crate) fn check_secret(cx: &mut Cx, name: &str, s: &L<schema::Secret>) {
+    let valid_name = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    if !valid_name {
+        cx.err(
+            K::Invalid,
+            s.span(),
+            "secrets",
+            format!("bad secret name `{name}`"),
+            Some("secret names look like environment variables: GITHUB_TOKEN".into()),
+        );
+    }
+    let src = s.get().source.get();
+    let ok = src.strip_prefix("env:").is_some_and(|v| !v.is_empty())
+        || src
+            .strip_prefix("file:")
+            .is_some_and(|p| p.starts_with('/'));
+    if !ok {
+        cx.err(
+            K::Invalid,
+            s.get().source.span(),
+            "secrets.source",
+            format!("bad secret source `{src}`"),
+            Some("use `env:NAME` or `file:/absolute/path`".into()),
+        );
+    }
+    if let Some(c) = &s.get().commands {
+        cx.patterns(c, "secrets.commands");
+    }
+    cx.domains(&s.get().domains, "secrets.domains");
+}
