@@ -85,7 +85,6 @@ mount -t virtiofs -o ro hostroot /lower || fail "mount the host root (virtiofs t
 mount -t tmpfs -o mode=755 upper /upper && mkdir -p /upper/u /upper/w || fail "tmpfs upper"
 mount -t overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w root /newroot || fail "overlay root"
 R=/newroot
-mkdir -p "$R"{ws} && mount -t virtiofs work "$R"{ws} || fail "mount the workspace (virtiofs tag work)"
 mount -t proc proc $R/proc || fail "proc"
 mount -t sysfs sys $R/sys || fail "sysfs"
 mount -t devtmpfs dev $R/dev || fail "devtmpfs"
@@ -98,6 +97,8 @@ mount -t tracefs tracefs $R/sys/kernel/tracing || fail "tracefs"
 mount -t securityfs securityfs $R/sys/kernel/security || fail "securityfs"
 mount -t tmpfs -o mode=1777 tmp $R/tmp || fail "tmp"
 mount -t tmpfs -o mode=755 run $R/run || fail "run"
+# The workspace last: it may live under /tmp or /run, which the tmpfs mounts above would hide.
+mkdir -p "$R"{ws} && mount -t virtiofs work "$R"{ws} || fail "mount the workspace (virtiofs tag work)"
 ip link set lo up
 hostname agentd-vm
 echo {flavour} > $R/run/agentd-test-vm
