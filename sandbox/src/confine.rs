@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use nix::sys::resource::{Resource, setrlimit};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::unistd::{Gid, Uid, setgroups, setresgid, setresuid};
 
 use crate::Error;
@@ -130,7 +130,12 @@ impl Confinement {
         clear_capability_sets()?;
         for (name, lim) in &self.rlimits {
             let res = rlimit_resource(name).ok_or_else(|| Error::Plan(format!("rlimit {name}")))?;
-            setrlimit(res, lim.soft, lim.hard)
+            // Raising a hard limit needs CAP_SYS_RESOURCE in the initial namespace, which
+            // container root never has: a plan limit above the runtime's is clamped to it.
+            let (_, cur_hard) =
+                getrlimit(res).map_err(|e| Error::sys(format!("getrlimit {name}"), e))?;
+            let hard = lim.hard.min(cur_hard);
+            setrlimit(res, lim.soft.min(hard), hard)
                 .map_err(|e| Error::sys(format!("setrlimit {name}"), e))?;
         }
         crate::fsrules::restrict(&self.landlock)?;

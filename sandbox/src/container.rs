@@ -173,7 +173,8 @@ pub fn start(
     }
     let rfd = rd.as_raw_fd();
     // SAFETY: clone3 without CLONE_VM or a stack behaves like fork. The child branch below
-    // only calls async-signal-safe functions (read, dup2, fcntl, execve, _exit) on memory
+    // only calls async-signal-safe functions (read, setgroups/setresgid/setresuid, dup2, fcntl,
+    // execve, _exit) on memory
     // prepared before the call, and never returns into Rust code.
     let ret = unsafe {
         libc::syscall(
@@ -188,6 +189,15 @@ pub fn start(
             let mut b = 0u8;
             if libc::read(rfd, (&mut b as *mut u8).cast(), 1) != 1 {
                 libc::_exit(120);
+            }
+            // The child still has the host ids it was cloned with (unmapped here); become
+            // container root so the exec keeps the namespace's full capability set. Raw
+            // syscalls: this process is a fork child (no libc setxid broadcast wanted).
+            if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
+                || libc::syscall(libc::SYS_setresgid, 0, 0, 0) < 0
+                || libc::syscall(libc::SYS_setresuid, 0, 0, 0) < 0
+            {
+                libc::_exit(123);
             }
             if libc::dup2(rfd, PLAN_FD) < 0 || libc::fcntl(PLAN_FD, libc::F_SETFD, 0) < 0 {
                 libc::_exit(121);

@@ -127,7 +127,16 @@ pub fn run() -> Result<i32, Error> {
     // SAFETY: the init is single-threaded, so the child may allocate; `apply` only changes
     // the child's own credentials, limits and filters before exec.
     unsafe {
-        cmd.pre_exec(move || confinement.apply().map_err(std::io::Error::other));
+        cmd.pre_exec(move || {
+            confinement.apply().map_err(|e| {
+                // std passes only the errno back to the parent: say what failed here.
+                eprintln!("agentd-sandbox: confining the agent: {e}");
+                match e {
+                    Error::Sys { source, .. } => source,
+                    other => std::io::Error::other(other),
+                }
+            })
+        });
     }
     let child = cmd
         .spawn()

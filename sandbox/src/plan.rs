@@ -312,7 +312,7 @@ impl SessionPlan {
     ///    (mount_setattr AT_RECURSIVE: submounts too, in one call);
     /// 3. writable tmpfs over /tmp, /run, /home (they are mount points of the read-only tree;
     ///    the agent's home and the workspace mount point are created inside them);
-    /// 4. hide host paths (other sessions' state) with empty read-only tmpfs;
+    /// 4. hide host paths (other sessions' state) with empty read-only tmpfs (masks);
     /// 5. the overlay workspace: its lower dir is named by its host path, which still
     ///    resolves because the old root is not gone yet;
     /// 6. a fresh procfs for the new pid namespace, then the minimal /dev;
@@ -340,10 +340,11 @@ impl SessionPlan {
             } else {
                 0o755
             };
+            // Memory-backed: capped like the workspace so /tmp is no way around the quota.
             steps.push(Step::Tmpfs {
                 target: inside(t),
                 mode,
-                size_bytes: None,
+                size_bytes: Some(self.workspace.size_bytes),
                 read_only: false,
             });
         }
@@ -352,13 +353,10 @@ impl SessionPlan {
             mode: 0o700,
             owner: Some(self.ids.agent_id),
         });
+        // A hidden path already under one of the fresh tmpfs does not exist there: the
+        // mask step skips it.
         for h in &self.hidden {
-            steps.push(Step::Tmpfs {
-                target: inside(h),
-                mode: 0o755,
-                size_bytes: Some(4096),
-                read_only: true,
-            });
+            steps.push(Step::Mask { target: inside(h) });
         }
         let ws = inside(&self.workspace.mount_at);
         steps.push(Step::MkdirAll {
@@ -402,6 +400,11 @@ impl SessionPlan {
         }
         steps.push(Step::Devpts {
             target: dev.join("pts"),
+        });
+        steps.push(Step::MkdirAll {
+            path: dev.join("shm"),
+            mode: 0o1777,
+            owner: None,
         });
         steps.push(Step::Tmpfs {
             target: dev.join("shm"),
@@ -634,11 +637,11 @@ mod tests {
             "make-rprivate /".to_owned(),
             format!("rbind / {r}"),
             format!("read-only -R {r}"),
-            format!("tmpfs {r}/tmp mode=1777"),
-            format!("tmpfs {r}/run mode=755"),
-            format!("tmpfs {r}/home mode=755"),
+            format!("tmpfs {r}/tmp mode=1777 size=67108864"),
+            format!("tmpfs {r}/run mode=755 size=67108864"),
+            format!("tmpfs {r}/home mode=755 size=67108864"),
             format!("mkdir -p {r}/home/agent mode=700 owner=1000"),
-            format!("tmpfs {r}/var/lib/agentd/s1 mode=755 size=4096 ro"),
+            format!("mask {r}/var/lib/agentd/s1"),
             format!("mkdir -p {r}/srv/repo mode=755"),
             format!(
                 "overlay {r}/srv/repo lower=/srv/repo upper=/var/lib/agentd/s1/upper work=/var/lib/agentd/s1/work"
@@ -656,6 +659,7 @@ mod tests {
             format!("symlink {r}/dev/stderr -> /proc/self/fd/2"),
             format!("symlink {r}/dev/ptmx -> pts/ptmx"),
             format!("devpts {r}/dev/pts"),
+            format!("mkdir -p {r}/dev/shm mode=1777"),
             format!("tmpfs {r}/dev/shm mode=1777 size=67108864"),
         ]);
         for m in OCI_MASKED {
@@ -673,7 +677,8 @@ mod tests {
         let steps = plan().mount_steps();
         let pos = |pred: &dyn Fn(&Step) -> bool| steps.iter().position(pred).unwrap();
         let proc_at = pos(&|s| matches!(s, Step::Proc { .. }));
-        let first_mask = pos(&|s| matches!(s, Step::Mask { .. }));
+        let first_mask =
+            pos(&|s| matches!(s, Step::Mask { target } if target.ends_with("proc/acpi")));
         let overlay = pos(&|s| matches!(s, Step::Overlay { .. }));
         let tmp = pos(&|s| matches!(s, Step::Tmpfs { target, .. } if target.ends_with("tmp")));
         assert!(tmp < overlay && overlay < proc_at && proc_at < first_mask);
