@@ -14,6 +14,41 @@
 //! - [`Report`] / [`Stats`]: per-call statistics; [`EventWatcher`]: async memory/cgroup
 //!   events of a subtree;
 //! - [`fs::Backend`]: the seam that lets all of it run against a fake cgroupfs in tests.
+//!
+//! The daemon's use, in order:
+//!
+//! ```no_run
+//! use std::{sync::Arc, time::Duration};
+//! use cgctl::{fs::Kernel, Command, Limits, Max, Placement, Root};
+//!
+//! # fn main() -> cgctl::Result<()> {
+//! // At startup: own the root, then remove what dead sessions left behind.
+//! let root = Root::create("/sys/fs/cgroup/agentd.slice", Arc::new(Kernel))?;
+//! let journal_has = |id: &str| id == "live";
+//! let swept = root.sweep(|id| !journal_has(id), Duration::from_secs(10))?;
+//! # let _ = swept;
+//! // Per session: a session-wide cap; the agent's processes go into `agent`.
+//! let session = root.create_session("live", &Limits {
+//!     memory_max: Some(Max::Limit(8 << 30)),
+//!     ..Limits::default()
+//! })?;
+//! // Per tool call: a leaf with the intent's limits, the tool born inside it.
+//! let call = session.create_call(1, &Limits {
+//!     memory_high: Some(Max::Limit(1 << 30)),
+//!     memory_max: Some(Max::Limit(2 << 30)),
+//!     memory_oom_group: Some(true),
+//!     ..Limits::default()
+//! })?;
+//! let mut child = Command::new("cargo").arg("build").spawn_into(call.cgroup())?;
+//! if let Placement::ProcsFallback { reason } = child.placement() {
+//!     eprintln!("degraded placement: {reason}"); // surface it (doctor, journal)
+//! }
+//! let _status = child.wait();
+//! let report = call.finish(Duration::from_secs(10))?; // kill leftovers, report, rmdir
+//! # let _ = report;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod cgroup;
 pub mod discover;

@@ -316,6 +316,13 @@ fn cgctl_thousand_cycles_leave_no_cgroup_behind() {
         assert!(child.wait().unwrap().success());
         let report = call.finish(T).unwrap();
         assert!(report.stats.memory.is_some());
+        if (n + 1) % 100 == 0 {
+            eprintln!(
+                "cgctl: {} cycles after {:.1} s",
+                n + 1,
+                start.elapsed().as_secs_f64()
+            );
+        }
     }
     let took = start.elapsed();
     eprintln!(
