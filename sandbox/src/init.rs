@@ -116,7 +116,7 @@ pub fn run() -> Result<i32, Error> {
     for s in FORWARDED {
         mask.add(*s);
     }
-    // Blocked here and taken with sigwait; std resets the mask in the child before exec.
+    // Blocked here and taken with sigwait; the agent's child unblocks them before exec.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
         .map_err(|e| Error::sys("sigprocmask", e))?;
     let mut cmd = Command::new(&argv[0]);
@@ -128,6 +128,8 @@ pub fn run() -> Result<i32, Error> {
     // the child's own credentials, limits and filters before exec.
     unsafe {
         cmd.pre_exec(move || {
+            // The init blocks the signals it forwards; the agent must not inherit that.
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
             confinement.apply().map_err(|e| {
                 // std passes only the errno back to the parent: say what failed here.
                 eprintln!("agentd-sandbox: confining the agent: {e}");

@@ -9,6 +9,7 @@
 
 pub mod confine;
 pub mod container;
+pub mod exec;
 pub mod fsrules;
 pub mod init;
 pub mod mounts;

@@ -63,6 +63,18 @@ enum Cmd {
         #[command(flatten)]
         session: SessionArgs,
     },
+    /// Run CMD inside a running session (same namespaces and confinement).
+    Exec {
+        /// The session's state dir (run with --keep-state or still running).
+        #[arg(long)]
+        state: PathBuf,
+        /// Start the command in this cgroup directory.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
     /// Unmount and remove a session state dir.
     Destroy {
         /// The state dir.
@@ -147,6 +159,12 @@ fn start_and_wait(
     cmd: &[String],
 ) -> Result<i32, String> {
     let c = container::start(plan, cmd, cgroup).map_err(|e| e.to_string())?;
+    // For `exec` into this session while it runs.
+    agentd_sandbox::exec::write_record(&agentd_sandbox::exec::SessionRecord {
+        plan: plan.clone(),
+        init_pid: c.pid.as_raw(),
+    })
+    .map_err(|e| e.to_string())?;
     container::wait(&c).map_err(|e| e.to_string())
 }
 
@@ -167,6 +185,9 @@ fn main() -> ExitCode {
             }
             Ok(0)
         }),
+        Cmd::Exec { state, cgroup, cmd } => {
+            agentd_sandbox::exec::exec(state, cmd, cgroup.as_deref()).map_err(|e| e.to_string())
+        }
         Cmd::Destroy { state } => container::destroy_state(state)
             .map(|()| 0)
             .map_err(|e| e.to_string()),

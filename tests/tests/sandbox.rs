@@ -1,0 +1,577 @@
+//! The sandbox escape matrix and positive checks, black-box through the real
+//! `agentd-sandbox` binary inside the test VM: every escape attempt fails and nothing
+//! outside changes; builds and git work in the workspace and land only in the upper layer;
+//! many sessions leave nothing behind (and their median start latency is printed).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The agent's host uid (the repo's owner); container root maps to 100000.
+const OWNER: u32 = 1000;
+
+/// A repo owned by [`OWNER`] and a state dir path, under a world-traversable tempdir (the
+/// overlay is mounted by container root, an unprivileged host uid, which must reach both).
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    repo: PathBuf,
+    state: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::Builder::new()
+        .prefix("agentd-sbx-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let root = dir.path().to_path_buf();
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = root.join("repo");
+    fs::create_dir(&repo).unwrap();
+    fs::write(repo.join("a.txt"), "alpha\n").unwrap();
+    fs::write(repo.join("b.txt"), "beta\n").unwrap();
+    fs::create_dir(repo.join("src")).unwrap();
+    fs::write(repo.join("src/main.c"), "int main(void){return 0;}\n").unwrap();
+    chown_r(&repo, OWNER);
+    let state = root.join("state");
+    Fixture {
+        _dir: dir,
+        root,
+        repo,
+        state,
+    }
+}
+
+fn chown_r(p: &Path, id: u32) {
+    std::os::unix::fs::lchown(p, Some(id), Some(id)).unwrap();
+    if p.is_dir() && !p.is_symlink() {
+        for e in fs::read_dir(p).unwrap() {
+            chown_r(&e.unwrap().path(), id);
+        }
+    }
+}
+
+/// Snapshot of a tree: (relative path, bytes or link target, mode).
+fn snapshot(p: &Path) -> Vec<(String, Vec<u8>, u32)> {
+    fn walk(base: &Path, p: &Path, out: &mut Vec<(String, Vec<u8>, u32)>) {
+        let md = fs::symlink_metadata(p).unwrap();
+        let rel = p.strip_prefix(base).unwrap().display().to_string();
+        let body = if md.is_symlink() {
+            fs::read_link(p).unwrap().display().to_string().into_bytes()
+        } else if md.is_file() {
+            fs::read(p).unwrap()
+        } else {
+            Vec::new()
+        };
+        out.push((rel, body, md.permissions().mode()));
+        if md.is_dir() {
+            let mut names: Vec<_> = fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            names.sort();
+            for n in names {
+                walk(base, &n, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(p, p, &mut out);
+    out
+}
+
+fn sandbox_cmd(f: &Fixture, extra: &[&str], script: &str) -> Command {
+    let mut c = Command::new(agentd_tests::project_binary("agentd-sandbox"));
+    c.arg("run")
+        .arg("--workspace")
+        .arg(&f.repo)
+        .arg("--state")
+        .arg(&f.state)
+        .args(extra)
+        .args(["--", "sh", "-c", script]);
+    c
+}
+
+/// Runs `script` with `sh -c` in a new session; returns (status, stdout, stderr).
+fn run_in(f: &Fixture, extra: &[&str], script: &str) -> (i32, String, String) {
+    let out: Output = sandbox_cmd(f, extra, script).output().unwrap();
+    let so = String::from_utf8_lossy(&out.stdout).into_owned();
+    let se = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!(
+        "--- script: {script}\n--- status {:?}\n--- stdout\n{so}--- stderr\n{se}",
+        out.status
+    );
+    (out.status.code().unwrap_or(-1), so, se)
+}
+
+fn destroy(f: &Fixture) {
+    let st = Command::new(agentd_tests::project_binary("agentd-sandbox"))
+        .arg("destroy")
+        .arg("--state")
+        .arg(&f.state)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(!f.state.exists());
+}
+
+fn mounts_mentioning(p: &Path) -> Vec<String> {
+    let needle = p.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_the_agent_is_an_unprivileged_confined_uid() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    let (code, out, _) = run_in(
+        &f,
+        &[],
+        "id -u; hostname; pwd; grep -E '^(NoNewPrivs|Seccomp|CapEff|CapPrm|CapBnd|CapInh|CapAmb):' /proc/self/status; env | sort",
+    );
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1000");
+    assert_eq!(lines[1], "agentd");
+    assert_eq!(lines[2], f.repo.display().to_string());
+    for cap in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
+        assert!(
+            out.contains(&format!("{cap}:\t0000000000000000")),
+            "{cap} not empty"
+        );
+    }
+    assert!(out.contains("NoNewPrivs:\t1"));
+    assert!(out.contains("Seccomp:\t2"));
+    // A clean environment: only the allowlist (and what sh itself sets).
+    assert!(!out.contains("AGENTD_TEST_VM"), "host environment leaked");
+    assert!(out.contains("HOME=/home/agent"));
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_exit_status_of_the_agent_is_the_session_status() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    assert_eq!(run_in(&f, &[], "exit 7").0, 7);
+    assert_eq!(run_in(&f, &[], "kill -TERM $$").0, 128 + 15);
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_writes_outside_the_workspace_fail_and_change_nothing() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    // Another session's state dir and a host user's home-like dir beside the fixture.
+    let other_state = f.root.join("other-state");
+    fs::create_dir(&other_state).unwrap();
+    fs::write(other_state.join("secret"), "other session\n").unwrap();
+    let targets = [
+        "/etc/agentd-escape",
+        "/usr/agentd-escape",
+        "/root/agentd-escape",
+        "/var/agentd-escape",
+        "/sys/fs/cgroup/agentd-escape",
+    ];
+    let mut script = String::new();
+    for t in targets {
+        script.push_str(&format!(
+            "if echo x > {t}; then echo ESCAPED {t}; fi 2>/dev/null\n"
+        ));
+    }
+    let other = other_state.display();
+    script.push_str(&format!(
+        "if cat {other}/secret; then echo READ-OTHER; fi; if echo x > {other}/x; then echo ESCAPED other; fi\n"
+    ));
+    script.push_str(&format!(
+        "if ls {} >/dev/null 2>&1; then ls {}; fi\n",
+        f.root.display(),
+        f.root.display()
+    ));
+    script.push_str("echo finished\n");
+    let (code, out, _) = run_in(&f, &[], &script);
+    assert_eq!(code, 0);
+    assert!(out.contains("finished"));
+    assert!(!out.contains("ESCAPED"), "{out}");
+    assert!(
+        !out.contains("READ-OTHER") && !out.contains("other session"),
+        "{out}"
+    );
+    for t in targets {
+        assert!(!Path::new(t).exists(), "{t} was created on the host");
+    }
+    assert_eq!(fs::read_dir(&other_state).unwrap().count(), 1);
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_writes_to_the_repo_land_in_the_upper_layer() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    let before = snapshot(&f.repo);
+    let (code, out, _) = run_in(
+        &f,
+        &["--keep-state"],
+        "echo changed >> a.txt && rm b.txt && mkdir -p new/dir && echo n > new/dir/n.txt && chmod 600 src/main.c && cat a.txt && ls",
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("alpha\nchanged\n"));
+    assert!(!out.contains("b.txt"));
+    assert_eq!(snapshot(&f.repo), before, "the repo changed");
+    let upper = f.state.join("upper");
+    assert_eq!(
+        fs::read_to_string(upper.join("a.txt")).unwrap(),
+        "alpha\nchanged\n"
+    );
+    assert_eq!(
+        fs::read_to_string(upper.join("new/dir/n.txt")).unwrap(),
+        "n\n"
+    );
+    // b.txt: an overlay whiteout (a 0/0 character device).
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        fs::symlink_metadata(upper.join("b.txt"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    destroy(&f);
+    assert!(mounts_mentioning(&f.state).is_empty());
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_mount_umount_pivot_root_and_new_user_namespaces_fail() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    let (code, out, _) = run_in(
+        &f,
+        &[],
+        "mkdir -p /tmp/m; \
+         if mount -t tmpfs none /tmp/m 2>/dev/null; then echo MOUNTED; fi; \
+         if umount /proc 2>/dev/null; then echo UMOUNTED; fi; \
+         if umount -l /tmp 2>/dev/null; then echo UMOUNTED; fi; \
+         cd /tmp/m && if pivot_root . . 2>/dev/null; then echo PIVOTED; fi; \
+         if unshare -U true 2>/dev/null; then echo USERNS; fi; \
+         if unshare -Ur true 2>/dev/null; then echo USERNS; fi; \
+         if unshare -m true 2>/dev/null; then echo MNTNS; fi; \
+         if nsenter -t 1 -m true 2>/dev/null; then echo SETNS; fi; \
+         echo finished",
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("finished"));
+    for bad in ["MOUNTED", "UMOUNTED", "PIVOTED", "USERNS", "MNTNS", "SETNS"] {
+        assert!(!out.contains(bad), "{bad}: {out}");
+    }
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_host_processes_are_invisible_and_unreachable() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    let me = std::process::id();
+    let (code, out, _) = run_in(
+        &f,
+        &[],
+        &format!(
+            "ls /proc | grep -cE '^[0-9]+$'; echo self=$$; \
+             if kill -0 1 2>/dev/null; then echo SIGNALLED-INIT; fi; \
+             if [ -e /proc/{me}/status ] && grep -q agentd /proc/{me}/cmdline 2>/dev/null; then echo HOST-PID; fi; \
+             if echo x > /proc/1/exe; then echo EXE-WRITTEN; fi 2>/dev/null; \
+             echo finished"
+        ),
+    );
+    assert_eq!(code, 0);
+    let count: u32 = out.lines().next().unwrap().trim().parse().unwrap();
+    // init, sh, ls, grep at most.
+    assert!(count <= 5, "{count} pids visible");
+    assert!(
+        out.contains("self=2\n") || out.contains("self=3\n"),
+        "{out}"
+    );
+    for bad in ["SIGNALLED-INIT", "HOST-PID", "EXE-WRITTEN"] {
+        assert!(!out.contains(bad), "{bad}: {out}");
+    }
+}
+
+/// A C probe compiled and run inside the sandbox (which also proves builds work): each
+/// line is `name=result`.
+const PROBE_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sched.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+static void say(const char *n, long r) { printf("%s=%s\n", n, r < 0 ? strerror(errno) : "OK"); }
+int main(int argc, char **argv) {
+    say("raw", socket(AF_INET, SOCK_RAW, IPPROTO_ICMP));
+    say("packet", socket(AF_PACKET, SOCK_RAW, 0));
+    unsigned int attr[32] = {2, 4, 4, 1};
+    say("bpf", syscall(SYS_bpf, 0, attr, sizeof attr));
+    say("perf", syscall(SYS_perf_event_open, attr, 0, -1, -1, 0));
+    say("keyctl", syscall(SYS_keyctl, 0, 0, 0, 0, 0));
+    say("userfaultfd", syscall(SYS_userfaultfd, 0));
+    say("io_uring", syscall(SYS_io_uring_setup, 1, attr));
+    say("unshare_user", unshare(CLONE_NEWUSER));
+    say("ptrace", syscall(SYS_ptrace, 16 /* ATTACH */, 1, 0, 0));
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(atoi(argv[1]));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    say("connect", connect(c, (struct sockaddr *)&sa, sizeof sa));
+    int k = open("/proc/kcore", O_RDONLY);
+    char buf[16];
+    printf("kcore_bytes=%ld\n", k < 0 ? -1L : (long)read(k, buf, sizeof buf));
+    say("procsys", open("/proc/sys/kernel/hostname", O_WRONLY));
+    say("sysrq", open("/proc/sysrq-trigger", O_WRONLY));
+    printf("uid=%d\n", getuid());
+    return 0;
+}
+"#;
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_kernel_attack_surface_is_closed() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    fs::write(f.repo.join("probe.c"), PROBE_C).unwrap();
+    chown_r(&f.repo, OWNER);
+    // A host loopback port: must be unreachable with the network off.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (code, out, _) = run_in(&f, &[], &format!("cc -o probe probe.c && ./probe {port}"));
+    assert_eq!(code, 0, "build or probe failed");
+    let get = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} missing"))
+            .to_owned()
+    };
+    for k in [
+        "raw",
+        "packet",
+        "bpf",
+        "perf",
+        "keyctl",
+        "userfaultfd",
+        "io_uring",
+        "unshare_user",
+        "ptrace",
+        "connect",
+        "procsys",
+        "sysrq",
+    ] {
+        assert_ne!(get(k), "OK", "{k} succeeded");
+    }
+    assert_eq!(get("bpf"), "Operation not permitted");
+    assert_eq!(get("connect"), "Connection refused");
+    assert_eq!(get("kcore_bytes"), "0");
+    assert_eq!(get("uid"), "1000");
+    assert!(listener.accept().is_err(), "the host port was reached");
+    assert!(
+        !f.repo.join("probe").exists(),
+        "the build landed in the repo"
+    );
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_a_symlink_to_a_secret_yields_nothing() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    let (code, out, err) = run_in(
+        &f,
+        &[],
+        "ln -s /etc/shadow x; cat x; echo status=$?; ln -s /proc/1/root/etc/shadow y; cat y; echo status2=$?",
+    );
+    assert_eq!(code, 0);
+    assert!(!out.contains("root:"), "{out}");
+    assert!(
+        !out.contains("status=0") && !out.contains("status2=0"),
+        "{out}"
+    );
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_filling_the_disk_stops_at_the_quota() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    let before = snapshot(&f.repo);
+    let (code, out, err) = run_in(
+        &f,
+        &["--disk-size", "16M"],
+        "dd if=/dev/zero of=big bs=1M count=64; echo dd=$?; ls -l big | awk '{print $5}'; \
+         dd if=/dev/zero of=/tmp/big bs=1M count=64 2>/dev/null; echo tmp=$?",
+    );
+    assert_eq!(code, 0);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!out.contains("dd=0"));
+    assert!(!out.contains("tmp=0"), "/tmp is no way around the quota");
+    let size: u64 = out.lines().nth(1).unwrap().trim().parse().unwrap();
+    assert!(size <= 16 << 20, "{size}");
+    assert_eq!(snapshot(&f.repo), before);
+    assert!(!f.state.exists(), "state left behind");
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_git_and_builds_work_and_land_only_in_the_upper_layer() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    let before = snapshot(&f.repo);
+    let (code, out, _) = run_in(
+        &f,
+        &["--keep-state"],
+        "set -e; git init -q; git add -A; \
+         git -c user.name=agent -c user.email=agent@example.invalid commit -qm first; \
+         echo more >> a.txt; \
+         git -c user.name=agent -c user.email=agent@example.invalid commit -qam second; \
+         git log --oneline | wc -l; \
+         printf '#include <stdio.h>\\nint main(void){puts(\"built\");return 0;}\\n' > hello.c; \
+         cc -o hello hello.c; ./hello",
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("2\n"), "{out}");
+    assert!(out.contains("built"));
+    assert_eq!(snapshot(&f.repo), before, "the repo changed");
+    let upper = f.state.join("upper");
+    assert!(upper.join(".git/HEAD").exists());
+    assert!(upper.join("hello").exists());
+    destroy(&f);
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_many_sessions_leave_nothing_behind() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    let n: usize = std::env::var("AGENTD_SANDBOX_SESSIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let mounts_before = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    let mut times: Vec<Duration> = Vec::with_capacity(n);
+    for i in 0..n {
+        let state = f.root.join(format!("state-{i}"));
+        let t = Instant::now();
+        let st = Command::new(agentd_tests::project_binary("agentd-sandbox"))
+            .arg("run")
+            .arg("--workspace")
+            .arg(&f.repo)
+            .arg("--state")
+            .arg(&state)
+            .args(["--", "true"])
+            .status()
+            .unwrap();
+        times.push(t.elapsed());
+        assert!(st.success(), "session {i}");
+        assert!(!state.exists(), "state {i} left behind");
+    }
+    times.sort();
+    let median = times[n / 2];
+    eprintln!(
+        "sandbox: {n} sessions; start+run+teardown of `true`: median {:?}, min {:?}, max {:?}",
+        median,
+        times[0],
+        times[n - 1]
+    );
+    let mounts_after = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(mounts_before, mounts_after, "mounts leaked");
+    assert!(mounts_mentioning(&f.root).is_empty());
+    // No process of ours left: nothing runs the sandbox binary any more.
+    let bin = agentd_tests::project_binary("agentd-sandbox");
+    for e in fs::read_dir("/proc").unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        if let Ok(exe) = fs::read_link(e.path().join("exe")) {
+            assert_ne!(exe, bin, "a sandbox process survived: {:?}", e.path());
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_exec_joins_the_running_session_confined_and_in_its_cgroup() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    // The agent waits for a file only a command exec'd into the same session can create.
+    let agent = sandbox_cmd(
+        &f,
+        &[],
+        "echo from-agent > /tmp/marker; while [ ! -e /tmp/stop ]; do sleep 0.1; done; echo agent-done",
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let record = f.state.join("session.json");
+    let t = Instant::now();
+    while !record.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "session did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cg = Path::new("/sys/fs/cgroup/agentd-sbx-exec-test");
+    fs::create_dir(cg).unwrap();
+    let out = Command::new(agentd_tests::project_binary("agentd-sandbox"))
+        .arg("exec")
+        .arg("--state")
+        .arg(&f.state)
+        .arg("--cgroup")
+        .arg(cg)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "while [ ! -e /tmp/marker ]; do sleep 0.1; done; cat /tmp/marker; id -u; \
+             grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status; cat /proc/self/cgroup; \
+             ls /proc | grep -cE '^[0-9]+$'; touch /tmp/stop",
+        ])
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "exec stdout:\n{so}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent_out = agent.wait_with_output().unwrap();
+    let _ = fs::remove_dir(cg);
+    assert!(out.status.success());
+    assert!(so.contains("from-agent\n1000\n"), "{so}");
+    assert!(so.contains("NoNewPrivs:\t1") && so.contains("Seccomp:\t2"));
+    assert!(so.contains("CapEff:\t0000000000000000"));
+    assert!(so.contains("0::/agentd-sbx-exec-test"), "{so}");
+    assert!(agent_out.status.success());
+    assert!(String::from_utf8_lossy(&agent_out.stdout).contains("agent-done"));
+    assert!(!f.state.exists());
+}
