@@ -310,17 +310,32 @@ fn cgctl_thousand_cycles_leave_no_cgroup_behind() {
         ..Limits::default()
     };
     let start = Instant::now();
+    // Where the time goes, per phase (TCG on a loaded host is slow; this says which part).
+    let mut phase = [Duration::ZERO; 4];
     for n in 0..1000u64 {
+        let t0 = Instant::now();
         let call = s.create_call(n, &limits).unwrap();
+        let t1 = Instant::now();
         let mut child = Command::new("/bin/true").spawn_into(call.cgroup()).unwrap();
         assert!(child.wait().unwrap().success());
-        let report = call.finish(T).unwrap();
+        let t2 = Instant::now();
+        let report = call.report().unwrap();
         assert!(report.stats.memory.is_some());
+        let t3 = Instant::now();
+        call.finish(T).unwrap();
+        let t4 = Instant::now();
+        for (i, d) in [t1 - t0, t2 - t1, t3 - t2, t4 - t3].into_iter().enumerate() {
+            phase[i] += d;
+        }
         if (n + 1) % 100 == 0 {
             eprintln!(
-                "cgctl: {} cycles after {:.1} s",
+                "cgctl: {} cycles after {:.1} s (create {:.1} s, spawn+wait {:.1} s, report {:.1} s, finish {:.1} s)",
                 n + 1,
-                start.elapsed().as_secs_f64()
+                start.elapsed().as_secs_f64(),
+                phase[0].as_secs_f64(),
+                phase[1].as_secs_f64(),
+                phase[2].as_secs_f64(),
+                phase[3].as_secs_f64()
             );
         }
     }
