@@ -206,3 +206,26 @@ fn privileged_tests_refuse_to_run_outside_the_vm() {
     let r = std::panic::catch_unwind(vm::enter);
     assert!(r.is_err(), "vm::enter must panic outside the VM");
 }
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn orphans_are_reaped_by_the_vm_init() {
+    let _vm = vm::enter();
+    // The shell exits at once; its background child is reparented to PID 1 and exits later.
+    let status = Command::new("/bin/sh")
+        .args(["-c", "sleep 0.2 & echo $! > /tmp/agentd-orphan-pid"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid = fs::read_to_string("/tmp/agentd-orphan-pid")
+        .unwrap()
+        .trim()
+        .to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let stat = format!("/proc/{pid}/stat");
+    assert!(
+        !Path::new(&stat).exists(),
+        "orphan {pid} still exists (zombie not reaped?): {:?}",
+        fs::read_to_string(&stat)
+    );
+}

@@ -12,7 +12,11 @@ pub const PRIVILEGED_TESTS_PACKAGE: &str = "agentd-tests";
 
 /// Builds every workspace binary; returns their paths.
 pub fn workspace_binaries() -> Result<Vec<PathBuf>> {
-    executables(&["build", "--workspace", "--bins"], false)
+    // Not xtask itself: relinking the running binary would delete the VM's PID 1 from under it.
+    executables(
+        &["build", "--workspace", "--exclude", "xtask", "--bins"],
+        false,
+    )
 }
 
 /// Builds the privileged test executables; returns their paths.

@@ -22,6 +22,8 @@ pub struct Payload<'a> {
     pub path_dirs: Vec<String>,
     /// Shell script run as root in the VM's root, from the workspace directory.
     pub script: String,
+    /// The binary that becomes PID 1 (`xtask vm-init`); a host path visible in the VM.
+    pub init_binary: std::path::PathBuf,
 }
 
 /// Builds the whole archive in memory.
@@ -112,8 +114,8 @@ exec switch_root -c /dev/console $R /bin/sh /run/agentd-vm-init
     )
 }
 
-/// PID 1 after switch_root: runs the payload in a clean environment, reports its status,
-/// powers off (busybox from the host root: `cargo xtask deps` installs busybox-static).
+/// PID 1 after switch_root: `xtask vm-init` (this very binary, visible through the shared
+/// host root) runs the payload in a clean environment, reaps orphans, reports, powers off.
 fn stage2_script(p: &Payload<'_>) -> String {
     let ws = sh_quote(&p.workspace.to_string_lossy());
     let mut path = p.path_dirs.join(":");
@@ -121,13 +123,12 @@ fn stage2_script(p: &Payload<'_>) -> String {
         path.push(':');
     }
     path.push_str("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let xtask = sh_quote(&p.init_binary.to_string_lossy());
     format!(
         r#"#!/bin/sh
-/usr/bin/env -i PATH={path} HOME=/root TERM=dumb LANG=C.UTF-8 \
-  AGENTD_TEST_VM=1 RUST_BACKTRACE=1 /bin/sh -c 'cd {ws} && exec /bin/sh /run/agentd-vm-run.sh'
-echo "{EXIT_SENTINEL}$?"
-sync
-/bin/busybox poweroff -f
+exec /usr/bin/env -i PATH={path} HOME=/root TERM=dumb LANG=C.UTF-8 \
+  AGENTD_TEST_VM=1 RUST_BACKTRACE=1 {xtask} vm-init -- \
+  /bin/sh -c 'cd {ws} && exec /bin/sh /run/agentd-vm-run.sh'
 "#,
         path = sh_quote(&path),
     )

@@ -8,6 +8,7 @@ mod initramfs;
 mod kernel;
 mod run;
 mod vm;
+mod vm_init;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -50,6 +51,12 @@ enum Cmd {
         /// VM settings for both boots.
         #[command(flatten)]
         vm: VmArgs,
+    },
+    /// (inside the VM) PID 1: run the payload, reap orphans, report, power off.
+    #[command(hide = true)]
+    VmInit {
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
 }
 
@@ -95,6 +102,9 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cmd: Cmd) -> Result<u8> {
+    if let Cmd::VmInit { command } = &cmd {
+        vm_init::run(command);
+    }
     let ws = workspace_root()?;
     match cmd {
         Cmd::Deps => deps::install(&ws).map(|()| 0),
@@ -108,6 +118,7 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         }
         Cmd::VmRun { vm, command } => vm_run(&ws, &vm, &command).map(exit_byte),
         Cmd::Test { vm } => test_all(&ws, &vm),
+        Cmd::VmInit { .. } => Ok(0),
     }
 }
 
@@ -170,6 +181,7 @@ fn boot(ws: &Path, args: &VmArgs, bins: &[PathBuf], script: String) -> Result<vm
         workspace: ws,
         path_dirs,
         script,
+        init_binary: std::env::current_exe().context("locating the xtask binary")?,
     };
     vm::run(&args.config(), &payload, |line| println!("{line}"))
 }
@@ -195,7 +207,10 @@ fn test_all(ws: &Path, args: &VmArgs) -> Result<u8> {
         };
         let (p, f, status) = vm_test(ws, &a, None)?;
         if p == 0 {
-            eprintln!("xtask test: no privileged test passed on the {} kernel", flavour.name());
+            eprintln!(
+                "xtask test: no privileged test passed on the {} kernel",
+                flavour.name()
+            );
             all_ok = false;
         }
         totals.0 += p;

@@ -91,6 +91,9 @@ pub fn run(
                     status = code.trim().parse::<i32>().ok();
                     continue;
                 }
+                if is_power_down(&line) {
+                    continue;
+                }
                 on_line(&line);
                 lines.push(line);
             }
@@ -107,6 +110,11 @@ pub fn run(
         }),
         None => bail!("the VM stopped without reporting an exit status (QEMU: {qemu_status})"),
     }
+}
+
+/// The kernel's last words when the VM powers off: noise in test output.
+fn is_power_down(line: &str) -> bool {
+    line.trim_end().ends_with("reboot: Power down")
 }
 
 fn forward_lines(r: impl std::io::Read, tx: &mpsc::Sender<String>) {
