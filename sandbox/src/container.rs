@@ -251,6 +251,44 @@ pub fn wait(c: &Container) -> Result<i32, Error> {
     }
 }
 
+/// Like [`wait`], forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to this process to
+/// the init (which forwards them to the agent), through the pidfd so a recycled pid is never
+/// signalled. Call after [`start`]: the signals are blocked in the calling thread and taken
+/// by a helper thread.
+pub fn wait_forwarding_signals(c: &Container) -> Result<i32, Error> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        set.add(s);
+    }
+    set.thread_block()
+        .map_err(|e| Error::sys("blocking signals", e))?;
+    let pidfd = c
+        .pidfd
+        .try_clone()
+        .map_err(|e| Error::sys("dup pidfd", e))?;
+    std::thread::spawn(move || {
+        while let Ok(sig) = set.wait() {
+            // SAFETY: pidfd_send_signal with a live pidfd, a signal number and no siginfo.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    sig as libc::c_int,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        }
+    });
+    wait(c)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code

@@ -165,7 +165,7 @@ fn start_and_wait(
         init_pid: c.pid.as_raw(),
     })
     .map_err(|e| e.to_string())?;
-    container::wait(&c).map_err(|e| e.to_string())
+    container::wait_forwarding_signals(&c).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
