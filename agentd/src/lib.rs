@@ -1,6 +1,14 @@
-//! agentd: the daemon that runs AI-agent sessions in containers with a cgroup per tool call.
+//! agentd: the daemon that runs AI-agent sessions in containers with a cgroup per tool call,
+//! and the library behind `agentctl`.
 //!
-//! Today the crate holds `doctor`, which says which of DESIGN.md's mechanisms run in which
-//! mode on this host; the daemon, API and `agentctl` arrive with the agentd issue.
+//! Modules: [`doctor`] (which mechanisms run in which mode on this host), [`api`] (the
+//! HTTP/JSON types shared by daemon and client), [`journal`] (SQLite), [`server`]
+//! (`agentd serve`: sessions and tool calls), [`client`] (HTTP over the Unix socket),
+//! [`ctl`] (`agentctl`'s commands and their output).
 
+pub mod api;
+pub mod client;
+pub mod ctl;
 pub mod doctor;
+pub mod journal;
+pub mod server;

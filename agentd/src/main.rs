@@ -1,5 +1,6 @@
 //! The `agentd` binary.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -24,11 +25,88 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the daemon: the HTTP/JSON API on a Unix socket (see docs/daemon.md). Needs root
+    /// and a cgroup v2 hierarchy with controllers.
+    Serve {
+        /// The API socket.
+        #[arg(long, default_value = agentd::api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Mode of the socket file, octal.
+        #[arg(long, default_value = "0660", value_parser = parse_mode)]
+        socket_mode: u32,
+        /// Journal, logs and session state.
+        #[arg(long, default_value = "/var/lib/agentd")]
+        state_dir: PathBuf,
+        /// The cgroup this daemon owns.
+        #[arg(long, default_value = "/sys/fs/cgroup/agentd.slice")]
+        cgroup_root: PathBuf,
+        /// Host policy (default /etc/agentd/policy.toml; missing = built-in host defaults).
+        #[arg(long)]
+        host_policy: Option<PathBuf>,
+        /// The agentd-sandbox binary (default: next to this binary, else on PATH).
+        #[arg(long)]
+        sandbox_bin: Option<PathBuf>,
+    },
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode like 0660"))
+}
+
+fn sandbox_bin(given: Option<PathBuf>) -> PathBuf {
+    if let Some(p) = given {
+        return p;
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("agentd-sandbox")));
+    match sibling {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from("agentd-sandbox"),
+    }
+}
+
+fn serve(cfg: agentd::server::Config) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(agentd::server::serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agentd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve {
+            socket,
+            socket_mode,
+            state_dir,
+            cgroup_root,
+            host_policy,
+            sandbox_bin: bin,
+        } => serve(agentd::server::Config {
+            socket,
+            socket_mode,
+            state_dir,
+            cgroup_root,
+            host_policy,
+            sandbox_bin: sandbox_bin(bin),
+        }),
         Command::Doctor { json } => {
             let report = agentd::doctor::run(&agentd::doctor::RealHost::new());
             if json {

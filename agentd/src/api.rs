@@ -1,0 +1,264 @@
+//! The HTTP/JSON API's types, shared by the daemon (`agentd serve`) and the client
+//! (`agentctl`), so both sides agree on one definition. Routes (see `docs/daemon.md`):
+//!
+//! | method | path | body → answer |
+//! |---|---|---|
+//! | GET | `/v1/health` | → [`Health`] |
+//! | POST | `/v1/sessions` | [`CreateSession`] → [`SessionInfo`] (running) |
+//! | GET | `/v1/sessions` | → `[SessionInfo]` (the caller's; all for root) |
+//! | GET | `/v1/sessions/{id}` | → [`SessionInfo`] |
+//! | POST | `/v1/sessions/{id}/wait` | → [`SessionInfo`] once the agent has exited |
+//! | GET | `/v1/sessions/{id}/logs` | → [`Logs`] (the agent's stdout/stderr so far) |
+//! | POST | `/v1/sessions/{id}/kill` | → [`SessionInfo`] |
+//! | DELETE | `/v1/sessions/{id}` | → [`SessionInfo`] (killed if running, then removed) |
+//! | POST | `/v1/sessions/{id}/calls` | [`CallRequest`] → [`CallInfo`] (after the call ended) |
+//! | GET | `/v1/sessions/{id}/calls` | → `[CallInfo]` |
+//!
+//! Errors are a 4xx/5xx status with an [`ErrorBody`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use agentd_policy::DeclaredIntent;
+use serde::{Deserialize, Serialize};
+
+/// API version prefix of every route.
+pub const PREFIX: &str = "/v1";
+
+/// Default socket path of the daemon.
+pub const DEFAULT_SOCKET: &str = "/run/agentd/agentd.sock";
+
+/// Body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    /// Daemon version.
+    pub version: String,
+    /// The uid the daemon sees for this caller (SO_PEERCRED).
+    pub caller_uid: u32,
+    /// The cgroup root the daemon owns.
+    pub cgroup_root: String,
+}
+
+/// A policy file's text, sent by the client (which reads it with the user's rights, so the
+/// daemon never opens user-chosen paths as root).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicySource {
+    /// The file name shown in diagnostics.
+    pub name: String,
+    /// The TOML text.
+    pub text: String,
+}
+
+/// `POST /v1/sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateSession {
+    /// The repo (absolute path): the overlay's read-only lower layer.
+    pub workspace: PathBuf,
+    /// The repo policy; `None` means the `default` profile.
+    #[serde(default)]
+    pub policy: Option<PolicySource>,
+    /// The agent command.
+    pub argv: Vec<String>,
+}
+
+/// Lifecycle of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Container being set up.
+    Starting,
+    /// The agent runs; calls are accepted.
+    Running,
+    /// The agent exited by itself.
+    Exited,
+    /// Killed through the API.
+    Killed,
+    /// Could not start, or its daemon went away (re-adoption is not implemented yet).
+    Failed,
+}
+
+impl SessionState {
+    /// The journal spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Starting => "starting",
+            SessionState::Running => "running",
+            SessionState::Exited => "exited",
+            SessionState::Killed => "killed",
+            SessionState::Failed => "failed",
+        }
+    }
+
+    /// Parses the journal spelling.
+    pub fn parse(s: &str) -> Option<SessionState> {
+        Some(match s {
+            "starting" => SessionState::Starting,
+            "running" => SessionState::Running,
+            "exited" => SessionState::Exited,
+            "killed" => SessionState::Killed,
+            "failed" => SessionState::Failed,
+            _ => return None,
+        })
+    }
+
+    /// The agent no longer runs.
+    pub fn ended(self) -> bool {
+        !matches!(self, SessionState::Starting | SessionState::Running)
+    }
+}
+
+/// The session-wide limits policy resolved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionLimits {
+    /// memory.max of `session-<id>`, bytes.
+    pub memory: u64,
+    /// CPU bandwidth, thousandths of a core.
+    pub cpu_millis: u64,
+    /// pids.max.
+    pub pids: u32,
+    /// Session timeout, seconds.
+    pub timeout_s: u64,
+}
+
+/// A session as listed and inspected.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: String,
+    /// The uid that created it (it alone, and root, may see and steer it).
+    pub owner_uid: u32,
+    pub workspace: PathBuf,
+    pub argv: Vec<String>,
+    pub state: SessionState,
+    /// The agent's exit code (128+signal when killed by a signal).
+    pub exit_code: Option<i32>,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub ended_at: Option<u64>,
+    /// `session-<id>` in cgroupfs.
+    pub cgroup: String,
+    pub limits: SessionLimits,
+    /// Tool calls so far.
+    pub calls: u64,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/sessions/{id}/logs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Logs {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// `POST /v1/sessions/{id}/calls`: one tool call from outside the session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallRequest {
+    pub argv: Vec<String>,
+    /// Working directory inside the container (default: the workspace).
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Extra environment; every name must pass the policy's env allowlist.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// What the caller declares; may only lower what policy allows.
+    #[serde(default)]
+    pub intent: DeclaredIntent,
+}
+
+/// The limits a call ran under, as policy and intent resolved them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallLimits {
+    /// memory.max, bytes.
+    pub memory: u64,
+    /// `latency` or `batch`.
+    pub cpu_class: String,
+    /// cpu.weight derived from the class.
+    pub cpu_weight: u16,
+    /// Seconds before the call's cgroup is killed.
+    pub timeout_s: u64,
+    /// pids.max.
+    pub pids: u32,
+    /// The intent rule that matched, if any.
+    pub rule: Option<String>,
+    /// Human notes: caps and clamped declarations (from the policy's call plan).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallState {
+    Running,
+    /// The command exited (see `exit_code`; 128+n means signal n, e.g. 137 = OOM kill).
+    Exited,
+    /// Its timeout expired and its cgroup was killed.
+    TimedOut,
+    /// It could not be started.
+    Failed,
+}
+
+impl CallState {
+    /// The journal spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Running => "running",
+            CallState::Exited => "exited",
+            CallState::TimedOut => "timed-out",
+            CallState::Failed => "failed",
+        }
+    }
+
+    /// Parses the journal spelling.
+    pub fn parse(s: &str) -> Option<CallState> {
+        Some(match s {
+            "running" => CallState::Running,
+            "exited" => CallState::Exited,
+            "timed-out" => CallState::TimedOut,
+            "failed" => CallState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One tool call, as returned by `POST …/calls` and listed by `GET …/calls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallInfo {
+    pub session: String,
+    /// The call number (`calls/<n>`).
+    pub n: u64,
+    pub argv: Vec<String>,
+    pub intent: DeclaredIntent,
+    pub limits: CallLimits,
+    pub state: CallState,
+    pub exit_code: Option<i32>,
+    /// The kernel OOM-killed something in the call's cgroup.
+    pub oom_killed: bool,
+    pub started_at: u64,
+    pub ended_at: Option<u64>,
+    /// cgctl's report (wall time, CPU, memory peak, IO, pids, memory events), as JSON.
+    pub report: Option<serde_json::Value>,
+    /// Only in the answer to `POST …/calls` (not kept in the journal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Now, in Unix seconds.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,235 @@
+//! `agentctl`'s commands as library code: intent parsing, the tables (`ps`, `calls`), the
+//! per-call report summary, and the `policy` commands wrapping agentd-policy's CLI functions.
+//! The binary (`src/bin/agentctl.rs`) only parses arguments and calls these.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use agentd_policy::units::{parse_duration, parse_size};
+use agentd_policy::{CpuClass, DeclaredIntent, LoadOptions, RealFs};
+use serde_json::Value;
+
+use crate::api::{CallInfo, SessionInfo, now};
+
+/// A bad `--intent` value, naming the part.
+#[derive(Debug, thiserror::Error)]
+pub enum IntentError {
+    #[error("intent part {part:?}: expected key=value")]
+    NoValue { part: String },
+    #[error("intent part {part:?}: {detail}")]
+    Value { part: String, detail: String },
+    #[error("intent part {part:?}: unknown key (use memory, cpu, timeout, pids)")]
+    Key { part: String },
+}
+
+/// Parses `memory=64M,cpu=batch,timeout=60,pids=100` (timeout: seconds, or `90s`, `10m`).
+pub fn parse_intent(text: &str) -> Result<DeclaredIntent, IntentError> {
+    let mut out = DeclaredIntent::default();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| IntentError::NoValue {
+            part: part.to_string(),
+        })?;
+        let bad = |detail: String| IntentError::Value {
+            part: part.to_string(),
+            detail,
+        };
+        match k.trim() {
+            "memory" | "mem" => out.memory = Some(parse_size(v).map_err(bad)?),
+            "cpu" | "cpu_class" => {
+                out.cpu_class = Some(match v.trim() {
+                    "batch" => CpuClass::Batch,
+                    "latency" => CpuClass::Latency,
+                    other => return Err(bad(format!("{other:?} is not `batch` or `latency`"))),
+                })
+            }
+            "timeout" => {
+                let v = v.trim();
+                let v = if v.bytes().all(|b| b.is_ascii_digit()) {
+                    format!("{v}s")
+                } else {
+                    v.to_string()
+                };
+                out.timeout = Some(parse_duration(&v).map_err(bad)?);
+            }
+            "pids" => out.pids = Some(v.trim().parse().map_err(|e| bad(format!("{e}")))?),
+            _ => {
+                return Err(IntentError::Key {
+                    part: part.to_string(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Bytes as `512M`-style text.
+pub fn bytes(n: u64) -> String {
+    cgctl::limits::format_bytes(n)
+}
+
+fn age(from: u64) -> String {
+    let s = now().saturating_sub(from);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+/// `agentctl ps`.
+pub fn sessions_table(list: &[SessionInfo]) -> String {
+    let mut out = format!(
+        "{:<14} {:<6} {:<8} {:>5} {:>5} {:>5}  {}\n",
+        "SESSION", "OWNER", "STATE", "EXIT", "CALLS", "AGE", "COMMAND"
+    );
+    for s in list {
+        let exit = s.exit_code.map_or("-".to_string(), |c| c.to_string());
+        let _ = writeln!(
+            out,
+            "{:<14} {:<6} {:<8} {:>5} {:>5} {:>5}  {}",
+            s.id,
+            s.owner_uid,
+            s.state.as_str(),
+            exit,
+            s.calls,
+            age(s.created_at),
+            s.argv.join(" ")
+        );
+    }
+    out
+}
+
+fn u(v: &Value, ptr: &str) -> Option<u64> {
+    v.pointer(ptr).and_then(Value::as_u64)
+}
+
+/// The figures of a report the tables show: (wall ms, cpu ms, memory peak, oom kills).
+fn figures(c: &CallInfo) -> (String, String, String, String) {
+    let Some(r) = &c.report else {
+        return ("-".into(), "-".into(), "-".into(), "-".into());
+    };
+    let wall = u(r, "/wall_ms").map_or("-".into(), |w| format!("{w}ms"));
+    let cpu = u(r, "/stats/cpu/usage_usec").map_or("-".into(), |c| format!("{}ms", c / 1000));
+    let peak = u(r, "/stats/memory/peak").map_or("-".into(), bytes);
+    let oom = u(r, "/stats/memory/events/oom_kill").map_or("-".into(), |n| n.to_string());
+    (wall, cpu, peak, oom)
+}
+
+/// `agentctl calls SESSION`.
+pub fn calls_table(list: &[CallInfo]) -> String {
+    let mut out = format!(
+        "{:>4} {:<9} {:>5} {:>9} {:<8} {:>9} {:>9} {:>9} {:>4}  {}\n",
+        "CALL", "STATE", "EXIT", "MEM.MAX", "CPU", "WALL", "CPU.TIME", "MEM.PEAK", "OOM", "COMMAND"
+    );
+    for c in list {
+        let (wall, cpu, peak, oom) = figures(c);
+        let exit = c.exit_code.map_or("-".to_string(), |e| e.to_string());
+        let _ = writeln!(
+            out,
+            "{:>4} {:<9} {:>5} {:>9} {:<8} {:>9} {:>9} {:>9} {:>4}  {}",
+            c.n,
+            c.state.as_str(),
+            exit,
+            bytes(c.limits.memory),
+            c.limits.cpu_class,
+            wall,
+            cpu,
+            peak,
+            oom,
+            c.argv.join(" ")
+        );
+    }
+    out
+}
+
+/// The report `agentctl exec` prints after the call's output.
+pub fn call_report(c: &CallInfo) -> String {
+    let (wall, cpu, peak, oom) = figures(c);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "call {}/{}: {}{} — limits memory.max {} cpu {} (weight {}) timeout {}s pids {}{}",
+        c.session,
+        c.n,
+        c.state.as_str(),
+        c.exit_code
+            .map_or(String::new(), |e| format!(" (exit {e})")),
+        bytes(c.limits.memory),
+        c.limits.cpu_class,
+        c.limits.cpu_weight,
+        c.limits.timeout_s,
+        c.limits.pids,
+        c.limits
+            .rule
+            .as_ref()
+            .map_or(String::new(), |r| format!(", rule `{r}`")),
+    );
+    let _ = writeln!(
+        out,
+        "report: wall {wall}, cpu {cpu}, memory peak {peak}, oom kills {oom}{}",
+        if c.oom_killed { " — OOM-killed" } else { "" }
+    );
+    for n in &c.limits.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    if let Some(e) = &c.error {
+        let _ = writeln!(out, "error: {e}");
+    }
+    out
+}
+
+/// Options of the `policy` commands.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyOpts {
+    pub host: Option<std::path::PathBuf>,
+    pub json: bool,
+}
+
+fn load_opts(o: &PolicyOpts) -> LoadOptions {
+    LoadOptions {
+        host: o.host.clone(),
+        ..LoadOptions::default()
+    }
+}
+
+/// `agentctl policy check FILE`.
+pub fn policy_check(o: &PolicyOpts, file: &Path) -> agentd_policy::cli::Output {
+    agentd_policy::cli::check(&RealFs, &load_opts(o), file, o.json)
+}
+
+/// `agentctl policy explain FILE [--intent …] -- CMD`.
+pub fn policy_explain(
+    o: &PolicyOpts,
+    file: &Path,
+    argv: &[String],
+    intent: &DeclaredIntent,
+) -> agentd_policy::cli::Output {
+    agentd_policy::cli::explain(&RealFs, &load_opts(o), file, argv, intent, o.json)
+}
+
+/// `agentctl policy schema`.
+pub fn policy_schema() -> agentd_policy::cli::Output {
+    agentd_policy::cli::schema()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+    use super::*;
+
+    #[test]
+    fn intent_parses_every_key_and_names_bad_parts() {
+        let i = parse_intent("memory=64M,cpu=batch,timeout=60,pids=100").unwrap();
+        assert_eq!(i.memory.unwrap().0, 64 << 20);
+        assert_eq!(i.cpu_class, Some(CpuClass::Batch));
+        assert_eq!(i.timeout.unwrap().0, 60);
+        assert_eq!(i.pids, Some(100));
+        assert_eq!(parse_intent("timeout=2m").unwrap().timeout.unwrap().0, 120);
+        assert!(parse_intent("").unwrap() == DeclaredIntent::default());
+        let e = parse_intent("memory").unwrap_err().to_string();
+        assert!(e.contains("memory"), "{e}");
+        let e = parse_intent("cpu=fast").unwrap_err().to_string();
+        assert!(e.contains("fast"), "{e}");
+        assert!(parse_intent("disk=1G").is_err());
+    }
+}

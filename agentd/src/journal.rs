@@ -1,0 +1,282 @@
+//! The journal: SQLite (WAL) rows for sessions and tool calls with their reports, written by
+//! the daemon at each state change so that what happened survives the daemon. Columns that
+//! are queried are columns; nested data (argv, limits, intent, the cgctl report) is JSON.
+//!
+//! Access is synchronous behind a mutex held for one statement: every statement is a
+//! single-row insert/update or a small select, far below the cost of starting a process.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::api::{CallInfo, CallState, SessionInfo, SessionState};
+
+/// Journal errors, carrying the database path or the row.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("journal: {what}: {source}")]
+    Sql {
+        what: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("journal: bad row {what}: {detail}")]
+    Row { what: String, detail: String },
+}
+
+type Result<T> = std::result::Result<T, JournalError>;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    owner_uid INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    removed INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    info TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    session_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    info TEXT NOT NULL,
+    PRIMARY KEY (session_id, n)
+);
+";
+
+/// The open journal.
+#[derive(Debug)]
+pub struct Journal {
+    conn: Connection,
+}
+
+fn sql(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> JournalError {
+    let what = what.into();
+    move |source| JournalError::Sql { what, source }
+}
+
+fn to_json<T: serde::Serialize>(what: &str, v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| JournalError::Row {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| JournalError::Row {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+impl Journal {
+    /// Opens (creating) the journal at `path` in WAL mode.
+    pub fn open(path: &Path) -> Result<Journal> {
+        let conn = Connection::open(path).map_err(|source| JournalError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // WAL: readers never block the writer, and a crash loses at most the last commit.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql("journal_mode=WAL"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql("synchronous"))?;
+        conn.execute_batch(SCHEMA).map_err(sql("schema"))?;
+        Ok(Journal { conn })
+    }
+
+    /// The journal mode in force (for tests: `wal`).
+    pub fn mode(&self) -> Result<String> {
+        self.conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(sql("journal_mode"))
+    }
+
+    /// Inserts or replaces a session row.
+    pub fn put_session(&self, s: &SessionInfo) -> Result<()> {
+        let info = to_json("session", s)?;
+        self.conn
+            .execute(
+                "INSERT INTO sessions (id, owner_uid, state, created_at, info)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id) DO UPDATE SET state = ?3, info = ?5",
+                params![
+                    s.id,
+                    s.owner_uid,
+                    s.state.as_str(),
+                    s.created_at as i64,
+                    info
+                ],
+            )
+            .map_err(sql(format!("put session {}", s.id)))?;
+        Ok(())
+    }
+
+    /// Marks a session removed (`agentctl rm`): hidden from listings, rows kept for audit.
+    pub fn remove_session(&self, id: &str) -> Result<()> {
+        self.conn
+            .execute("UPDATE sessions SET removed = 1 WHERE id = ?1", params![id])
+            .map_err(sql(format!("remove session {id}")))?;
+        Ok(())
+    }
+
+    /// One session (removed ones included only when `removed`).
+    pub fn session(&self, id: &str) -> Result<Option<SessionInfo>> {
+        let s: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT info FROM sessions WHERE id = ?1 AND removed = 0",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(format!("session {id}")))?;
+        s.map(|s| from_json(&format!("session {id}"), &s))
+            .transpose()
+    }
+
+    /// Sessions not removed, oldest first; only `owner`'s when given.
+    pub fn sessions(&self, owner: Option<u32>) -> Result<Vec<SessionInfo>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT info FROM sessions WHERE removed = 0 AND (?1 IS NULL OR owner_uid = ?1)
+                 ORDER BY created_at, id",
+            )
+            .map_err(sql("list sessions"))?;
+        let rows = st
+            .query_map(params![owner], |r| r.get::<_, String>(0))
+            .map_err(sql("list sessions"))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(from_json("session", &r.map_err(sql("list sessions"))?)?);
+        }
+        Ok(out)
+    }
+
+    /// Sessions the journal says are live (starting/running).
+    pub fn live_sessions(&self) -> Result<Vec<SessionInfo>> {
+        Ok(self
+            .sessions(None)?
+            .into_iter()
+            .filter(|s| !s.state.ended())
+            .collect())
+    }
+
+    /// Inserts or replaces a call row (stdout/stderr are not kept).
+    pub fn put_call(&self, c: &CallInfo) -> Result<()> {
+        let mut c = c.clone();
+        c.stdout = None;
+        c.stderr = None;
+        let info = to_json("call", &c)?;
+        self.conn
+            .execute(
+                "INSERT INTO calls (session_id, n, state, started_at, info)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(session_id, n) DO UPDATE SET state = ?3, info = ?5",
+                params![
+                    c.session,
+                    c.n as i64,
+                    c.state.as_str(),
+                    c.started_at as i64,
+                    info
+                ],
+            )
+            .map_err(sql(format!("put call {}/{}", c.session, c.n)))?;
+        Ok(())
+    }
+
+    /// The calls of a session in call order.
+    pub fn calls(&self, session: &str) -> Result<Vec<CallInfo>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT info FROM calls WHERE session_id = ?1 ORDER BY n")
+            .map_err(sql("list calls"))?;
+        let rows = st
+            .query_map(params![session], |r| r.get::<_, String>(0))
+            .map_err(sql("list calls"))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(from_json("call", &r.map_err(sql("list calls"))?)?);
+        }
+        Ok(out)
+    }
+
+    /// Calls still marked running (after a daemon restart they are lost, see docs).
+    pub fn running_calls(&self, session: &str) -> Result<Vec<CallInfo>> {
+        Ok(self
+            .calls(session)?
+            .into_iter()
+            .filter(|c| c.state == CallState::Running)
+            .collect())
+    }
+
+    /// Marks a journal-live session failed with a reason (no re-adoption yet).
+    pub fn mark_lost(&self, mut s: SessionInfo, why: &str) -> Result<()> {
+        s.state = SessionState::Failed;
+        s.error = Some(why.to_string());
+        s.ended_at = Some(crate::api::now());
+        self.put_session(&s)?;
+        for mut c in self.running_calls(&s.id)? {
+            c.state = CallState::Failed;
+            c.error = Some(why.to_string());
+            self.put_call(&c)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+    use super::*;
+    use crate::api::SessionLimits;
+
+    fn session(id: &str, owner: u32) -> SessionInfo {
+        SessionInfo {
+            id: id.into(),
+            owner_uid: owner,
+            workspace: "/w".into(),
+            argv: vec!["sleep".into(), "1".into()],
+            state: SessionState::Running,
+            exit_code: None,
+            created_at: 1,
+            ended_at: None,
+            cgroup: "/sys/fs/cgroup/x".into(),
+            limits: SessionLimits {
+                memory: 1,
+                cpu_millis: 1000,
+                pids: 10,
+                timeout_s: 5,
+            },
+            calls: 0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn sessions_round_trip_filter_by_owner_and_hide_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        assert_eq!(j.mode().unwrap(), "wal");
+        j.put_session(&session("a", 1000)).unwrap();
+        j.put_session(&session("b", 1001)).unwrap();
+        assert_eq!(j.sessions(None).unwrap().len(), 2);
+        assert_eq!(j.sessions(Some(1000)).unwrap()[0].id, "a");
+        let mut a = session("a", 1000);
+        a.state = SessionState::Exited;
+        j.put_session(&a).unwrap();
+        assert_eq!(j.live_sessions().unwrap().len(), 1);
+        j.remove_session("a").unwrap();
+        assert!(j.session("a").unwrap().is_none());
+        j.mark_lost(session("b", 1001), "daemon restarted").unwrap();
+        assert_eq!(j.session("b").unwrap().unwrap().state, SessionState::Failed);
+    }
+}

@@ -1,0 +1,319 @@
+//! `agentd serve`: the daemon. axum on tokio over a Unix socket; the caller's identity is the
+//! socket's peer credentials (SO_PEERCRED), never anything the client says. Root may do
+//! anything; any other uid sees and steers only the sessions it created (403 otherwise).
+//!
+//! Submodules: [`sessions`] (create/list/kill/remove: policy → cgroups → container),
+//! [`calls`] (tool calls from outside into `calls/<n>`).
+
+pub mod calls;
+pub mod sessions;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::IncomingStream;
+use tokio::net::UnixListener;
+
+use crate::api::{self, ErrorBody, Health};
+use crate::journal::{Journal, JournalError};
+
+/// Daemon configuration (`agentd serve` flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The API socket.
+    pub socket: PathBuf,
+    /// Mode of the socket file (0660 by default: root and the socket's group).
+    pub socket_mode: u32,
+    /// Journal, session logs and session state dirs live here.
+    pub state_dir: PathBuf,
+    /// The cgroup the daemon owns (created if missing).
+    pub cgroup_root: PathBuf,
+    /// Host policy (default /etc/agentd/policy.toml; missing = built-in host defaults).
+    pub host_policy: Option<PathBuf>,
+    /// The `agentd-sandbox` binary.
+    pub sandbox_bin: PathBuf,
+}
+
+/// Errors of the daemon outside a request (startup).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cgroup root {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: cgctl::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// A request's error: a status and a reason, sent as [`ErrorBody`]. Never a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<JournalError> for ApiError {
+    fn from(e: JournalError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// The caller, from SO_PEERCRED.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+/// uid used when the kernel would not tell us who is calling: owns nothing, may do nothing.
+const UNKNOWN_UID: u32 = u32::MAX;
+
+impl Connected<IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        match stream.io().peer_cred() {
+            Ok(c) => Peer {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+            },
+            Err(_) => Peer {
+                uid: UNKNOWN_UID,
+                gid: UNKNOWN_UID,
+                pid: None,
+            },
+        }
+    }
+}
+
+impl Peer {
+    /// Root may act on anything.
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// 403 unless the caller is root or `owner`.
+    pub fn may_steer(&self, what: &str, owner: u32) -> Result<(), ApiError> {
+        if self.is_root() || self.uid == owner {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "{what} belongs to uid {owner}; uid {} may only see and steer its own sessions",
+                self.uid
+            )))
+        }
+    }
+}
+
+/// Shared daemon state.
+#[derive(Debug)]
+pub struct Daemon {
+    pub cfg: Config,
+    pub journal: Mutex<Journal>,
+    pub root: cgctl::Root,
+    /// Sessions whose container this daemon started and still runs.
+    pub live: Mutex<HashMap<String, Arc<sessions::Live>>>,
+}
+
+/// Handler state.
+pub type State = Arc<Daemon>;
+
+impl Daemon {
+    /// Runs `f` on the journal. A poisoned lock is recovered: the connection itself is fine.
+    pub fn journal<T>(
+        &self,
+        f: impl FnOnce(&Journal) -> Result<T, JournalError>,
+    ) -> Result<T, ApiError> {
+        let j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f(&j)?)
+    }
+
+    /// The live session `id`, if this daemon runs it.
+    pub fn live(&self, id: &str) -> Option<Arc<sessions::Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+async fn health(
+    axum::extract::State(d): axum::extract::State<State>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Json<Health> {
+    Json(Health {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        caller_uid: peer.uid,
+        cgroup_root: d.cfg.cgroup_root.display().to_string(),
+    })
+}
+
+/// The API routes (see [`crate::api`]).
+pub fn router(state: State) -> Router {
+    let p = api::PREFIX;
+    Router::new()
+        .route(&format!("{p}/health"), get(health))
+        .route(
+            &format!("{p}/sessions"),
+            get(sessions::list).post(sessions::create),
+        )
+        .route(
+            &format!("{p}/sessions/{{id}}"),
+            get(sessions::inspect).delete(sessions::remove),
+        )
+        .route(&format!("{p}/sessions/{{id}}/kill"), post(sessions::kill))
+        .route(&format!("{p}/sessions/{{id}}/wait"), post(sessions::wait))
+        .route(&format!("{p}/sessions/{{id}}/logs"), get(sessions::logs))
+        .route(
+            &format!("{p}/sessions/{{id}}/calls"),
+            get(calls::list).post(calls::create),
+        )
+        .with_state(state)
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
+    let path = path.to_path_buf();
+    move |source| ServeError::Io { what, path, source }
+}
+
+/// Sets up the state dir, journal and cgroup root; forgets sessions of a previous daemon
+/// (re-adoption is not implemented: their cgroups are swept and their rows marked failed).
+pub fn open(cfg: Config) -> Result<State, ServeError> {
+    for dir in [cfg.state_dir.clone(), cfg.state_dir.join("sessions")] {
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        // Session state and logs are root's: the agent's files are reached via the API.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", &dir))?;
+    }
+    let journal = Journal::open(&cfg.state_dir.join("journal.db"))?;
+    for s in journal.live_sessions()? {
+        journal.mark_lost(
+            s,
+            "the daemon restarted; re-adoption is not implemented yet",
+        )?;
+    }
+    let backend: Arc<dyn cgctl::fs::Backend> = Arc::new(cgctl::fs::Kernel);
+    let root =
+        cgctl::Root::create(&cfg.cgroup_root, backend).map_err(|source| ServeError::Cgroup {
+            path: cfg.cgroup_root.clone(),
+            source,
+        })?;
+    root.sweep(|_| true, Duration::from_secs(10))
+        .map_err(|source| ServeError::Cgroup {
+            path: cfg.cgroup_root.clone(),
+            source,
+        })?;
+    Ok(Arc::new(Daemon {
+        cfg,
+        journal: Mutex::new(journal),
+        root,
+        live: Mutex::new(HashMap::new()),
+    }))
+}
+
+/// Binds the socket (replacing a stale one) with the configured mode.
+pub fn bind(cfg: &Config) -> Result<UnixListener, ServeError> {
+    if let Some(dir) = cfg.socket.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    }
+    match std::fs::remove_file(&cfg.socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("remove stale socket", &cfg.socket)(e)),
+    }
+    let l = UnixListener::bind(&cfg.socket).map_err(io_err("bind", &cfg.socket))?;
+    std::fs::set_permissions(
+        &cfg.socket,
+        std::fs::Permissions::from_mode(cfg.socket_mode),
+    )
+    .map_err(io_err("chmod", &cfg.socket))?;
+    Ok(l)
+}
+
+/// Serves until SIGINT/SIGTERM. Running sessions are killed on the way out (no re-adoption
+/// yet, so leaving them would leak them).
+pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    let state = open(cfg.clone())?;
+    let listener = bind(&cfg)?;
+    eprintln!(
+        "agentd: listening on {} (cgroup root {}, state {})",
+        cfg.socket.display(),
+        cfg.cgroup_root.display(),
+        cfg.state_dir.display()
+    );
+    let app = router(state.clone()).into_make_service_with_connect_info::<Peer>();
+    let stopping = state.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Before draining connections: ending the sessions also ends pending waits.
+            sessions::shutdown(&stopping).await;
+        })
+        .await
+        .map_err(io_err("serve", &cfg.socket));
+    let _ = std::fs::remove_file(&cfg.socket);
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can still serve; stop only when killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("agentd: shutting down");
+}

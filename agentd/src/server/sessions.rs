@@ -1,0 +1,508 @@
+//! Sessions: `POST /v1/sessions` resolves the policy (agentd-policy), creates
+//! `session-<id>/{agent,calls}` with the session caps (cgctl), then starts the container by
+//! running `agentd-sandbox run --cgroup <agent leaf>` as a child of the daemon.
+//!
+//! Why the sandbox binary and not its library: the container runtime re-executes
+//! `/proc/self/exe` as the container init, and `exec` must join a user namespace, which a
+//! multi-threaded process (this tokio daemon) cannot do. Both need their own process; the
+//! binary is that process. The session is "running" once the runtime has written its
+//! `session.json` record (what `exec` needs).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentd_policy::{LoadOptions, Plan};
+use axum::Json;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Path as UrlPath, State as AxState};
+use tokio::sync::watch;
+
+use super::{ApiError, Daemon, Peer, State};
+use crate::api::{
+    CreateSession, Logs, PolicySource, SessionInfo, SessionLimits, SessionState, now,
+};
+
+/// How long a container may take to come up (TCG VMs are slow: several seconds).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A session this daemon runs.
+#[derive(Debug)]
+pub struct Live {
+    pub id: String,
+    pub owner: u32,
+    pub plan: Plan,
+    pub cg: cgctl::Session,
+    /// The sandbox state dir (`agentd-sandbox exec --state`).
+    pub sandbox_state: PathBuf,
+    pub next_call: AtomicU64,
+    /// Calls running now (the session's cgroups are removed only when this is 0).
+    pub inflight: AtomicU64,
+    /// Set by kill, so the exit is recorded as killed.
+    pub killed: AtomicBool,
+    pub info: Mutex<SessionInfo>,
+    /// Becomes true when the agent has exited and the row is final.
+    pub done: watch::Receiver<bool>,
+}
+
+impl Live {
+    /// A copy of the current row.
+    pub fn info(&self) -> SessionInfo {
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes the row and writes it to the journal.
+    pub fn update(&self, d: &Daemon, f: impl FnOnce(&mut SessionInfo)) -> Result<(), ApiError> {
+        let row = {
+            let mut i = self.info.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut i);
+            i.clone()
+        };
+        d.journal(|j| j.put_session(&row))
+    }
+}
+
+/// Policy files for a request: the host policy from disk (root's file), everything else
+/// only from what the client sent, so the daemon never reads a user-chosen path as root.
+struct RequestFiles {
+    host: PathBuf,
+}
+
+impl agentd_policy::load::Files for RequestFiles {
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        if path == self.host {
+            std::fs::read_to_string(path)
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the daemon reads only the policy text sent with the request",
+            ))
+        }
+    }
+}
+
+/// Resolves the session's policy: host policy + the sent repo policy (or the default
+/// profile when none was sent).
+pub fn resolve_policy(
+    host: Option<&Path>,
+    policy: Option<&PolicySource>,
+) -> Result<Plan, ApiError> {
+    let host = host
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(agentd_policy::HOST_POLICY));
+    let opts = LoadOptions {
+        host: Some(host.clone()),
+        ..LoadOptions::default()
+    };
+    // A repo policy of just `version = 1` stands on the `default` profile.
+    let (name, text) = match policy {
+        Some(p) => (p.name.as_str(), p.text.as_str()),
+        None => ("<default>", "version = 1\n"),
+    };
+    agentd_policy::load(&RequestFiles { host }, &opts, Some((name, text))).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the policy is refused:\n{}",
+            agentd_policy::error::render(e.diagnostics())
+        ))
+    })
+}
+
+/// A fresh session id: 12 hex digits from the kernel's CSPRNG.
+fn new_id() -> Result<String, ApiError> {
+    let mut b = [0u8; 6];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        return Err(ApiError::Internal(format!(
+            "getrandom: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn session_limits(plan: &Plan) -> (SessionLimits, cgctl::Limits) {
+    let s = &plan.session;
+    let lim = SessionLimits {
+        memory: s.memory.value.0,
+        cpu_millis: s.cpu.value.0,
+        pids: s.pids.value,
+        timeout_s: s.timeout.value.0,
+    };
+    let cg = cgctl::Limits {
+        memory_max: Some(cgctl::Max::Limit(lim.memory)),
+        cpu_max: Some(cgctl::CpuMax::cpus(lim.cpu_millis as f64 / 1000.0)),
+        pids_max: Some(cgctl::Max::Limit(u64::from(lim.pids))),
+        ..cgctl::Limits::default()
+    };
+    (lim, cg)
+}
+
+fn check_workspace(peer: &Peer, ws: &Path) -> Result<PathBuf, ApiError> {
+    if !ws.is_absolute() {
+        return Err(ApiError::BadRequest(format!(
+            "workspace {} must be an absolute path",
+            ws.display()
+        )));
+    }
+    let canon = ws
+        .canonicalize()
+        .map_err(|e| ApiError::BadRequest(format!("workspace {}: {e}", ws.display())))?;
+    let md = std::fs::metadata(&canon)
+        .map_err(|e| ApiError::BadRequest(format!("workspace {}: {e}", canon.display())))?;
+    if !md.is_dir() {
+        return Err(ApiError::BadRequest(format!(
+            "workspace {} is not a directory",
+            canon.display()
+        )));
+    }
+    // The agent runs as the workspace's owner: a user may only start agents on its own repos.
+    if !peer.is_root() && md.uid() != peer.uid {
+        return Err(ApiError::Forbidden(format!(
+            "workspace {} belongs to uid {}, not to the caller (uid {})",
+            canon.display(),
+            md.uid(),
+            peer.uid
+        )));
+    }
+    if md.uid() == 0 {
+        return Err(ApiError::BadRequest(format!(
+            "workspace {} is owned by root; the agent runs as the workspace's owner, never root",
+            canon.display()
+        )));
+    }
+    Ok(canon)
+}
+
+/// `POST /v1/sessions`.
+pub async fn create(
+    AxState(d): AxState<State>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(req): Json<CreateSession>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    if req.argv.is_empty() {
+        return Err(ApiError::BadRequest("argv is empty: give a command".into()));
+    }
+    let workspace = check_workspace(&peer, &req.workspace)?;
+    let plan = resolve_policy(d.cfg.host_policy.as_deref(), req.policy.as_ref())?;
+    let id = new_id()?;
+    let (limits, cg_limits) = session_limits(&plan);
+    let cg = d
+        .root
+        .create_session(&id, &cg_limits)
+        .map_err(|e| ApiError::Internal(format!("session cgroup: {e}")))?;
+    let sessions = d.cfg.state_dir.join("sessions");
+    let sandbox_state = sessions.join(&id);
+    let info = SessionInfo {
+        id: id.clone(),
+        owner_uid: peer.uid,
+        workspace: workspace.clone(),
+        argv: req.argv.clone(),
+        state: SessionState::Starting,
+        exit_code: None,
+        created_at: now(),
+        ended_at: None,
+        cgroup: cg.cgroup().path().display().to_string(),
+        limits,
+        calls: 0,
+        error: None,
+    };
+    d.journal(|j| j.put_session(&info))?;
+    let (done_tx, done_rx) = watch::channel(false);
+    let live = Arc::new(Live {
+        id: id.clone(),
+        owner: peer.uid,
+        plan,
+        cg,
+        sandbox_state: sandbox_state.clone(),
+        next_call: AtomicU64::new(0),
+        inflight: AtomicU64::new(0),
+        killed: AtomicBool::new(false),
+        info: Mutex::new(info),
+        done: done_rx,
+    });
+    let started = start_container(&d, &live, &workspace, &req.argv, &sessions).await;
+    let mut child = match started {
+        Ok(c) => c,
+        Err(e) => {
+            fail(&d, &live, &e.to_string()).await;
+            let _ = done_tx.send(true);
+            return Err(e);
+        }
+    };
+    // Ready when the runtime wrote the record `exec` needs, or failed when it exited first.
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let record = sandbox_state.join("session.json");
+    loop {
+        if record.exists() {
+            break;
+        }
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || tokio::time::Instant::now() > deadline {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            let err = d.cfg.state_dir.join("sessions").join(format!("{id}.err"));
+            let why = std::fs::read_to_string(&err).unwrap_or_default();
+            let msg = format!(
+                "the session container did not start ({}): {}",
+                exited.map_or("timed out".to_string(), |s| s.to_string()),
+                why.trim()
+            );
+            fail(&d, &live, &msg).await;
+            let _ = done_tx.send(true);
+            return Err(ApiError::Internal(msg));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    live.update(&d, |i| i.state = SessionState::Running)?;
+    d.live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, live.clone());
+    tokio::spawn(monitor(d.clone(), live.clone(), child, done_tx));
+    Ok(Json(live.info()))
+}
+
+async fn start_container(
+    d: &Daemon,
+    live: &Live,
+    workspace: &Path,
+    argv: &[String],
+    sessions: &Path,
+) -> Result<tokio::process::Child, ApiError> {
+    let open = |ext: &str| {
+        let p = sessions.join(format!("{}.{ext}", live.id));
+        std::fs::File::create(&p)
+            .map_err(|e| ApiError::Internal(format!("create {}: {e}", p.display())))
+    };
+    let (out, err) = (open("out")?, open("err")?);
+    tokio::process::Command::new(&d.cfg.sandbox_bin)
+        .arg("run")
+        .arg("--workspace")
+        .arg(workspace)
+        .arg("--state")
+        .arg(&live.sandbox_state)
+        .arg("--cgroup")
+        .arg(live.cg.agent().path())
+        .arg("--")
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // If the daemon dies, the runtime gets SIGKILL... through kill_on_drop only when the
+        // Child is dropped; re-adoption after a crash is not implemented yet.
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            ApiError::Internal(format!("cannot start {}: {e}", d.cfg.sandbox_bin.display()))
+        })
+}
+
+async fn fail(d: &Arc<Daemon>, live: &Live, why: &str) {
+    let _ = live.update(d, |i| {
+        i.state = SessionState::Failed;
+        i.error = Some(why.to_string());
+        i.ended_at = Some(now());
+    });
+    remove_cgroups(d, &live.id).await;
+}
+
+async fn remove_cgroups(d: &Arc<Daemon>, id: &str) {
+    let d2 = d.clone();
+    let id2 = id.to_string();
+    let r =
+        tokio::task::spawn_blocking(move || d2.root.remove_session(&id2, Duration::from_secs(10)))
+            .await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("agentd: removing the cgroups of session {id}: {e}"),
+        Err(e) => eprintln!("agentd: removing the cgroups of session {id}: {e}"),
+    }
+}
+
+/// Waits for the agent (or the session timeout), records the end, removes the cgroups.
+async fn monitor(
+    d: Arc<Daemon>,
+    live: Arc<Live>,
+    mut child: tokio::process::Child,
+    done: watch::Sender<bool>,
+) {
+    let timeout = Duration::from_secs(live.info().limits.timeout_s);
+    let mut timed_out = false;
+    let status = tokio::select! {
+        s = child.wait() => s,
+        () = tokio::time::sleep(timeout) => {
+            timed_out = true;
+            let _ = live.cg.cgroup().kill();
+            child.wait().await
+        }
+    };
+    let code = status.ok().and_then(|s| {
+        use std::os::unix::process::ExitStatusExt;
+        s.code().or_else(|| s.signal().map(|n| 128 + n))
+    });
+    let killed = live.killed.load(Ordering::SeqCst);
+    let _ = live.update(&d, |i| {
+        i.state = if killed || timed_out {
+            SessionState::Killed
+        } else {
+            SessionState::Exited
+        };
+        if timed_out {
+            i.error = Some(format!("session timeout ({}s) expired", i.limits.timeout_s));
+        }
+        i.exit_code = code;
+        i.ended_at = Some(now());
+    });
+    // Calls die with the container; let their runners write their reports first.
+    for _ in 0..300 {
+        if live.inflight.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    remove_cgroups(&d, &live.id).await;
+    d.live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&live.id);
+    let _ = done.send(true);
+}
+
+/// The journal row of `id`, if the caller may see it.
+pub fn visible(d: &Daemon, peer: &Peer, id: &str) -> Result<SessionInfo, ApiError> {
+    let s = d
+        .journal(|j| j.session(id))?
+        .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
+    peer.may_steer(&format!("session {id}"), s.owner_uid)?;
+    Ok(s)
+}
+
+/// `GET /v1/sessions`: the caller's sessions (root: all).
+pub async fn list(
+    AxState(d): AxState<State>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Result<Json<Vec<SessionInfo>>, ApiError> {
+    let owner = (!peer.is_root()).then_some(peer.uid);
+    Ok(Json(d.journal(|j| j.sessions(owner))?))
+}
+
+/// `GET /v1/sessions/{id}`.
+pub async fn inspect(
+    AxState(d): AxState<State>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    Ok(Json(visible(&d, &peer, &id)?))
+}
+
+async fn wait_done(d: &Daemon, id: &str, limit: Option<Duration>) {
+    if let Some(live) = d.live(id) {
+        let mut rx = live.done.clone();
+        let fut = rx.wait_for(|v| *v);
+        match limit {
+            Some(t) => {
+                let _ = tokio::time::timeout(t, fut).await;
+            }
+            None => {
+                let _ = fut.await;
+            }
+        }
+    }
+}
+
+/// `POST /v1/sessions/{id}/wait`: answers when the agent has exited.
+pub async fn wait(
+    AxState(d): AxState<State>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    visible(&d, &peer, &id)?;
+    wait_done(&d, &id, None).await;
+    Ok(Json(visible(&d, &peer, &id)?))
+}
+
+/// `GET /v1/sessions/{id}/logs`.
+pub async fn logs(
+    AxState(d): AxState<State>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Logs>, ApiError> {
+    visible(&d, &peer, &id)?;
+    let dir = d.cfg.state_dir.join("sessions");
+    let read =
+        |ext: &str| std::fs::read_to_string(dir.join(format!("{id}.{ext}"))).unwrap_or_default();
+    Ok(Json(Logs {
+        stdout: read("out"),
+        stderr: read("err"),
+    }))
+}
+
+fn kill_live(live: &Live) -> Result<(), ApiError> {
+    live.killed.store(true, Ordering::SeqCst);
+    // cgroup.kill on session-<id> kills the agent and every call; the runtime (outside
+    // the cgroup) then sees its init die and tears the container down.
+    live.cg
+        .cgroup()
+        .kill()
+        .map_err(|e| ApiError::Internal(format!("killing session {}: {e}", live.id)))
+}
+
+/// `POST /v1/sessions/{id}/kill`: kills the session and waits (up to 30 s) for its end.
+pub async fn kill(
+    AxState(d): AxState<State>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    let s = visible(&d, &peer, &id)?;
+    let Some(live) = d.live(&id) else {
+        return Err(ApiError::Conflict(format!(
+            "session {id} is not running (state {})",
+            s.state.as_str()
+        )));
+    };
+    kill_live(&live)?;
+    wait_done(&d, &id, Some(Duration::from_secs(30))).await;
+    Ok(Json(visible(&d, &peer, &id)?))
+}
+
+/// `DELETE /v1/sessions/{id}`: kills it if it runs, then hides it from listings (the
+/// journal rows stay).
+pub async fn remove(
+    AxState(d): AxState<State>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    visible(&d, &peer, &id)?;
+    if let Some(live) = d.live(&id) {
+        kill_live(&live)?;
+        wait_done(&d, &id, Some(Duration::from_secs(30))).await;
+    }
+    let s = visible(&d, &peer, &id)?;
+    d.journal(|j| j.remove_session(&id))?;
+    for ext in ["out", "err"] {
+        let _ = std::fs::remove_file(d.cfg.state_dir.join("sessions").join(format!("{id}.{ext}")));
+    }
+    Ok(Json(s))
+}
+
+/// On daemon exit: kill every live session and wait for each to end (re-adoption after a
+/// restart is not implemented, so nothing may be left behind).
+pub async fn shutdown(d: &Arc<Daemon>) {
+    let lives: Vec<Arc<Live>> = d
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for live in &lives {
+        let _ = kill_live(live);
+    }
+    for live in &lives {
+        wait_done(d, &live.id, Some(Duration::from_secs(20))).await;
+    }
+}
