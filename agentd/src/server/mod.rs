@@ -225,13 +225,30 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Ser
 /// Sets up the state dir, journal and cgroup root; forgets sessions of a previous daemon
 /// (re-adoption is not implemented: their cgroups are swept and their rows marked failed).
 pub fn open(cfg: Config) -> Result<State, ServeError> {
-    for dir in [cfg.state_dir.clone(), cfg.state_dir.join("sessions")] {
+    // 0711: the container's root (an unprivileged host uid) must traverse to its session's
+    // state dir under `sessions/` to mount the overlay, but nobody may list them. Logs and
+    // the journal are root's alone.
+    for (dir, mode) in [
+        (cfg.state_dir.clone(), 0o711),
+        (cfg.state_dir.join("sessions"), 0o711),
+        (cfg.state_dir.join("logs"), 0o700),
+    ] {
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        // Session state and logs are root's: the agent's files are reached via the API.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
             .map_err(io_err("chmod", &dir))?;
     }
-    let journal = Journal::open(&cfg.state_dir.join("journal.db"))?;
+    let db = cfg.state_dir.join("journal.db");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Created 0600 before SQLite opens it; its -wal/-shm files copy this mode.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&db)
+            .map_err(io_err("create", &db))?;
+    }
+    let journal = Journal::open(&db)?;
     for s in journal.live_sessions()? {
         journal.mark_lost(
             s,

@@ -224,7 +224,8 @@ pub async fn create(
         info: Mutex::new(info),
         done: done_rx,
     });
-    let started = start_container(&d, &live, &workspace, &req.argv, &sessions).await;
+    let logs = d.cfg.state_dir.join("logs");
+    let started = start_container(&d, &live, &workspace, &req.argv, &logs).await;
     let mut child = match started {
         Ok(c) => c,
         Err(e) => {
@@ -244,7 +245,7 @@ pub async fn create(
         if exited.is_some() || tokio::time::Instant::now() > deadline {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            let err = d.cfg.state_dir.join("sessions").join(format!("{id}.err"));
+            let err = d.cfg.state_dir.join("logs").join(format!("{id}.err"));
             let why = std::fs::read_to_string(&err).unwrap_or_default();
             let msg = format!(
                 "the session container did not start ({}): {}",
@@ -271,10 +272,10 @@ async fn start_container(
     live: &Live,
     workspace: &Path,
     argv: &[String],
-    sessions: &Path,
+    logs: &Path,
 ) -> Result<tokio::process::Child, ApiError> {
     let open = |ext: &str| {
-        let p = sessions.join(format!("{}.{ext}", live.id));
+        let p = logs.join(format!("{}.{ext}", live.id));
         std::fs::File::create(&p)
             .map_err(|e| ApiError::Internal(format!("create {}: {e}", p.display())))
     };
@@ -432,7 +433,7 @@ pub async fn logs(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Logs>, ApiError> {
     visible(&d, &peer, &id)?;
-    let dir = d.cfg.state_dir.join("sessions");
+    let dir = d.cfg.state_dir.join("logs");
     let read =
         |ext: &str| std::fs::read_to_string(dir.join(format!("{id}.{ext}"))).unwrap_or_default();
     Ok(Json(Logs {
@@ -484,7 +485,7 @@ pub async fn remove(
     let s = visible(&d, &peer, &id)?;
     d.journal(|j| j.remove_session(&id))?;
     for ext in ["out", "err"] {
-        let _ = std::fs::remove_file(d.cfg.state_dir.join("sessions").join(format!("{id}.{ext}")));
+        let _ = std::fs::remove_file(d.cfg.state_dir.join("logs").join(format!("{id}.{ext}")));
     }
     Ok(Json(s))
 }

@@ -1,0 +1,407 @@
+//! agentd daemon and agentctl, black-box through the real binaries inside the test VM: a
+//! daemon on a temp socket with its own cgroup root; a session; tool calls through
+//! `agentctl exec` that land in their own `calls/<n>` cgroups with the limits policy and
+//! intent resolve (read from cgroupfs while the call runs); reports in `agentctl calls`;
+//! an OOM-killed call that leaves the session running; another uid refused with 403; the
+//! host cap shown by `agentctl policy explain`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The repo's owner (the agent's host uid) and the "other user" of the 403 test.
+const USER: u32 = 1000;
+
+/// Host policy of every test daemon: calls may use at most 512 MiB, so the default profile's
+/// 1 GiB call default is clamped (and says so).
+const HOST_POLICY: &str = "version = 1\n\n[resources.max]\ncall_memory = \"512MiB\"\n";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A running `agentd serve` with a temp socket, state dir and cgroup root; a repo owned by
+/// [`USER`]. Dropping it stops the daemon and removes its cgroup root.
+struct Daemon {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    repo: PathBuf,
+    socket: PathBuf,
+    cgroup_root: PathBuf,
+    child: Child,
+}
+
+fn chown_r(p: &Path, id: u32) {
+    std::os::unix::fs::lchown(p, Some(id), Some(id)).unwrap();
+    if p.is_dir() && !p.is_symlink() {
+        for e in fs::read_dir(p).unwrap() {
+            chown_r(&e.unwrap().path(), id);
+        }
+    }
+}
+
+fn remove_cgroup_tree(p: &Path) {
+    if !p.exists() {
+        return;
+    }
+    for e in fs::read_dir(p).unwrap().flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = fs::remove_dir(p);
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("agentd-daemon-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        // uid 1000 must reach the socket; container root must reach the session state.
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        let repo = root.join("repo");
+        fs::create_dir(&repo).unwrap();
+        fs::write(repo.join("README"), "sample repo\n").unwrap();
+        chown_r(&repo, USER);
+        fs::write(root.join("host.toml"), HOST_POLICY).unwrap();
+        let socket = root.join("agentd.sock");
+        let cgroup_root = PathBuf::from(format!(
+            "/sys/fs/cgroup/agentd-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let child = Command::new(agentd_tests::project_binary("agentd"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--socket-mode", "0666"])
+            .arg("--state-dir")
+            .arg(root.join("state"))
+            .arg("--cgroup-root")
+            .arg(&cgroup_root)
+            .arg("--host-policy")
+            .arg(root.join("host.toml"))
+            .arg("--sandbox-bin")
+            .arg(agentd_tests::project_binary("agentd-sandbox"))
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            _dir: dir,
+            root,
+            repo,
+            socket,
+            cgroup_root,
+            child,
+        };
+        let t = Instant::now();
+        loop {
+            let out = d.ctl(&["ps"]).output().unwrap();
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "daemon did not come up: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        d
+    }
+
+    /// `agentctl --socket S ARGS…`.
+    fn ctl(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(agentd_tests::project_binary("agentctl"));
+        c.arg("--socket").arg(&self.socket).args(args);
+        c
+    }
+
+    /// Runs agentctl; returns its output, printing it for the test log.
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.ctl(args).output().unwrap();
+        eprintln!(
+            "agentctl {args:?}: {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.run(&a);
+        assert!(out.status.success(), "agentctl {args:?} failed");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Starts a detached session running `sleep 600`; returns its id.
+    fn session(&self) -> String {
+        let repo = self.repo.to_str().unwrap();
+        let out = self.run(&["run", "--detach", "--workspace", repo, "--", "sleep", "600"]);
+        assert!(out.status.success(), "agentctl run failed");
+        let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(!id.is_empty());
+        id
+    }
+
+    fn session_cgroup(&self, id: &str) -> PathBuf {
+        self.cgroup_root.join(format!("session-{id}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM: the daemon kills its sessions and removes their cgroups on the way out.
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(40) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        remove_cgroup_tree(&self.cgroup_root);
+        let _ = &self.root;
+    }
+}
+
+fn read(p: &Path) -> Option<String> {
+    fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_five_calls_get_five_cgroups_with_their_limits_and_reports() {
+    let _vm = agentd_tests::vm::enter();
+    let d = Daemon::start();
+    let id = d.session();
+    let s = d.json(&["inspect", &id]);
+    assert_eq!(s["state"], "running");
+    let scg = d.session_cgroup(&id);
+    assert!(scg.join("agent").is_dir());
+    // Every process of the agent is in the agent leaf.
+    assert!(!read(&scg.join("agent/cgroup.procs")).unwrap().is_empty());
+
+    let mems = [64u64, 96, 128, 160, 192];
+    for (i, mb) in mems.iter().enumerate() {
+        let n = i + 1;
+        let intent = format!("memory={mb}M,cpu=batch");
+        // The call sleeps so that its cgroup can be read while it runs.
+        let call = d
+            .ctl(&[
+                "exec",
+                &id,
+                "--intent",
+                &intent,
+                "--",
+                "sh",
+                "-c",
+                "sleep 3; echo call-ok",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let cg = scg.join(format!("calls/{n}"));
+        let t = Instant::now();
+        let mut seen = None;
+        while t.elapsed() < Duration::from_secs(60) {
+            // Only trust the file once a process is in the call (limits are set before).
+            if let (Some(max), Some(procs)) =
+                (read(&cg.join("memory.max")), read(&cg.join("cgroup.procs")))
+                && !procs.is_empty()
+            {
+                seen = Some((
+                    max,
+                    read(&cg.join("cpu.weight")),
+                    read(&cg.join("memory.oom.group")),
+                ));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = call.wait_with_output().unwrap();
+        eprintln!(
+            "call {n}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (max, weight, oom_group) = seen.unwrap_or_else(|| panic!("calls/{n} never ran"));
+        assert_eq!(max, (mb << 20).to_string(), "memory.max of calls/{n}");
+        assert_eq!(weight.as_deref(), Some("50"), "cpu.weight of a batch call");
+        assert_eq!(oom_group.as_deref(), Some("1"));
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("call-ok"));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("report:"));
+        // Finished calls leave no cgroup behind.
+        assert!(!cg.exists(), "calls/{n} was not removed");
+    }
+    let calls = d.json(&["calls", &id]);
+    let calls = calls.as_array().unwrap();
+    assert_eq!(calls.len(), 5);
+    for (c, mb) in calls.iter().zip(mems) {
+        assert_eq!(c["state"], "exited");
+        assert_eq!(c["exit_code"], 0);
+        assert_eq!(c["limits"]["memory"], mb << 20);
+        let r = &c["report"];
+        assert!(r["wall_ms"].as_u64().unwrap() >= 2000, "{r}");
+        assert_eq!(r["limits"]["memory_max"]["limit"], mb << 20, "{r}");
+        assert!(r["stats"]["cpu"]["usage_usec"].as_u64().is_some(), "{r}");
+    }
+    // A call without an intent gets the default 1 GiB, clamped by the host cap to 512 MiB.
+    let c = d.json(&["exec", &id, "--", "true"]);
+    assert_eq!(c["limits"]["memory"], 512u64 << 20);
+    assert!(
+        c["limits"]["notes"].to_string().contains("capped by"),
+        "{c}"
+    );
+    // The table form names every call.
+    let table = d.run(&["calls", &id]);
+    assert_eq!(String::from_utf8_lossy(&table.stdout).lines().count(), 7);
+    // rm kills the session and removes its cgroups; ps no longer lists it.
+    assert!(d.run(&["rm", &id]).status.success());
+    assert!(!scg.exists(), "session cgroup left behind");
+    assert_eq!(d.json(&["ps"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_a_64m_call_allocating_256m_is_oom_killed_and_the_session_goes_on() {
+    let _vm = agentd_tests::vm::enter();
+    let d = Daemon::start();
+    let id = d.session();
+    // dd's 256 MiB buffer is touched by the read from /dev/zero.
+    let out = d.run(&[
+        "--json",
+        "exec",
+        &id,
+        "--intent",
+        "memory=64M",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=256M",
+        "count=1",
+    ]);
+    assert!(
+        !out.status.success(),
+        "the allocation should not survive 64M"
+    );
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["limits"]["memory"], 64u64 << 20);
+    assert_eq!(c["oom_killed"], true, "{c}");
+    assert_eq!(c["exit_code"], 137, "{c}");
+    // The session and its other calls go on.
+    assert_eq!(d.json(&["inspect", &id])["state"], "running");
+    let ok = d.run(&["exec", &id, "--", "sh", "-c", "echo still-here"]);
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("still-here"));
+    let calls = d.json(&["calls", &id]);
+    assert_eq!(calls.as_array().unwrap().len(), 2);
+    assert_eq!(calls[1]["exit_code"], 0);
+    // kill ends it: state killed, cgroups gone.
+    let k = d.json(&["kill", &id]);
+    assert_eq!(k["state"], "killed");
+    assert!(!d.session_cgroup(&id).exists());
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_another_uid_cannot_see_or_steer_the_session() {
+    let _vm = agentd_tests::vm::enter();
+    let d = Daemon::start();
+    let id = d.session();
+    let as_user = |args: &[&str]| {
+        let out = d.ctl(args).uid(USER).gid(USER).output().unwrap();
+        eprintln!(
+            "uid {USER} agentctl {args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let ps = as_user(&["--json", "ps"]);
+    assert!(ps.status.success());
+    let list: Value = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        0,
+        "uid 1000 sees root's session"
+    );
+    for args in [
+        vec!["inspect", id.as_str()],
+        vec!["calls", id.as_str()],
+        vec!["kill", id.as_str()],
+        vec!["rm", id.as_str()],
+        vec!["exec", id.as_str(), "--", "true"],
+    ] {
+        let out = as_user(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("403"), "{args:?}: {err}");
+        assert!(err.contains("belongs to uid 0"), "{args:?}: {err}");
+    }
+    // Untouched: still running, no call was made.
+    let s = d.json(&["inspect", &id]);
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["calls"], 0);
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_policy_explain_shows_the_host_cap_and_no_daemon_is_explained() {
+    let _vm = agentd_tests::vm::enter();
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("host.toml");
+    fs::write(&host, HOST_POLICY).unwrap();
+    let repo = dir.path().join("policy.toml");
+    fs::write(&repo, "version = 1\nextends = \"default\"\n").unwrap();
+    let ctl = agentd_tests::project_binary("agentctl");
+    // The default profile gives test runners 4GiB; the host allows calls 512MiB.
+    let out = Command::new(&ctl)
+        .arg("policy")
+        .arg("--host")
+        .arg(&host)
+        .arg("explain")
+        .arg(&repo)
+        .args(["--", "cargo", "test"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    assert!(text.contains("memory     512MiB"), "{text}");
+    assert!(
+        text.contains("capped by host policy") && text.contains("call_memory = 512MiB"),
+        "{text}"
+    );
+    // No daemon on this socket: a clear message saying how to start one.
+    let out = Command::new(&ctl)
+        .arg("--socket")
+        .arg(dir.path().join("none.sock"))
+        .arg("ps")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no agentd daemon") && err.contains("agentd serve"),
+        "{err}"
+    );
+}
