@@ -281,9 +281,26 @@ fn cgctl_freeze_stops_progress_within_100ms_and_thaw_resumes() {
     let mut child = sh(cg, "while :; do :; done");
     std::thread::sleep(Duration::from_millis(300));
     assert!(usage_usec(cg) > 50_000, "the loop is running");
-    let took = cg.freeze(T).unwrap();
-    eprintln!("cgctl: freeze took {:.2} ms", took.as_secs_f64() * 1e3);
-    assert!(took < Duration::from_millis(100), "freeze took {took:?}");
+    // Five freeze/thaw rounds, judged by the median: under TCG on a shared 2-core host a
+    // single round can catch a host-side stall that says nothing about the kernel.
+    let mut rounds = Vec::new();
+    for _ in 0..4 {
+        rounds.push(cg.freeze(T).unwrap());
+        cg.thaw(T).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rounds.push(cg.freeze(T).unwrap());
+    let mut sorted = rounds.clone();
+    sorted.sort();
+    let took = sorted[2];
+    eprintln!(
+        "cgctl: freeze took {rounds:?}, median {:.2} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(
+        took < Duration::from_millis(100),
+        "median freeze {took:?} of {rounds:?}"
+    );
     let u1 = usage_usec(cg);
     std::thread::sleep(Duration::from_millis(500));
     let u2 = usage_usec(cg);

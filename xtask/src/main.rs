@@ -37,6 +37,9 @@ enum Cmd {
         vm: VmArgs,
         /// Only tests whose name contains this (libtest filter).
         filter: Option<String>,
+        /// Show the tests' own output (libtest --nocapture): measured figures, progress.
+        #[arg(long)]
+        nocapture: bool,
     },
     /// Run a command inside the VM (host root shared read-only, workspace writable, the
     /// project's binaries on PATH) and exit with its status.
@@ -108,8 +111,12 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
     let ws = workspace_root()?;
     match cmd {
         Cmd::Deps => deps::install(&ws).map(|()| 0),
-        Cmd::VmTest { vm, filter } => {
-            let (passed, failed, status) = vm_test(&ws, &vm, filter.as_deref())?;
+        Cmd::VmTest {
+            vm,
+            filter,
+            nocapture,
+        } => {
+            let (passed, failed, status) = vm_test(&ws, &vm, filter.as_deref(), nocapture)?;
             println!(
                 "vm-test ({}): {passed} passed, {failed} failed",
                 vm.kernel.name()
@@ -127,15 +134,21 @@ fn exit_byte(status: i32) -> u8 {
 }
 
 /// Builds and runs the privileged tests in one boot; returns (passed, failed, status).
-fn vm_test(ws: &Path, args: &VmArgs, filter: Option<&str>) -> Result<(u64, u64, i32)> {
+fn vm_test(
+    ws: &Path,
+    args: &VmArgs,
+    filter: Option<&str>,
+    nocapture: bool,
+) -> Result<(u64, u64, i32)> {
     let bins = build::workspace_binaries()?;
     let tests = build::privileged_tests()?;
     let mut script = String::from("rc=0\necho \"agentd-vm: kernel $(uname -r)\"\n");
     for t in &tests {
         let t = sh_quote(&t.to_string_lossy());
         let f = filter.map(sh_quote).unwrap_or_default();
+        let nc = if nocapture { "--nocapture" } else { "" };
         script.push_str(&format!(
-            "echo \"agentd-vm: running {t}\"\n{t} --ignored --test-threads=1 {f} || rc=1\n"
+            "echo \"agentd-vm: running {t}\"\n{t} --ignored --test-threads=1 {nc} {f} || rc=1\n"
         ));
     }
     script.push_str("exit $rc\n");
@@ -205,7 +218,7 @@ fn test_all(ws: &Path, args: &VmArgs) -> Result<u8> {
             kernel: flavour,
             ..args.clone()
         };
-        let (p, f, status) = vm_test(ws, &a, None)?;
+        let (p, f, status) = vm_test(ws, &a, None, true)?;
         if p == 0 {
             eprintln!(
                 "xtask test: no privileged test passed on the {} kernel",
