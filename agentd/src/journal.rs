@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::api::{CallInfo, CallState, SessionInfo, SessionState};
+use crate::api::{CallInfo, CallState, PolicySource, SessionInfo, SessionState};
 
 /// Journal errors, carrying the database path or the row.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     removed INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     info TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session_policy (
+    id TEXT PRIMARY KEY,
+    policy TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS calls (
     session_id TEXT NOT NULL,
@@ -117,6 +121,35 @@ impl Journal {
             )
             .map_err(sql(format!("put session {}", s.id)))?;
         Ok(())
+    }
+
+    /// Keeps the policy text a session was started with (re-resolved on re-adoption).
+    pub fn put_policy(&self, id: &str, policy: Option<&PolicySource>) -> Result<()> {
+        let text = to_json("policy", &policy)?;
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO session_policy (id, policy) VALUES (?1, ?2)",
+                params![id, text],
+            )
+            .map_err(sql(format!("put policy {id}")))?;
+        Ok(())
+    }
+
+    /// The policy a session was started with (`None`: the default profile).
+    pub fn policy(&self, id: &str) -> Result<Option<PolicySource>> {
+        let s: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT policy FROM session_policy WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(format!("policy {id}")))?;
+        match s {
+            Some(s) => from_json(&format!("policy {id}"), &s),
+            None => Ok(None),
+        }
     }
 
     /// Marks a session removed (`agentctl rm`): hidden from listings, rows kept for audit.
@@ -274,6 +307,14 @@ mod tests {
         a.state = SessionState::Exited;
         j.put_session(&a).unwrap();
         assert_eq!(j.live_sessions().unwrap().len(), 1);
+        let p = PolicySource {
+            name: "p.toml".into(),
+            text: "version = 1\n".into(),
+        };
+        j.put_policy("a", Some(&p)).unwrap();
+        assert_eq!(j.policy("a").unwrap().unwrap().text, p.text);
+        j.put_policy("b", None).unwrap();
+        assert!(j.policy("b").unwrap().is_none());
         j.remove_session("a").unwrap();
         assert!(j.session("a").unwrap().is_none());
         j.mark_lost(session("b", 1001), "daemon restarted").unwrap();

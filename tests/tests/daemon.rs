@@ -34,7 +34,7 @@ struct Daemon {
     repo: PathBuf,
     socket: PathBuf,
     cgroup_root: PathBuf,
-    child: Child,
+    child: Option<Child>,
 }
 
 fn chown_r(p: &Path, id: u32) {
@@ -78,29 +78,38 @@ impl Daemon {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::SeqCst)
         ));
-        let child = Command::new(agentd_tests::project_binary("agentd"))
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--socket-mode", "0666"])
-            .arg("--state-dir")
-            .arg(root.join("state"))
-            .arg("--cgroup-root")
-            .arg(&cgroup_root)
-            .arg("--host-policy")
-            .arg(root.join("host.toml"))
-            .arg("--sandbox-bin")
-            .arg(agentd_tests::project_binary("agentd-sandbox"))
-            .spawn()
-            .unwrap();
-        let d = Daemon {
+        let mut d = Daemon {
             _dir: dir,
             root,
             repo,
             socket,
             cgroup_root,
-            child,
+            child: None,
         };
+        d.spawn();
+        d
+    }
+
+    /// Starts `agentd serve` on this fixture's socket, state dir and cgroup root, and waits
+    /// until it answers.
+    fn spawn(&mut self) {
+        let child = Command::new(agentd_tests::project_binary("agentd"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--socket-mode", "0666"])
+            .arg("--state-dir")
+            .arg(self.root.join("state"))
+            .arg("--cgroup-root")
+            .arg(&self.cgroup_root)
+            .arg("--host-policy")
+            .arg(self.root.join("host.toml"))
+            .arg("--sandbox-bin")
+            .arg(agentd_tests::project_binary("agentd-sandbox"))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let d = &*self;
         let t = Instant::now();
         loop {
             let out = d.ctl(&["ps"]).output().unwrap();
@@ -114,7 +123,14 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        d
+    }
+
+    /// kill -9 of the daemon (its sessions keep running).
+    fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
     }
 
     /// `agentctl --socket S ARGS…`.
@@ -161,20 +177,32 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // SIGTERM: the daemon kills its sessions and removes their cgroups on the way out.
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(40) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(20) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Sessions outlive the daemon by design: end them, then let their runtimes unmount
+        // their state before the tempdir goes.
+        let _ = fs::write(self.cgroup_root.join("cgroup.kill"), "1");
+        let sessions = self.root.join("state/sessions");
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30)
+            && fs::read_dir(&sessions)
+                .map(|r| r.count() > 0)
+                .unwrap_or(false)
+        {
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         remove_cgroup_tree(&self.cgroup_root);
-        let _ = &self.root;
     }
 }
 
@@ -404,4 +432,70 @@ fn daemon_policy_explain_shows_the_host_cap_and_no_daemon_is_explained() {
         err.contains("no agentd daemon") && err.contains("agentd serve"),
         "{err}"
     );
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_kill_9_during_a_call_readopts_the_session_and_records_the_call() {
+    let _vm = agentd_tests::vm::enter();
+    let mut d = Daemon::start();
+    // Attached run: output and exit status come back through agentctl.
+    let repo = d.repo.to_str().unwrap().to_string();
+    let out = d.run(&[
+        "run",
+        "--workspace",
+        &repo,
+        "--",
+        "sh",
+        "-c",
+        "echo attached; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("attached"));
+
+    let id = d.session();
+    let scg = d.session_cgroup(&id);
+    let call = d
+        .ctl(&["exec", &id, "--", "sh", "-c", "sleep 8; echo late"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while read(&scg.join("calls/1/cgroup.procs")).is_none_or(|p| p.is_empty()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "call 1 never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.crash();
+    let _ = call.wait_with_output();
+    d.spawn();
+    // The session is still listed and running, with its cgroup.
+    let s = d.json(&["inspect", &id]);
+    assert_eq!(s["state"], "running", "{s}");
+    assert!(scg.join("agent").is_dir());
+    // The interrupted call's report is recorded when it ends.
+    let t = Instant::now();
+    let c1 = loop {
+        let calls = d.json(&["calls", &id]);
+        if calls[0]["state"] != "running" {
+            break calls[0].clone();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "call 1 never recorded"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(c1["state"], "exited", "{c1}");
+    assert!(c1["report"]["wall_ms"].as_u64().is_some(), "{c1}");
+    assert!(!scg.join("calls/1").exists());
+    // New calls go on with the next number; kill ends the re-adopted session.
+    let c2 = d.json(&["exec", &id, "--", "true"]);
+    assert_eq!(c2["n"], 2);
+    assert_eq!(c2["exit_code"], 0);
+    assert_eq!(d.json(&["kill", &id])["state"], "killed");
+    assert!(!scg.exists());
 }

@@ -255,7 +255,8 @@ async fn exec(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
+        // A restarting daemon leaves the call running; the next one records its report.
+        .kill_on_drop(false)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", d.cfg.sandbox_bin.display()))?;
     let waiting = child.wait_with_output();

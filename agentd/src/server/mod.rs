@@ -5,10 +5,12 @@
 //! Submodules: [`sessions`] (create/list/kill/remove: policy → cgroups → container),
 //! [`calls`] (tool calls from outside into `calls/<n>`).
 
+pub mod adopt;
 pub mod calls;
 pub mod sessions;
 
 use std::collections::HashMap;
+use std::future::IntoFuture;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -222,8 +224,8 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Ser
     move |source| ServeError::Io { what, path, source }
 }
 
-/// Sets up the state dir, journal and cgroup root; forgets sessions of a previous daemon
-/// (re-adoption is not implemented: their cgroups are swept and their rows marked failed).
+/// Sets up the state dir, journal and cgroup root; re-adopts the sessions a previous daemon
+/// left running (see [`adopt`]) and sweeps every other session cgroup.
 pub fn open(cfg: Config) -> Result<State, ServeError> {
     // 0711: the container's root (an unprivileged host uid) must traverse to its session's
     // state dir under `sessions/` to mount the overlay, but nobody may list them. Logs and
@@ -249,29 +251,29 @@ pub fn open(cfg: Config) -> Result<State, ServeError> {
             .map_err(io_err("create", &db))?;
     }
     let journal = Journal::open(&db)?;
-    for s in journal.live_sessions()? {
-        journal.mark_lost(
-            s,
-            "the daemon restarted; re-adoption is not implemented yet",
-        )?;
-    }
     let backend: Arc<dyn cgctl::fs::Backend> = Arc::new(cgctl::fs::Kernel);
-    let root =
-        cgctl::Root::create(&cfg.cgroup_root, backend).map_err(|source| ServeError::Cgroup {
-            path: cfg.cgroup_root.clone(),
-            source,
-        })?;
-    root.sweep(|_| true, Duration::from_secs(10))
-        .map_err(|source| ServeError::Cgroup {
-            path: cfg.cgroup_root.clone(),
-            source,
-        })?;
-    Ok(Arc::new(Daemon {
+    let cg_err = |source| ServeError::Cgroup {
+        path: cfg.cgroup_root.clone(),
+        source,
+    };
+    let root = cgctl::Root::create(&cfg.cgroup_root, backend).map_err(cg_err)?;
+    let d = Arc::new(Daemon {
         cfg,
         journal: Mutex::new(journal),
         root,
         live: Mutex::new(HashMap::new()),
-    }))
+    });
+    let adopted = adopt::readopt(&d)?;
+    d.root
+        .sweep(
+            |id| !adopted.iter().any(|a| a == id),
+            Duration::from_secs(10),
+        )
+        .map_err(|source| ServeError::Cgroup {
+            path: d.cfg.cgroup_root.clone(),
+            source,
+        })?;
+    Ok(d)
 }
 
 /// Binds the socket (replacing a stale one) with the configured mode.
@@ -293,29 +295,42 @@ pub fn bind(cfg: &Config) -> Result<UnixListener, ServeError> {
     Ok(l)
 }
 
-/// Serves until SIGINT/SIGTERM. Running sessions are killed on the way out (no re-adoption
-/// yet, so leaving them would leak them).
+/// Serves until SIGINT/SIGTERM. Sessions keep running (the next daemon re-adopts them);
+/// requests still pending after a short grace period are dropped.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let state = open(cfg.clone())?;
     let listener = bind(&cfg)?;
     eprintln!(
-        "agentd: listening on {} (cgroup root {}, state {})",
+        "agentd: listening on {} (cgroup root {}, state {}, {} session(s) re-adopted)",
         cfg.socket.display(),
         cfg.cgroup_root.display(),
-        cfg.state_dir.display()
+        cfg.state_dir.display(),
+        state.live.lock().map(|l| l.len()).unwrap_or(0)
     );
-    let app = router(state.clone()).into_make_service_with_connect_info::<Peer>();
-    let stopping = state.clone();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Before draining connections: ending the sessions also ends pending waits.
-            sessions::shutdown(&stopping).await;
-        })
-        .await
-        .map_err(io_err("serve", &cfg.socket));
+    let app = router(state).into_make_service_with_connect_info::<Peer>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+    tokio::select! {
+        () = shutdown_signal() => {}
+        r = &mut server => {
+            let _ = std::fs::remove_file(&cfg.socket);
+            return match r {
+                Ok(r) => r.map_err(io_err("serve", &cfg.socket)),
+                Err(e) => Err(io_err("serve", &cfg.socket)(std::io::Error::other(e))),
+            };
+        }
+    }
+    let _ = stop_tx.send(());
     let _ = std::fs::remove_file(&cfg.socket);
-    result
+    // Long requests (a session wait, a running call) would hold a graceful drain forever.
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

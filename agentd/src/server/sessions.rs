@@ -210,7 +210,10 @@ pub async fn create(
         calls: 0,
         error: None,
     };
-    d.journal(|j| j.put_session(&info))?;
+    d.journal(|j| {
+        j.put_session(&info)?;
+        j.put_policy(&id, req.policy.as_ref())
+    })?;
     let (done_tx, done_rx) = watch::channel(false);
     let live = Arc::new(Live {
         id: id.clone(),
@@ -293,9 +296,9 @@ async fn start_container(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
-        // If the daemon dies, the runtime gets SIGKILL... through kill_on_drop only when the
-        // Child is dropped; re-adoption after a crash is not implemented yet.
-        .kill_on_drop(true)
+        // The runtime outlives the daemon (restart, crash): the next daemon re-adopts the
+        // session through the init's pidfd (see `adopt`).
+        .kill_on_drop(false)
         .spawn()
         .map_err(|e| {
             ApiError::Internal(format!("cannot start {}: {e}", d.cfg.sandbox_bin.display()))
@@ -324,6 +327,11 @@ async fn remove_cgroups(d: &Arc<Daemon>, id: &str) {
     }
 }
 
+/// Time left before the session timeout.
+pub fn remaining(i: &SessionInfo) -> Duration {
+    Duration::from_secs((i.created_at + i.limits.timeout_s).saturating_sub(now()))
+}
+
 /// Waits for the agent (or the session timeout), records the end, removes the cgroups.
 async fn monitor(
     d: Arc<Daemon>,
@@ -331,7 +339,7 @@ async fn monitor(
     mut child: tokio::process::Child,
     done: watch::Sender<bool>,
 ) {
-    let timeout = Duration::from_secs(live.info().limits.timeout_s);
+    let timeout = remaining(&live.info());
     let mut timed_out = false;
     let status = tokio::select! {
         s = child.wait() => s,
@@ -345,8 +353,19 @@ async fn monitor(
         use std::os::unix::process::ExitStatusExt;
         s.code().or_else(|| s.signal().map(|n| 128 + n))
     });
+    finish(&d, &live, code, timed_out, done).await;
+}
+
+/// Records the end of a session, waits for its calls' reports, removes its cgroups.
+pub async fn finish(
+    d: &Arc<Daemon>,
+    live: &Live,
+    code: Option<i32>,
+    timed_out: bool,
+    done: watch::Sender<bool>,
+) {
     let killed = live.killed.load(Ordering::SeqCst);
-    let _ = live.update(&d, |i| {
+    let _ = live.update(d, |i| {
         i.state = if killed || timed_out {
             SessionState::Killed
         } else {
@@ -365,7 +384,7 @@ async fn monitor(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    remove_cgroups(&d, &live.id).await;
+    remove_cgroups(d, &live.id).await;
     d.live
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -442,7 +461,7 @@ pub async fn logs(
     }))
 }
 
-fn kill_live(live: &Live) -> Result<(), ApiError> {
+pub fn kill_live(live: &Live) -> Result<(), ApiError> {
     live.killed.store(true, Ordering::SeqCst);
     // cgroup.kill on session-<id> kills the agent and every call; the runtime (outside
     // the cgroup) then sees its init die and tears the container down.
@@ -488,22 +507,4 @@ pub async fn remove(
         let _ = std::fs::remove_file(d.cfg.state_dir.join("logs").join(format!("{id}.{ext}")));
     }
     Ok(Json(s))
-}
-
-/// On daemon exit: kill every live session and wait for each to end (re-adoption after a
-/// restart is not implemented, so nothing may be left behind).
-pub async fn shutdown(d: &Arc<Daemon>) {
-    let lives: Vec<Arc<Live>> = d
-        .live
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .cloned()
-        .collect();
-    for live in &lives {
-        let _ = kill_live(live);
-    }
-    for live in &lives {
-        wait_done(d, &live.id, Some(Duration::from_secs(20))).await;
-    }
 }
