@@ -46,6 +46,9 @@ enum Command {
         /// The agentd-sandbox binary (default: next to this binary, else on PATH).
         #[arg(long)]
         sandbox_bin: Option<PathBuf>,
+        /// The agentd-shim binary (default: next to this binary).
+        #[arg(long)]
+        shim_bin: Option<PathBuf>,
     },
 }
 
@@ -56,16 +59,17 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{s:?} is not an octal file mode like 0660"))
 }
 
-fn sandbox_bin(given: Option<PathBuf>) -> PathBuf {
+/// `given`, else `name` next to this binary, else `name` (looked up on PATH).
+fn sibling_bin(given: Option<PathBuf>, name: &str) -> PathBuf {
     if let Some(p) = given {
         return p;
     }
     let sibling = std::env::current_exe()
         .ok()
-        .and_then(|e| e.parent().map(|d| d.join("agentd-sandbox")));
+        .and_then(|e| e.parent().map(|d| d.join(name)));
     match sibling {
         Some(p) if p.exists() => p,
-        _ => PathBuf::from("agentd-sandbox"),
+        _ => PathBuf::from(name),
     }
 }
 
@@ -98,14 +102,16 @@ fn main() -> ExitCode {
             state_dir,
             cgroup_root,
             host_policy,
-            sandbox_bin: bin,
+            sandbox_bin,
+            shim_bin,
         } => serve(agentd::server::Config {
             socket,
             socket_mode,
             state_dir,
             cgroup_root,
             host_policy,
-            sandbox_bin: sandbox_bin(bin),
+            sandbox_bin: sibling_bin(sandbox_bin, "agentd-sandbox"),
+            shim_bin: sibling_bin(shim_bin, "agentd-shim"),
         }),
         Command::Doctor { json } => {
             let report = agentd::doctor::run(&agentd::doctor::RealHost::new());

@@ -106,6 +106,8 @@ impl Daemon {
             .arg(self.root.join("host.toml"))
             .arg("--sandbox-bin")
             .arg(agentd_tests::project_binary("agentd-sandbox"))
+            .arg("--shim-bin")
+            .arg(agentd_tests::project_binary("agentd-shim"))
             .spawn()
             .unwrap();
         self.child = Some(child);
@@ -498,4 +500,124 @@ fn daemon_kill_9_during_a_call_readopts_the_session_and_records_the_call() {
     assert_eq!(c2["exit_code"], 0);
     assert_eq!(d.json(&["kill", &id])["state"], "killed");
     assert!(!scg.exists());
+}
+
+/// Every `calls/<n>` with a process in it right now, with its memory.max.
+fn running_calls(cgroup_root: &Path) -> Vec<(String, u64, String)> {
+    let mut out = Vec::new();
+    for s in fs::read_dir(cgroup_root).into_iter().flatten().flatten() {
+        let name = s.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix("session-") else {
+            continue;
+        };
+        for c in fs::read_dir(s.path().join("calls"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(n) = c.file_name().to_string_lossy().parse::<u64>() else {
+                continue;
+            };
+            if let (Some(max), Some(procs)) = (
+                read(&c.path().join("memory.max")),
+                read(&c.path().join("cgroup.procs")),
+            ) && !procs.is_empty()
+            {
+                out.push((id.to_string(), n, max));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_shim_gives_each_shell_command_of_the_agent_its_own_call_cgroup() {
+    let _vm = agentd_tests::vm::enter();
+    let d = Daemon::start();
+    let other = d.session();
+    // The other session's socket, as the daemon reaches it: inside that container only.
+    let other_pid = fs::read_to_string(d.root.join(format!("state/sessions/{other}/session.json")))
+        .map(|t| {
+            serde_json::from_str::<Value>(&t).unwrap()["init_pid"]
+                .as_i64()
+                .unwrap()
+        })
+        .unwrap();
+    let other_socket = format!("/proc/{other_pid}/root/run/agentd-shim.sock");
+    assert!(
+        Path::new(&other_socket).exists(),
+        "{other_socket}: {}",
+        d.json(&["inspect", &other])
+    );
+    // Five commands through $SHELL (the shim), each with its own declared memory; each
+    // runs a nested $SHELL, which must stay in its call; then one command aimed at another
+    // session's socket, which must be refused.
+    let script = format!(
+        "for i in 1 2 3 4 5; do \
+           AGENTD_INTENT=memory=$((32 + 32 * i))M $SHELL -c \"sleep 2; $SHELL -c 'echo shim-$i'\" || exit 9; \
+         done; \
+         AGENTD_SHIM_SOCKET={} $SHELL -c 'echo cross'",
+        other_socket
+    );
+    let repo = d.repo.to_str().unwrap().to_string();
+    let agent = d
+        .ctl(&["run", "--workspace", &repo, "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen: std::collections::BTreeMap<u64, String> = Default::default();
+    let mut sid = None;
+    let agent_pid = agent.id() as i32;
+    let t = Instant::now();
+    loop {
+        for (id, n, max) in running_calls(&d.cgroup_root) {
+            if id != other {
+                sid = Some(id);
+                seen.entry(n).or_insert(max);
+            }
+        }
+        // SAFETY: waitpid-free liveness probe of our own child (signal 0).
+        let alive = unsafe { libc::kill(agent_pid, 0) } == 0
+            && fs::read_to_string(format!("/proc/{agent_pid}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false);
+        if !alive || t.elapsed() > Duration::from_secs(240) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = agent.wait_with_output().unwrap();
+    let so = String::from_utf8_lossy(&out.stdout).into_owned();
+    let se = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("agent: {}\nstdout:\n{so}\nstderr:\n{se}", out.status);
+    assert!(out.status.success());
+    for i in 1..=5 {
+        assert!(so.contains(&format!("shim-{i}")), "{so}");
+    }
+    assert!(so.contains("cross"), "{so}");
+    // Not reachable from this session (its /proc shows only its own processes).
+    assert!(se.contains("no call cgroup"), "{se}");
+    let want: std::collections::BTreeMap<u64, String> = (1..=5u64)
+        .map(|i| (i, ((32 + 32 * i) << 20).to_string()))
+        .collect();
+    assert_eq!(seen, want, "call cgroups seen while the agent ran");
+    let sid = sid.unwrap();
+    let calls = d.json(&["calls", &sid]);
+    let calls = calls.as_array().unwrap();
+    assert_eq!(calls.len(), 5, "nested shells made no call of their own");
+    for (i, c) in calls.iter().enumerate() {
+        assert_eq!(c["state"], "exited", "{c}");
+        assert_eq!(c["exit_code"], 0, "{c}");
+        assert_eq!(c["argv"][0], "sleep", "{c}");
+        assert_eq!(
+            c["limits"]["memory"],
+            (32 + 32 * (i as u64 + 1)) << 20,
+            "{c}"
+        );
+        assert!(c["report"]["wall_ms"].as_u64().unwrap() >= 1500, "{c}");
+    }
+    // The other session made no call.
+    assert_eq!(d.json(&["calls", &other]).as_array().unwrap().len(), 0);
 }

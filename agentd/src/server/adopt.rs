@@ -46,22 +46,11 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
 /// Opens the init's pidfd and checks it is still in the session's agent leaf (so a reused
 /// pid is never adopted). The pidfd is opened first: after that the pid cannot be reused.
 fn open_init(d: &Daemon, s: &SessionInfo) -> Result<(i32, OwnedFd), AdoptError> {
-    let rec = d
-        .cfg
-        .state_dir
-        .join("sessions")
-        .join(&s.id)
-        .join("session.json");
-    let bad = |detail: String| AdoptError::Record {
-        path: rec.display().to_string(),
-        detail,
-    };
-    let text = std::fs::read_to_string(&rec).map_err(|e| bad(e.to_string()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let pid = v["init_pid"]
-        .as_i64()
-        .and_then(|p| i32::try_from(p).ok())
-        .ok_or_else(|| bad("no init_pid".into()))?;
+    let state = d.cfg.state_dir.join("sessions").join(&s.id);
+    let pid = sessions::read_init_pid(&state).map_err(|e| AdoptError::Record {
+        path: state.display().to_string(),
+        detail: e.to_string(),
+    })?;
     let fd = pidfd_open(pid).map_err(|e| AdoptError::Init {
         pid,
         detail: e.to_string(),
@@ -95,6 +84,9 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
     let live = Arc::new(Live {
         id: s.id.clone(),
         owner: s.owner_uid,
+        agent_uid: std::fs::metadata(&s.workspace)
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap_or(s.owner_uid),
         plan,
         cg,
         sandbox_state: d.cfg.state_dir.join("sessions").join(&s.id),
@@ -102,12 +94,17 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
         inflight: AtomicU64::new(0),
         killed: AtomicBool::new(false),
         info: Mutex::new(s.clone()),
+        shim_exits: Mutex::new(std::collections::HashMap::new()),
         done: done_rx,
     });
     d.live
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(s.id.clone(), live.clone());
+    // The shim socket is rebound at the same path (the agent's environment names it).
+    if let Err(e) = super::shim::listen(d, &live, pid) {
+        eprintln!("agentd: session {}: {e}", s.id);
+    }
     for c in calls.into_iter().filter(|c| c.state == CallState::Running) {
         live.inflight.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(resume_call(d.clone(), live.clone(), c));

@@ -83,7 +83,7 @@ pub fn call_limits(p: &CallPlan) -> (CallLimits, cgctl::Limits) {
     (view, cg)
 }
 
-/// The command actually run: `env -C cwd K=V … -- argv` when a cwd or env is given (the
+/// The command actually run: `env -C cwd -- K=V … argv` when a cwd or env is given (the
 /// sandbox's exec starts commands in the workspace with the session environment).
 pub fn wrapped_argv(req: &CallRequest) -> Vec<String> {
     if req.cwd.is_none() && req.env.is_empty() {
@@ -94,17 +94,20 @@ pub fn wrapped_argv(req: &CallRequest) -> Vec<String> {
         v.push("-C".into());
         v.push(cwd.display().to_string());
     }
+    // After `--` env takes NAME=VALUE words, then the command (whose name has no `=`).
+    v.push("--".into());
     for (k, val) in &req.env {
         v.push(format!("{k}={val}"));
     }
-    v.push("--".into());
     v.extend(req.argv.iter().cloned());
     v
 }
 
 fn check_request(live: &Live, req: &CallRequest) -> Result<(), ApiError> {
-    if req.argv.is_empty() {
-        return Err(ApiError::BadRequest("argv is empty: give a command".into()));
+    if req.argv.is_empty() || req.argv[0].contains('=') {
+        return Err(ApiError::BadRequest(
+            "argv is empty or its program contains `=`: give a command".into(),
+        ));
     }
     if let Some(cwd) = &req.cwd
         && !cwd.is_absolute()

@@ -8,6 +8,7 @@
 pub mod adopt;
 pub mod calls;
 pub mod sessions;
+pub mod shim;
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -43,6 +44,8 @@ pub struct Config {
     pub host_policy: Option<PathBuf>,
     /// The `agentd-sandbox` binary.
     pub sandbox_bin: PathBuf,
+    /// The `agentd-shim` binary (the agents' $SHELL), a path visible inside containers.
+    pub shim_bin: PathBuf,
 }
 
 /// Errors of the daemon outside a request (startup).

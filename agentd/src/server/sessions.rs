@@ -8,6 +8,7 @@
 //! binary is that process. The session is "running" once the runtime has written its
 //! `session.json` record (what `exec` needs).
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -34,6 +35,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Live {
     pub id: String,
     pub owner: u32,
+    /// The agent's host uid (the workspace's owner): owns the shim socket.
+    pub agent_uid: u32,
     pub plan: Plan,
     pub cg: cgctl::Session,
     /// The sandbox state dir (`agentd-sandbox exec --state`).
@@ -44,6 +47,8 @@ pub struct Live {
     /// Set by kill, so the exit is recorded as killed.
     pub killed: AtomicBool,
     pub info: Mutex<SessionInfo>,
+    /// Exit statuses shims reported, by call number, until the call's report is written.
+    pub shim_exits: Mutex<HashMap<u64, i32>>,
     /// Becomes true when the agent has exited and the row is final.
     pub done: watch::Receiver<bool>,
 }
@@ -110,6 +115,35 @@ pub fn resolve_policy(
     })
 }
 
+/// The container init's pid from the sandbox's `session.json`.
+pub fn read_init_pid(state: &Path) -> Result<i32, ApiError> {
+    let rec = state.join("session.json");
+    let bad = |detail: String| ApiError::Internal(format!("{}: {detail}", rec.display()));
+    let text = std::fs::read_to_string(&rec).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    v["init_pid"]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or_else(|| bad("no init_pid".into()))
+}
+
+/// Waits (bounded) until the container init has forked the agent: by then its mounts and
+/// pivot_root are done, so a socket bound under `/proc/<init>/root/run` lands on the
+/// container's own /run (bound earlier, it would be hidden under that tmpfs).
+async fn wait_agent_forked(init_pid: i32) {
+    let children = format!("/proc/{init_pid}/task/{init_pid}/children");
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        match std::fs::read_to_string(&children) {
+            Ok(c) if !c.trim().is_empty() => return,
+            Ok(_) => {}
+            // The init is gone: the session is ending; nothing to wait for.
+            Err(_) => return,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A fresh session id: 12 hex digits from the kernel's CSPRNG.
 fn new_id() -> Result<String, ApiError> {
     let mut b = [0u8; 6];
@@ -141,7 +175,7 @@ fn session_limits(plan: &Plan) -> (SessionLimits, cgctl::Limits) {
     (lim, cg)
 }
 
-fn check_workspace(peer: &Peer, ws: &Path) -> Result<PathBuf, ApiError> {
+fn check_workspace(peer: &Peer, ws: &Path) -> Result<(PathBuf, u32), ApiError> {
     if !ws.is_absolute() {
         return Err(ApiError::BadRequest(format!(
             "workspace {} must be an absolute path",
@@ -174,7 +208,7 @@ fn check_workspace(peer: &Peer, ws: &Path) -> Result<PathBuf, ApiError> {
             canon.display()
         )));
     }
-    Ok(canon)
+    Ok((canon, md.uid()))
 }
 
 /// `POST /v1/sessions`.
@@ -183,10 +217,12 @@ pub async fn create(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Json(req): Json<CreateSession>,
 ) -> Result<Json<SessionInfo>, ApiError> {
-    if req.argv.is_empty() {
-        return Err(ApiError::BadRequest("argv is empty: give a command".into()));
+    if req.argv.is_empty() || req.argv[0].contains('=') {
+        return Err(ApiError::BadRequest(
+            "argv is empty or its program contains `=`: give a command".into(),
+        ));
     }
-    let workspace = check_workspace(&peer, &req.workspace)?;
+    let (workspace, agent_uid) = check_workspace(&peer, &req.workspace)?;
     let plan = resolve_policy(d.cfg.host_policy.as_deref(), req.policy.as_ref())?;
     let id = new_id()?;
     let (limits, cg_limits) = session_limits(&plan);
@@ -218,6 +254,7 @@ pub async fn create(
     let live = Arc::new(Live {
         id: id.clone(),
         owner: peer.uid,
+        agent_uid,
         plan,
         cg,
         sandbox_state: sandbox_state.clone(),
@@ -225,10 +262,26 @@ pub async fn create(
         inflight: AtomicU64::new(0),
         killed: AtomicBool::new(false),
         info: Mutex::new(info),
+        shim_exits: Mutex::new(HashMap::new()),
         done: done_rx,
     });
+    // The agent's $SHELL is the shim; it reaches the daemon through a socket the daemon binds
+    // inside the container once it is up, so the agent first waits (bounded) for it.
+    let mut argv = vec![
+        "/usr/bin/env".to_string(),
+        "--".to_string(),
+        format!("SHELL={}", d.cfg.shim_bin.display()),
+        format!("AGENTD_SHIM_SOCKET={}", super::shim::SOCKET_IN_CONTAINER),
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        "i=0; while [ ! -S \"$AGENTD_SHIM_SOCKET\" ] && [ $i -lt 600 ]; do sleep 0.05; \
+         i=$((i+1)); done; exec \"$@\""
+            .to_string(),
+        "agentd-agent".to_string(),
+    ];
+    argv.extend(req.argv.iter().cloned());
     let logs = d.cfg.state_dir.join("logs");
-    let started = start_container(&d, &live, &workspace, &req.argv, &logs).await;
+    let started = start_container(&d, &live, &workspace, &argv, &logs).await;
     let mut child = match started {
         Ok(c) => c,
         Err(e) => {
@@ -260,6 +313,15 @@ pub async fn create(
             return Err(ApiError::Internal(msg));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let init = read_init_pid(&sandbox_state);
+    if let Ok(pid) = &init {
+        wait_agent_forked(*pid).await;
+    }
+    match init.and_then(|pid| super::shim::listen(&d, &live, pid)) {
+        Ok(_) => {}
+        // Calls from inside then run in the agent's leaf; said in the session row.
+        Err(e) => live.update(&d, |i| i.error = Some(format!("no shim socket: {e}")))?,
     }
     live.update(&d, |i| i.state = SessionState::Running)?;
     d.live

@@ -1,0 +1,104 @@
+//! `agentd-shim`: the agent's `$SHELL` inside a session container. Run as `-c CMD …`, it
+//! asks the daemon over the session's socket (`$AGENTD_SHIM_SOCKET`) for a call cgroup for
+//! CMD (intent from `$AGENTD_INTENT`), is moved into it by the daemon, runs the real shell
+//! (`$AGENTD_REAL_SHELL`, default /bin/sh) as its child so everything CMD starts stays in
+//! the call, reports the exit status, and exits with it. Anything else (an interactive
+//! shell, no socket) runs the real shell in place: the agent's own leaf and its tight limits
+//! are then what applies, so skipping the shim gains nothing.
+//!
+//! Deliberately small and synchronous (one HTTP/1.1 request per connection, `Connection:
+//! close`): it runs once per shell command, often under emulation.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitCode};
+
+use agentd::server::shim::{ShimAnswer, ShimCall, ShimExit};
+
+fn real_shell() -> String {
+    std::env::var("AGENTD_REAL_SHELL").unwrap_or_else(|_| "/bin/sh".to_string())
+}
+
+/// One POST; returns the status code and body.
+fn post(socket: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = UnixStream::connect(socket)?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: agentd\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
+    let status = std::str::from_utf8(&resp[..split])
+        .ok()
+        .and_then(|h| h.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad HTTP status line"))?;
+    Ok((status, resp[split + 4..].to_vec()))
+}
+
+fn ask(socket: &str, cmd: &str) -> Result<ShimAnswer, String> {
+    let req = ShimCall {
+        // The command's words, for the intent rules (`cargo test …` → test-runner).
+        argv: cmd.split_whitespace().map(str::to_string).collect(),
+        intent: std::env::var("AGENTD_INTENT").unwrap_or_default(),
+    };
+    let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+    let (status, body) = post(socket, "/v1/shim/calls", &body).map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!(
+            "daemon refused ({status}): {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let shell = real_shell();
+    let socket = std::env::var("AGENTD_SHIM_SOCKET").ok();
+    let cmd = match args.first().map(String::as_str) {
+        Some("-c") => args.get(1).cloned(),
+        _ => None,
+    };
+    let (Some(socket), Some(cmd)) = (socket, cmd) else {
+        // Not a `-c` command (or no session socket): be the real shell.
+        let e = Command::new(&shell).args(&args).exec();
+        eprintln!("agentd-shim: exec {shell}: {e}");
+        return ExitCode::from(127);
+    };
+    let n = match ask(&socket, &cmd) {
+        Ok(a) if a.nested => None,
+        Ok(a) => a.n,
+        Err(e) => {
+            // Run anyway, where we are: the agent's leaf limits apply.
+            eprintln!("agentd-shim: no call cgroup for this command: {e}");
+            None
+        }
+    };
+    let status = match Command::new(&shell).args(&args).status() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("agentd-shim: running {shell}: {e}");
+            return ExitCode::from(127);
+        }
+    };
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    if let Some(n) = n
+        && let Ok(body) = serde_json::to_vec(&ShimExit { code })
+        && let Err(e) = post(&socket, &format!("/v1/shim/calls/{n}/exit"), &body)
+    {
+        eprintln!("agentd-shim: reporting the exit status of call {n}: {e}");
+    }
+    ExitCode::from(code.clamp(0, 255) as u8)
+}

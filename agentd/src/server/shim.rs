@@ -1,0 +1,311 @@
+//! Tool calls from inside a session, for unmodified agents: the agent's `$SHELL` is
+//! `agentd-shim`, which, run as `-c CMD`, asks the daemon over the session's own socket for a
+//! call cgroup. The socket lives INSIDE the container, at [`SOCKET_IN_CONTAINER`] on the
+//! container's private /run tmpfs: the daemon binds it through `/proc/<init>/root`, so no
+//! other session can even see it, and Landlock (which grants connecting to pathname sockets
+//! only under the session's writable trees, ABI 9 `RESOLVE_UNIX`) lets the agent reach it.
+//! It belongs to the agent's host uid, mode 0600. The daemon also checks through
+//! SO_PEERCRED + /proc that the caller is a process of THIS session, then creates `calls/<n>` with the limits policy resolves for the
+//! command and `AGENTD_INTENT`, moves the caller into it, and records the report once the
+//! cgroup is empty. The shim then runs the real shell as its child (so everything the
+//! command forks stays in the call) and reports the exit status before exiting with it.
+//! A shim run from inside a call (a nested `bash -c`) gets no new call: it stays where it is.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Path as UrlPath, State as AxState};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::calls::call_limits;
+use super::sessions::Live;
+use super::{ApiError, Daemon, Peer};
+use crate::api::{CallInfo, CallLimits, CallState, SessionState, now};
+
+/// `POST /v1/shim/calls` from the shim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimCall {
+    /// The command's words (for the policy's intent rules and the journal).
+    pub argv: Vec<String>,
+    /// `AGENTD_INTENT` as the shim found it (parsed by the daemon).
+    #[serde(default)]
+    pub intent: String,
+}
+
+/// The answer: the call number, or `nested` (already inside a call: run in place).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimAnswer {
+    pub n: Option<u64>,
+    pub nested: bool,
+    pub limits: Option<CallLimits>,
+}
+
+/// `POST /v1/shim/calls/{n}/exit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimExit {
+    pub code: i32,
+}
+
+#[derive(Debug, Clone)]
+struct ShimState {
+    d: Arc<Daemon>,
+    live: Arc<Live>,
+}
+
+/// Where the caller's process is in the session.
+enum Place {
+    Agent,
+    Call,
+}
+
+/// The session cgroup as /proc/<pid>/cgroup spells it (relative to the cgroup2 mount).
+fn session_cgroup_name(live: &Live) -> String {
+    let p = live.cg.cgroup().path();
+    let rel = p.strip_prefix("/sys/fs/cgroup").unwrap_or(p);
+    format!("/{}", rel.display().to_string().trim_start_matches('/'))
+}
+
+fn place(live: &Live, peer: &Peer) -> Result<Place, ApiError> {
+    let pid = peer
+        .pid
+        .ok_or_else(|| ApiError::Forbidden("the kernel did not name the calling process".into()))?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let cg = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default();
+    let sess = session_cgroup_name(live);
+    if cg == format!("{sess}/agent") {
+        Ok(Place::Agent)
+    } else if cg.starts_with(&format!("{sess}/calls/")) {
+        Ok(Place::Call)
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "process {pid} is not in session {} (cgroup {cg:?}): a session's socket acts only \
+             for its own processes",
+            live.id
+        )))
+    }
+}
+
+async fn shim_call(
+    AxState(s): AxState<ShimState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(req): Json<ShimCall>,
+) -> Result<Json<ShimAnswer>, ApiError> {
+    let live = &s.live;
+    if live.info().state != SessionState::Running {
+        return Err(ApiError::Conflict(format!(
+            "session {} is not running",
+            live.id
+        )));
+    }
+    if let Place::Call = place(live, &peer)? {
+        return Ok(Json(ShimAnswer {
+            n: None,
+            nested: true,
+            limits: None,
+        }));
+    }
+    if req.argv.is_empty() {
+        return Err(ApiError::BadRequest("argv is empty".into()));
+    }
+    let intent = crate::ctl::parse_intent(&req.intent)
+        .map_err(|e| ApiError::BadRequest(format!("AGENTD_INTENT: {e}")))?;
+    let plan = live.plan.call(&req.argv, &intent);
+    let (view, cg_limits) = call_limits(&plan);
+    let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut info = CallInfo {
+        session: live.id.clone(),
+        n,
+        argv: req.argv.clone(),
+        intent,
+        limits: view.clone(),
+        state: CallState::Running,
+        exit_code: None,
+        oom_killed: false,
+        started_at: now(),
+        ended_at: None,
+        report: None,
+        stdout: None,
+        stderr: None,
+        error: None,
+    };
+    s.d.journal(|j| j.put_call(&info))?;
+    live.update(&s.d, |i| i.calls = i.calls.max(n))?;
+    let fail = |info: &mut CallInfo, e: String| {
+        info.state = CallState::Failed;
+        info.error = Some(e.clone());
+        info.ended_at = Some(now());
+        let _ = s.d.journal(|j| j.put_call(info));
+        ApiError::Internal(e)
+    };
+    let call = live
+        .cg
+        .create_call(n, &cg_limits)
+        .map_err(|e| fail(&mut info, format!("call {n}: cgroup: {e}")))?;
+    let pid = peer.pid.unwrap_or_default();
+    if let Err(e) = call.cgroup().add_pid(pid as u32) {
+        let _ = call.finish(Duration::from_secs(5));
+        return Err(fail(&mut info, format!("call {n}: moving pid {pid}: {e}")));
+    }
+    live.inflight.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(watch_call(s.d.clone(), live.clone(), call, info));
+    Ok(Json(ShimAnswer {
+        n: Some(n),
+        nested: false,
+        limits: Some(view),
+    }))
+}
+
+/// Waits until the call's cgroup is empty (or its timeout kills it), then records it.
+async fn watch_call(d: Arc<Daemon>, live: Arc<Live>, call: cgctl::Call, mut info: CallInfo) {
+    let deadline = info.started_at + info.limits.timeout_s;
+    while call.cgroup().populated().unwrap_or(false) {
+        if now() >= deadline {
+            info.state = CallState::TimedOut;
+            let _ = call.cgroup().kill();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await {
+        Ok(Ok(r)) => {
+            info.oom_killed = r
+                .stats
+                .memory
+                .is_some_and(|m| m.events.oom_kill > 0 || m.events.oom_group_kill > 0);
+            info.report = serde_json::to_value(&r).ok();
+        }
+        Ok(Err(e)) => info.error = Some(format!("report: {e}")),
+        Err(e) => info.error = Some(format!("report: {e}")),
+    }
+    if info.state == CallState::Running {
+        info.state = CallState::Exited;
+    }
+    info.exit_code = live
+        .shim_exits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&info.n);
+    if info.exit_code.is_none() && info.oom_killed {
+        info.exit_code = Some(137);
+    }
+    info.ended_at = Some(now());
+    let _ = d.journal(|j| j.put_call(&info));
+    live.inflight.fetch_sub(1, Ordering::SeqCst);
+}
+
+async fn shim_exit(
+    AxState(s): AxState<ShimState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(n): UrlPath<u64>,
+    Json(req): Json<ShimExit>,
+) -> Result<Json<ShimExit>, ApiError> {
+    // Only the call's own processes report its status.
+    let pid = peer.pid.unwrap_or_default();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let want = format!("{}/calls/{n}", session_cgroup_name(&s.live));
+    if !text
+        .lines()
+        .any(|l| l.strip_prefix("0::") == Some(want.as_str()))
+    {
+        return Err(ApiError::Forbidden(format!(
+            "process {pid} is not in call {n} of session {}",
+            s.live.id
+        )));
+    }
+    s.live
+        .shim_exits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(n, req.code);
+    Ok(Json(req))
+}
+
+/// The shim socket's path as the agent sees it (`$AGENTD_SHIM_SOCKET`).
+pub const SOCKET_IN_CONTAINER: &str = "/run/agentd-shim.sock";
+
+/// The same socket as the daemon reaches it: through the container init's root.
+pub fn socket_path(init_pid: i32) -> PathBuf {
+    PathBuf::from(format!("/proc/{init_pid}/root{SOCKET_IN_CONTAINER}"))
+}
+
+/// Binds the socket on the container's /run. A new inode on that tmpfs must be owned by an
+/// id mapped in the container's user namespace (host root is not: EOVERFLOW), so the bind
+/// runs on a short-lived thread whose filesystem ids are those of /run's owner (container
+/// root); fsuid/fsgid are per thread, so the rest of the daemon keeps root's. The directory
+/// is opened as root first and reached through our own /proc/self/fd, so the switched ids
+/// need no access to the init's /proc entry.
+fn bind_in_container(init_pid: i32) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::fs::File::open(format!("/proc/{init_pid}/root/run"))?;
+    let md = dir.metadata()?;
+    let (uid, gid) = (md.uid(), md.gid());
+    let path = format!("/proc/self/fd/{}/agentd-shim.sock", dir.as_raw_fd());
+    std::thread::spawn(move || {
+        // SAFETY: setfsgid/setfsuid change only this thread's filesystem ids; they cannot
+        // fail in a way that matters here (the bind below reports any access problem).
+        unsafe {
+            libc::setfsgid(gid);
+            libc::setfsuid(uid);
+        }
+        let r = std::os::unix::net::UnixListener::bind(&path);
+        // SAFETY: as above, back to root's ids (restores the fs capabilities) before exit.
+        unsafe {
+            libc::setfsuid(0);
+            libc::setfsgid(0);
+        }
+        drop(dir);
+        r
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the bind thread panicked"))?
+}
+
+/// Binds the session's shim socket inside its container (owned by the agent's host uid,
+/// 0600) and serves it until the session ends.
+pub fn listen(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<PathBuf, ApiError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(init_pid);
+    let ierr = |what: &str, e: std::io::Error| {
+        ApiError::Internal(format!("shim socket {}: {what}: {e}", path.display()))
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ierr("remove stale", e)),
+    }
+    let l = bind_in_container(init_pid).map_err(|e| ierr("bind", e))?;
+    l.set_nonblocking(true)
+        .map_err(|e| ierr("set_nonblocking", e))?;
+    let l = tokio::net::UnixListener::from_std(l).map_err(|e| ierr("register", e))?;
+    std::os::unix::fs::chown(&path, Some(live.agent_uid), Some(live.agent_uid))
+        .map_err(|e| ierr("chown", e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| ierr("chmod", e))?;
+    let app = Router::new()
+        .route("/v1/shim/calls", post(shim_call))
+        .route("/v1/shim/calls/{n}/exit", post(shim_exit))
+        .with_state(ShimState {
+            d: d.clone(),
+            live: live.clone(),
+        })
+        .into_make_service_with_connect_info::<Peer>();
+    let mut done = live.done.clone();
+    // The socket file dies with the container's /run; nothing to remove afterwards.
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app)
+            .with_graceful_shutdown(async move {
+                let _ = done.wait_for(|v| *v).await;
+            })
+            .await;
+    });
+    Ok(path)
+}
