@@ -51,6 +51,7 @@
 //! ```
 
 pub mod cgroup;
+pub mod clone3;
 pub mod discover;
 pub mod error;
 pub mod events;

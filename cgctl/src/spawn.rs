@@ -301,25 +301,7 @@ struct Prepared {
     procs_fd: Option<RawFd>,
 }
 
-/// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2, Linux 5.7).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-const CLONE_PIDFD: u64 = 0x1000;
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+use crate::clone3::{CLONE_INTO_CGROUP, CLONE_PIDFD, CloneArgs};
 
 fn clone3_into(cgroup: BorrowedFd<'_>, prep: &Prepared) -> io::Result<(u32, OwnedFd)> {
     let mut pidfd: libc::c_int = -1;

@@ -22,8 +22,7 @@ use nix::unistd::Pid;
 use crate::Error;
 use crate::plan::SessionPlan;
 
-/// CLONE_INTO_CGROUP (libc's constant has the wrong width).
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+use cgctl::clone3::{CLONE_INTO_CGROUP, CloneArgs};
 
 /// The fd on which the init receives the plan.
 pub const PLAN_FD: RawFd = 3;
@@ -79,23 +78,6 @@ pub fn destroy_state(state: &Path) -> Result<(), Error> {
         Err(e) => return Err(Error::sys(format!("umount {}", state.display()), e)),
     }
     std::fs::remove_dir_all(state).map_err(|e| Error::sys(format!("rm -r {}", state.display()), e))
-}
-
-/// `struct clone_args` of clone3(2).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
 }
 
 /// A started container: its init's pid (in our pid namespace) and a pidfd for it.
@@ -172,17 +154,24 @@ pub fn start(
         args.cgroup = fd as u64;
     }
     let rfd = rd.as_raw_fd();
+    // A single-threaded runtime (the `agentd-sandbox` binary) may run the init's Rust code
+    // straight in the clone3 child, which is then an ordinary fork child; that saves the
+    // second exec of this binary (the largest part of a session's start under emulation).
+    // A multi-threaded caller (the daemon) gets the async-signal-safe path: exec the init.
+    let in_process = single_threaded();
     // SAFETY: clone3 without CLONE_VM or a stack behaves like fork. The child branch below
     // only calls async-signal-safe functions (read, setgroups/setresgid/setresuid, dup2, fcntl,
     // execve, _exit) on memory
     // prepared before the call, and never returns into Rust code.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
+    let ret = match unsafe { cgctl::clone3::clone3(&mut args) } {
+        Ok(pid) => pid,
+        Err(e) => return Err(Error::sys("clone3", e)),
     };
+    if ret == 0 && in_process {
+        // SAFETY: child of a fork-like clone of a single-threaded process: it may run any
+        // code; `child_in_process` never returns.
+        unsafe { child_in_process(rfd, &launch) }
+    }
     if ret == 0 {
         // SAFETY: child of a fork-like clone; async-signal-safe calls only (see above).
         unsafe {
@@ -206,11 +195,8 @@ pub fn start(
             libc::_exit(122);
         }
     }
-    if ret < 0 {
-        return Err(Error::sys("clone3", std::io::Error::last_os_error()));
-    }
     drop(rd);
-    let pid = Pid::from_raw(ret as libc::pid_t);
+    let pid = Pid::from_raw(ret);
     // SAFETY: CLONE_PIDFD stored a fresh descriptor owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let container = Container { pid, pidfd };
@@ -226,11 +212,69 @@ pub fn start(
     let mut w = std::fs::File::from(wr);
     // The init blocks for the first byte, then reads the plan to EOF (the write end closes
     // when `w` drops; the child's copy was closed by its exec).
-    if let Err(e) = w.write_all(b"G").and_then(|()| w.write_all(&json)) {
+    // The in-process init already has the plan: it only waits for the go byte.
+    let sent = if in_process {
+        w.write_all(b"G")
+    } else {
+        w.write_all(b"G").and_then(|()| w.write_all(&json))
+    };
+    if let Err(e) = sent {
         kill(&container);
         return Err(Error::sys("sending the plan", e));
     }
     Ok(container)
+}
+
+/// Whether this process has exactly one thread (then a fork child may allocate).
+fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1)
+}
+
+/// The clone3 child of a single-threaded runtime: waits for its id maps, becomes container
+/// root, and runs the init ([`crate::init::run_launch`]) without a new exec.
+///
+/// # Safety
+/// Only in the child of a fork-like clone of a single-threaded process; never returns.
+unsafe fn child_in_process(rfd: RawFd, launch: &crate::init::Launch) -> ! {
+    // SAFETY: integer-only syscalls on this process (see the exec path in `start` for why
+    // the ids are switched with raw syscalls before anything else).
+    unsafe {
+        // The runtime going away takes the whole session with it (as `init::run` does).
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        let mut b = 0u8;
+        if libc::read(rfd, (&mut b as *mut u8).cast(), 1) != 1 {
+            libc::_exit(120);
+        }
+        if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
+            || libc::syscall(libc::SYS_setresgid, 0, 0, 0) < 0
+            || libc::syscall(libc::SYS_setresuid, 0, 0, 0) < 0
+        {
+            libc::_exit(123);
+        }
+        // The id change made us non-dumpable; an exec'd init would be dumpable again
+        // (so its /proc files belong to container root, not to host root).
+        libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+        // Nothing of the runtime's (the cgroup dir fd, the plan pipe, the caller's files)
+        // stays open in the container: the exec path closes them through O_CLOEXEC.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
+    let code = match crate::init::run_launch(launch.clone()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("agentd-sandbox: {e}");
+            125
+        }
+    };
+    let _ = std::io::stdout().flush();
+    // SAFETY: _exit ends this child without unwinding into the runtime's stack or running
+    // the runtime's exit handlers.
+    unsafe { libc::_exit(code.clamp(0, 255)) }
 }
 
 fn kill(c: &Container) {

@@ -4,14 +4,15 @@
 //! seccomp), optionally in a given cgroup, and wait for it.
 //!
 //! The runtime records what exec needs in the state dir (readable by host root only):
-//! `session.json` ({plan, init pid}). The cgroup is entered from the child before exec by
-//! writing to a `cgroup.procs` fd opened before joining the mount namespace (inside, the
-//! cgroup tree is read-only); clone3 CLONE_INTO_CGROUP is used for the session init.
+//! `session.json` ({plan, init pid}). The command is created with clone3 (cgctl's
+//! [`cgctl::clone3`]) straight into the given cgroup (`CLONE_INTO_CGROUP`, a directory fd
+//! opened before joining the mount namespace, where the cgroup tree is read-only), with a
+//! pidfd handed back to the caller.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,27 +59,109 @@ fn pidfd_open(pid: i32) -> Result<OwnedFd, Error> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
 }
 
-/// Runs `argv` in the session recorded in `state`; returns its exit code. Must be called
-/// from a single-threaded process (joining a user namespace requires it).
-pub fn exec(state: &Path, argv: &[String], cgroup: Option<&Path>) -> Result<i32, Error> {
+/// A command started inside a session by [`spawn`]: its pid (in the caller's pid
+/// namespace) and a pidfd for it (poll it for exit, signal it race-free).
+#[derive(Debug)]
+pub struct ExecChild {
+    /// The command's pid.
+    pub pid: nix::unistd::Pid,
+    /// A pidfd for the command, from clone3 `CLONE_PIDFD`.
+    pub pidfd: OwnedFd,
+}
+
+/// The command's standard descriptors: `None` inherits the caller's, `Some(fd)` uses that
+/// descriptor (one end of a pipe, a pty's follower side, /dev/null).
+pub type ExecStdio = [Option<OwnedFd>; 3];
+
+/// Starts `argv` in the session recorded in `state` and hands back its pid and pidfd.
+///
+/// The calling process joins the session's user, mount, pid, net, ipc and uts namespaces
+/// through the init's pidfd, so it must be single-threaded (joining a user namespace
+/// requires it) and must not need its own namespaces afterwards: the `agentd-sandbox exec`
+/// binary, or a helper process forked by the daemon. The command is then created with
+/// clone3 `CLONE_PIDFD`, and with `CLONE_INTO_CGROUP` into `cgroup` (a cgroup2 directory
+/// fd) when given, so it never runs outside its call cgroup; the child joins the session's
+/// cgroup namespace, sets up its stdio, and applies the agent's confinement before exec.
+pub fn spawn(
+    state: &Path,
+    argv: &[String],
+    cgroup: Option<BorrowedFd<'_>>,
+    stdio: ExecStdio,
+) -> Result<ExecChild, Error> {
+    spawn_inner(state, argv, cgroup, Io::Fds(stdio)).map(|(c, _)| c)
+}
+
+/// Like [`spawn`], with the command's stdin, stdout and stderr on a new pty of the
+/// session's own devpts instance (the command gets it as its controlling terminal, in a
+/// new session); returns the pty's controlling side for the caller to relay.
+pub fn spawn_pty(
+    state: &Path,
+    argv: &[String],
+    cgroup: Option<BorrowedFd<'_>>,
+) -> Result<(ExecChild, OwnedFd), Error> {
+    match spawn_inner(state, argv, cgroup, Io::Pty)? {
+        (c, Some(master)) => Ok((c, master)),
+        (_, None) => Err(Error::Plan("no pty was allocated".into())),
+    }
+}
+
+enum Io {
+    Fds(ExecStdio),
+    Pty,
+}
+
+/// Opens a pty in the current mount namespace's /dev/ptmx: (controlling side, terminal side).
+fn open_pty() -> Result<(OwnedFd, OwnedFd), Error> {
+    let ptmx = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/ptmx")
+        .map_err(|e| Error::sys("open /dev/ptmx", e))?;
+    let master = OwnedFd::from(ptmx);
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int; TIOCGPTPEER returns a new descriptor for the
+    // terminal side of this very pty (no path lookup, so no race with other ptys).
+    let peer = unsafe {
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) < 0 {
+            return Err(Error::sys("unlock pty", std::io::Error::last_os_error()));
+        }
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if peer < 0 {
+        return Err(Error::sys(
+            "open the pty peer",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(peer) }))
+}
+
+fn spawn_inner(
+    state: &Path,
+    argv: &[String],
+    cgroup: Option<BorrowedFd<'_>>,
+    io: Io,
+) -> Result<(ExecChild, Option<OwnedFd>), Error> {
+    use cgctl::clone3::{CLONE_INTO_CGROUP, CLONE_PIDFD, CloneArgs};
+    if argv.is_empty() {
+        return Err(Error::Plan("no command".into()));
+    }
     let rec = read_record(state)?;
     let plan = rec.plan;
-    let procs = match cgroup {
-        Some(cg) => {
-            let p = cg.join("cgroup.procs");
-            Some(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .map_err(|e| Error::sys(format!("open {}", p.display()), e))?,
-            )
-        }
-        None => None,
-    };
     let pidfd = pidfd_open(rec.init_pid)?;
     let flags = crate::container::clone_flags(&plan) as libc::c_int;
+    // The cgroup namespace is joined by the child after clone3: CLONE_INTO_CGROUP checks
+    // the target against the caller's cgroup namespace, and the call cgroup need not lie
+    // under the session init's cgroup-namespace root.
+    let ns_now = flags & !libc::CLONE_NEWCGROUP;
     // SAFETY: setns with a valid pidfd and namespace flags; it changes only this process.
-    if unsafe { libc::setns(pidfd.as_raw_fd(), flags) } < 0 {
+    if unsafe { libc::setns(pidfd.as_raw_fd(), ns_now) } < 0 {
         return Err(Error::sys(
             "setns into the session",
             std::io::Error::last_os_error(),
@@ -90,34 +173,197 @@ pub fn exec(state: &Path, argv: &[String], cgroup: Option<&Path>) -> Result<i32,
         landlock: plan.landlock.clone(),
         seccomp: crate::seccomp::compile(&crate::seccomp::build(&plan.seccomp)?)?,
     };
-    let mut cmd = Command::new(
-        argv.first()
-            .ok_or_else(|| Error::Plan("no command".into()))?,
-    );
-    cmd.args(&argv[1..])
-        .env_clear()
-        .envs(&plan.env)
-        .current_dir(&plan.workspace.mount_at);
-    // SAFETY: this process is single-threaded, so the child may allocate; the hook only
-    // moves the child into its cgroup and confines it before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(f) = &procs {
-                use std::io::Write;
-                let mut f: &std::fs::File = f;
-                f.write_all(b"0")?;
-            }
-            confinement.apply().map_err(|e| {
-                eprintln!("agentd-sandbox: confining the command: {e}");
-                std::io::Error::other(e)
-            })
-        });
+    let cstr = |s: &str| CString::new(s).map_err(|e| Error::Plan(e.to_string()));
+    let args: Vec<CString> = argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
+    let envs: Vec<CString> = plan
+        .env
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
+    // execvp's search, done here: the child gets the plan's PATH, not ours.
+    let candidates: Vec<CString> = if argv[0].contains('/') {
+        vec![cstr(&argv[0])?]
+    } else {
+        let path = plan.env.get("PATH").map_or("/usr/bin:/bin", String::as_str);
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| cstr(&format!("{d}/{}", argv[0])))
+            .collect::<Result<_, _>>()?
+    };
+    let cwd = cstr(&plan.workspace.mount_at.to_string_lossy())?;
+    let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
+        v.iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let (argp, envp) = (ptrs(&args), ptrs(&envs));
+    // The pty comes from the session's devpts (we are in its mount namespace now).
+    let (stdio, master, tty) = match io {
+        Io::Fds(stdio) => (stdio, None, false),
+        Io::Pty => {
+            let (master, peer) = open_pty()?;
+            let fds = [
+                Some(peer.try_clone().map_err(|e| Error::sys("dup pty", e))?),
+                Some(peer.try_clone().map_err(|e| Error::sys("dup pty", e))?),
+                Some(peer),
+            ];
+            (fds, Some(master), true)
+        }
+    };
+    // Sources moved above 2 first, so dup2 onto 0..2 never clobbers another source.
+    let mut high: [Option<OwnedFd>; 3] = [None, None, None];
+    for (i, fd) in stdio.into_iter().enumerate() {
+        if let Some(fd) = fd {
+            high[i] = Some(
+                nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+                    .map(|raw| {
+                        // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor we own.
+                        unsafe { OwnedFd::from_raw_fd(raw) }
+                    })
+                    .map_err(|e| Error::sys("dup stdio", e))?,
+            );
+        }
     }
-    let status = cmd
-        .status()
-        .map_err(|e| Error::sys(format!("starting {}", argv[0]), e))?;
-    use std::os::unix::process::ExitStatusExt;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    // The child reports a failure before exec as an errno on this CLOEXEC pipe.
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
+    let mut child_pidfd: libc::c_int = -1;
+    let mut args3 = CloneArgs {
+        flags: CLONE_PIDFD,
+        pidfd: &raw mut child_pidfd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    if let Some(cg) = cgroup {
+        args3.flags |= CLONE_INTO_CGROUP;
+        args3.cgroup = cg.as_raw_fd() as u64;
+    }
+    // SAFETY: fork-like clone3 (no CLONE_VM, no stack) of this single-threaded process;
+    // `child_pidfd` outlives the call. The child never returns from `exec_child`.
+    let pid = unsafe { cgctl::clone3::clone3(&mut args3) }
+        .map_err(|e| Error::sys("clone3 into the session", e))?;
+    if pid == 0 {
+        let fail = |errno: i32| -> ! {
+            let b = errno.to_ne_bytes();
+            // SAFETY: write and _exit on a valid fd and buffer; never returns.
+            unsafe {
+                libc::write(err_w.as_raw_fd(), b.as_ptr().cast(), b.len());
+                libc::_exit(127)
+            }
+        };
+        let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        // SAFETY: we are the fork-like child of a single-threaded process: setns, dup2 and
+        // chdir act on this process only, on descriptors and strings prepared above.
+        unsafe {
+            if flags & libc::CLONE_NEWCGROUP != 0
+                && libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWCGROUP) < 0
+            {
+                fail(errno());
+            }
+            for (target, fd) in high.iter().enumerate() {
+                if let Some(fd) = fd
+                    && libc::dup2(fd.as_raw_fd(), target as libc::c_int) < 0
+                {
+                    fail(errno());
+                }
+            }
+            // A new session whose controlling terminal is the pty (job control, isatty).
+            if tty && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0) {
+                fail(errno());
+            }
+            if libc::chdir(cwd.as_ptr()) < 0 {
+                fail(errno());
+            }
+        }
+        if let Err(e) = confinement.apply() {
+            eprintln!("agentd-sandbox: confining the command: {e}");
+            fail(match &e {
+                Error::Sys { source, .. } => source.raw_os_error().unwrap_or(libc::EPERM),
+                _ => libc::EPERM,
+            });
+        }
+        let mut last = libc::ENOENT;
+        for exe in &candidates {
+            // SAFETY: execve with NUL-terminated strings and pointer arrays built above.
+            unsafe { libc::execve(exe.as_ptr(), argp.as_ptr(), envp.as_ptr()) };
+            let e = errno();
+            // Like execvp: keep searching past a missing or unsearchable candidate.
+            if e != libc::ENOENT && e != libc::ENOTDIR {
+                last = e;
+                if e != libc::EACCES {
+                    break;
+                }
+            }
+        }
+        fail(last)
+    }
+    drop(err_w);
+    drop(high);
+    // SAFETY: CLONE_PIDFD stored a fresh descriptor owned by nobody else.
+    let child_pidfd = unsafe { OwnedFd::from_raw_fd(child_pidfd) };
+    let child = ExecChild {
+        pid: nix::unistd::Pid::from_raw(pid),
+        pidfd: child_pidfd,
+    };
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match nix::unistd::read(&err_r, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::sys("reading the exec status", e)),
+        }
+    }
+    if got == 4 {
+        let _ = nix::sys::wait::waitpid(child.pid, None);
+        return Err(Error::sys(
+            format!("starting {}", argv[0]),
+            std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)),
+        ));
+    }
+    Ok((child, master))
+}
+
+/// Runs `argv` in the session recorded in `state` (see [`spawn`]; `cgroup` is a cgroup
+/// directory path) with the caller's stdio; returns its exit code. Must be called from a
+/// single-threaded process (joining a user namespace requires it).
+pub fn exec(state: &Path, argv: &[String], cgroup: Option<&Path>) -> Result<i32, Error> {
+    let cg = match cgroup {
+        Some(p) => Some(
+            std::fs::File::open(p).map_err(|e| Error::sys(format!("open {}", p.display()), e))?,
+        ),
+        None => None,
+    };
+    let child = spawn(
+        state,
+        argv,
+        cg.as_ref().map(|f| f.as_fd()),
+        [None, None, None],
+    )?;
+    drop(cg);
+    crate::container::wait(&crate::container::Container {
+        pid: child.pid,
+        pidfd: child.pidfd,
+    })
+}
+
+/// Like [`exec`], with the command on a pty ([`spawn_pty`]): relays this process's stdin to
+/// the pty and the pty's output to stdout until the command exits. The caller's terminal
+/// (if any) is not switched to raw mode.
+pub fn exec_pty(state: &Path, argv: &[String], cgroup: Option<&Path>) -> Result<i32, Error> {
+    let cg = match cgroup {
+        Some(p) => Some(
+            std::fs::File::open(p).map_err(|e| Error::sys(format!("open {}", p.display()), e))?,
+        ),
+        None => None,
+    };
+    let (child, master) = spawn_pty(state, argv, cg.as_ref().map(|f| f.as_fd()))?;
+    drop(cg);
+    crate::pty::relay(&master, &child.pidfd)?;
+    crate::container::wait(&crate::container::Container {
+        pid: child.pid,
+        pidfd: child.pidfd,
+    })
 }

@@ -32,7 +32,7 @@ const FORWARDED: &[Signal] = &[
 ];
 
 /// What the runtime sends the init on fd 3.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Launch {
     /// The session plan.
     pub plan: SessionPlan,
@@ -94,7 +94,14 @@ pub fn run() -> Result<i32, Error> {
             0,
         )
     };
-    let Launch { plan, argv } = read_launch()?;
+    run_launch(read_launch()?)
+}
+
+/// The init's work once it has its launch message: used by [`run`] (the re-executed init)
+/// and directly by the clone3 child when the runtime was single-threaded
+/// ([`crate::container::start`] skips the second exec then).
+pub fn run_launch(launch: Launch) -> Result<i32, Error> {
+    let Launch { plan, argv } = launch;
     if argv.is_empty() {
         return Err(Error::Plan("no command".into()));
     }

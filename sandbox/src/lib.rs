@@ -14,6 +14,7 @@ pub mod fsrules;
 pub mod init;
 pub mod mounts;
 pub mod plan;
+pub mod pty;
 pub mod seccomp;
 pub mod sys;
 

@@ -315,6 +315,7 @@ const PROBE_C: &str = r#"
 #include <string.h>
 #include <unistd.h>
 #include <sched.h>
+#include <signal.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -331,6 +332,14 @@ int main(int argc, char **argv) {
     say("io_uring", syscall(SYS_io_uring_setup, 1, attr));
     say("unshare_user", unshare(CLONE_NEWUSER));
     say("ptrace", syscall(SYS_ptrace, 16 /* ATTACH */, 1, 0, 0));
+    /* A host process, by the pid the host sees (not in this pid namespace). */
+    pid_t host = atoi(argv[2]);
+    say("kill_host", kill(host, SIGKILL));
+    say("ptrace_host", syscall(SYS_ptrace, 16 /* ATTACH */, host, 0, 0));
+    say("pidfd_host", syscall(SYS_pidfd_open, host, 0));
+    /* The runtime's binary, through the init's exe link. */
+    say("exe_write", open("/proc/1/exe", O_WRONLY));
+    say("exe_trunc", open("/proc/1/exe", O_WRONLY | O_TRUNC));
     int c = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {0};
     sa.sin_family = AF_INET;
@@ -358,7 +367,27 @@ fn sandbox_kernel_attack_surface_is_closed() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (code, out, _) = run_in(&f, &[], &format!("cc -o probe probe.c && ./probe {port}"));
+    // A host process the agent tries to kill and ptrace by its host pid.
+    let mut host = Command::new("sleep").arg("600").spawn().unwrap();
+    let bin = agentd_tests::project_binary("agentd-sandbox");
+    let bin_before = fs::metadata(&bin).unwrap();
+    let (code, out, _) = run_in(
+        &f,
+        &[],
+        &format!("cc -o probe probe.c && ./probe {port} {}", host.id()),
+    );
+    let host_alive = host.try_wait().unwrap().is_none();
+    let tracer = fs::read_to_string(format!("/proc/{}/status", host.id())).unwrap_or_default();
+    let _ = host.kill();
+    let _ = host.wait();
+    assert!(host_alive, "the host process was killed");
+    assert!(tracer.contains("TracerPid:\t0\n"), "{tracer}");
+    let bin_after = fs::metadata(&bin).unwrap();
+    assert_eq!(
+        (bin_before.len(), bin_before.modified().unwrap()),
+        (bin_after.len(), bin_after.modified().unwrap()),
+        "the runtime's binary changed"
+    );
     assert_eq!(code, 0, "build or probe failed");
     let get = |k: &str| {
         out.lines()
@@ -376,6 +405,11 @@ fn sandbox_kernel_attack_surface_is_closed() {
         "io_uring",
         "unshare_user",
         "ptrace",
+        "kill_host",
+        "ptrace_host",
+        "pidfd_host",
+        "exe_write",
+        "exe_trunc",
         "connect",
         "procsys",
         "sysrq",
@@ -391,6 +425,67 @@ fn sandbox_kernel_attack_surface_is_closed() {
         !f.repo.join("probe").exists(),
         "the build landed in the repo"
     );
+}
+
+/// Prints the real and effective uid and the NoNewPrivs line: installed setuid-root.
+const EUID_C: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(void) {
+    printf("ruid=%d euid=%d\n", getuid(), geteuid());
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "NoNewPrivs:", 11)) fputs(line, stdout);
+    return 0;
+}
+"#;
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_a_setuid_binary_gains_nothing() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    // A setuid-root helper on the (VM's) root filesystem, which the sandbox sees read-only
+    // as its own root: the VM's root is a tmpfs overlay, so the real host is untouched.
+    let src = f.root.join("euid.c");
+    fs::write(&src, EUID_C).unwrap();
+    let helper = Path::new("/usr/local/bin/agentd-sbx-euid");
+    let st = Command::new("cc")
+        .arg("-o")
+        .arg(helper)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::os::unix::fs::chown(helper, Some(0), Some(0)).unwrap();
+    fs::set_permissions(helper, fs::Permissions::from_mode(0o4755)).unwrap();
+    // Outside the sandbox the helper works as setuid (so the test means something).
+    let outside = Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+        .arg(helper)
+        .output()
+        .unwrap();
+    let outside = String::from_utf8_lossy(&outside.stdout).into_owned();
+    let (code, out, _) = run_in(
+        &f,
+        &[],
+        "stat -c '%A %u' /usr/local/bin/agentd-sbx-euid; agentd-sbx-euid; \
+         if timeout 30 su -c 'echo SU-WORKED' root </dev/null 2>/dev/null; then echo SU-WORKED; fi; \
+         echo finished",
+    );
+    let _ = fs::remove_file(helper);
+    assert!(outside.contains("ruid=1000 euid=0"), "outside: {outside}");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("-rwsr-xr-x"),
+        "the setuid bit is visible: {out}"
+    );
+    assert!(out.contains("ruid=1000 euid=1000\n"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(!out.contains("SU-WORKED"), "{out}");
+    assert!(out.contains("finished"));
 }
 
 #[test]
@@ -461,28 +556,54 @@ fn sandbox_git_and_builds_work_and_land_only_in_the_upper_layer() {
     destroy(&f);
 }
 
+/// Pids of processes running as `uid` (host view), for leak checks.
+fn pids_of_uid(uid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(status) = fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let real = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned));
+        if real.as_deref() == Some(&uid.to_string()) {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
 #[test]
 #[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
 fn sandbox_teardown_many_sessions_leave_nothing_behind() {
     let _vm = agentd_tests::vm::enter();
     let f = fixture();
+    // 1,000 by default (issue 5's acceptance); AGENTD_SANDBOX_SESSIONS overrides it.
     let n: usize = std::env::var("AGENTD_SANDBOX_SESSIONS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
-    let mounts_before = fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count();
+        .unwrap_or(1000);
+    let count_mounts = || {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .count()
+    };
+    let mounts_before = count_mounts();
+    // Each session starts in its own cgroup (clone3 CLONE_INTO_CGROUP), as the daemon does;
+    // the cgroup must be empty (removable) the moment `run` returns.
+    let cg_parent = Path::new("/sys/fs/cgroup/agentd-sbx-many");
+    fs::create_dir(cg_parent).unwrap();
     let mut times: Vec<Duration> = Vec::with_capacity(n);
-    // Bounded: a hung session fails the test with its index instead of hanging the VM, and
-    // the loop stops early (reporting how many ran) when the shared TCG host is slow.
-    let budget = Instant::now();
+    let all = Instant::now();
     for i in 0..n {
-        if i >= 10 && budget.elapsed() > Duration::from_secs(150) {
-            break;
-        }
         let state = f.root.join(format!("state-{i}"));
+        let cg = cg_parent.join(format!("s{i}"));
+        fs::create_dir(&cg).unwrap();
         let t = Instant::now();
         let mut child = Command::new(agentd_tests::project_binary("agentd-sandbox"))
             .arg("run")
@@ -490,10 +611,13 @@ fn sandbox_teardown_many_sessions_leave_nothing_behind() {
             .arg(&f.repo)
             .arg("--state")
             .arg(&state)
+            .arg("--cgroup")
+            .arg(&cg)
             .args(["--", "true"])
             .stdin(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // Bounded: a hung session fails the test with its index instead of hanging the VM.
         let st = loop {
             if let Some(st) = child.try_wait().unwrap() {
                 break st;
@@ -502,31 +626,60 @@ fn sandbox_teardown_many_sessions_leave_nothing_behind() {
                 let _ = child.kill();
                 panic!("session {i} hung");
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         };
         times.push(t.elapsed());
         assert!(st.success(), "session {i}");
         assert!(!state.exists(), "state {i} left behind");
+        // rmdir fails with EBUSY while any process is still in the cgroup.
+        fs::remove_dir(&cg).unwrap_or_else(|e| panic!("cgroup of session {i} not empty: {e}"));
+        if (i + 1) % 100 == 0 {
+            eprintln!(
+                "sandbox: {} sessions in {:.1?}, mounts {} (before {mounts_before})",
+                i + 1,
+                all.elapsed(),
+                count_mounts()
+            );
+        }
     }
-    let n = times.len();
-    times.sort();
-    let median = times[n / 2];
-    // Straight to fd 2 (not eprintln!, which libtest captures): the figure is wanted.
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "sandbox: {n} sessions; start+run+teardown of `true`: median {:?}, min {:?}, max {:?}",
-        median,
-        times[0],
-        times[n - 1]
-    );
-    let mounts_after = fs::read_to_string("/proc/self/mountinfo")
+    let total = all.elapsed();
+    let leftover_cgroups: Vec<_> = fs::read_dir(cg_parent)
         .unwrap()
-        .lines()
-        .count();
-    assert_eq!(mounts_before, mounts_after, "mounts leaked");
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name())
+        .collect();
+    fs::remove_dir(cg_parent).unwrap();
+    let n = times.len();
+    let mut sorted = times.clone();
+    sorted.sort();
+    let median = sorted[n / 2];
+    eprintln!(
+        "sandbox: {n} sessions (run --cgroup -- true) in {total:.1?}; start+run+teardown: \
+         median {median:?}, min {:?}, max {:?}; median of the first 50: {:?}",
+        sorted[0],
+        sorted[n - 1],
+        {
+            let mut first: Vec<_> = times.iter().take(50).copied().collect();
+            first.sort();
+            first[first.len() / 2]
+        }
+    );
+    assert!(
+        leftover_cgroups.is_empty(),
+        "cgroups left: {leftover_cgroups:?}"
+    );
+    assert_eq!(mounts_before, count_mounts(), "mounts leaked");
     assert!(mounts_mentioning(&f.root).is_empty());
-    // No process of ours left: nothing runs the sandbox binary any more.
+    let states: Vec<_> = fs::read_dir(&f.root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("state"))
+        .collect();
+    assert!(states.is_empty(), "state dirs left: {states:?}");
+    // No process of ours left: nothing runs the sandbox binary, nothing runs as container
+    // root's host uid (100000) or as the agent's owner.
     let bin = agentd_tests::project_binary("agentd-sandbox");
     for e in fs::read_dir("/proc").unwrap() {
         let e = e.unwrap();
@@ -537,6 +690,11 @@ fn sandbox_teardown_many_sessions_leave_nothing_behind() {
             assert_ne!(exe, bin, "a sandbox process survived: {:?}", e.path());
         }
     }
+    assert!(
+        pids_of_uid(100_000).is_empty(),
+        "container-root processes left"
+    );
+    assert!(pids_of_uid(OWNER).is_empty(), "agent processes left");
 }
 
 #[test]
@@ -564,6 +722,30 @@ fn sandbox_exec_joins_the_running_session_confined_and_in_its_cgroup() {
     }
     let cg = Path::new("/sys/fs/cgroup/agentd-sbx-exec-test");
     fs::create_dir(cg).unwrap();
+    // With --pty: the command's stdio is a terminal of the session's devpts.
+    let pty = Command::new(agentd_tests::project_binary("agentd-sandbox"))
+        .arg("exec")
+        .arg("--state")
+        .arg(&f.state)
+        .arg("--pty")
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "tty; [ -t 0 ] && [ -t 1 ] && echo IS-A-TTY; id -u",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let pty_out = String::from_utf8_lossy(&pty.stdout).into_owned();
+    eprintln!(
+        "exec --pty stdout:\n{pty_out}\nstderr:\n{}",
+        String::from_utf8_lossy(&pty.stderr)
+    );
+    assert!(pty.status.success());
+    assert!(pty_out.contains("/dev/pts/"), "{pty_out}");
+    assert!(pty_out.contains("IS-A-TTY"), "{pty_out}");
+    assert!(pty_out.contains("1000"), "{pty_out}");
     let out = Command::new(agentd_tests::project_binary("agentd-sandbox"))
         .arg("exec")
         .arg("--state")

@@ -68,9 +68,12 @@ enum Cmd {
         /// The session's state dir (run with --keep-state or still running).
         #[arg(long)]
         state: PathBuf,
-        /// Start the command in this cgroup directory.
+        /// Start the command in this cgroup directory (clone3 CLONE_INTO_CGROUP).
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// Give the command a pty of the session (stdin/stdout relayed) instead of our stdio.
+        #[arg(long)]
+        pty: bool,
         /// The command.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
@@ -185,9 +188,17 @@ fn main() -> ExitCode {
             }
             Ok(0)
         }),
-        Cmd::Exec { state, cgroup, cmd } => {
-            agentd_sandbox::exec::exec(state, cmd, cgroup.as_deref()).map_err(|e| e.to_string())
+        Cmd::Exec {
+            state,
+            cgroup,
+            pty,
+            cmd,
+        } => if *pty {
+            agentd_sandbox::exec::exec_pty(state, cmd, cgroup.as_deref())
+        } else {
+            agentd_sandbox::exec::exec(state, cmd, cgroup.as_deref())
         }
+        .map_err(|e| e.to_string()),
         Cmd::Destroy { state } => container::destroy_state(state)
             .map(|()| 0)
             .map_err(|e| e.to_string()),
