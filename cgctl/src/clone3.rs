@@ -55,3 +55,35 @@ pub unsafe fn clone3(args: &mut CloneArgs) -> std::io::Result<libc::pid_t> {
     }
     Ok(ret as libc::pid_t)
 }
+
+/// Whether the kernel knows clone3 with [`CLONE_INTO_CGROUP`]: `Ok(true)` yes, `Ok(false)`
+/// the flag is unknown (Linux < 5.7), `Err` clone3 itself failed otherwise (e.g. ENOSYS).
+///
+/// Asks with an fd that cannot be open (INT_MAX): a kernel that knows the flag fails with
+/// EBADF, one that does not with EINVAL. No process is created.
+pub fn into_cgroup_supported() -> std::io::Result<bool> {
+    let mut args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: i32::MAX as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: no pointers in `args`; with an invalid cgroup fd the kernel refuses before
+    // creating a child. Should it ever create one, the child leaves at once without touching
+    // Rust state and the parent reaps it.
+    match unsafe { clone3(&mut args) } {
+        Ok(0) => {
+            // SAFETY: in the (impossible) child: exit immediately.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(pid) => {
+            let mut status = 0;
+            // SAFETY: reaping the child just created; `status` is a valid out pointer.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            Ok(true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
+    }
+}

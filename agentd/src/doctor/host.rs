@@ -90,24 +90,6 @@ fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-/// `struct clone_args` of clone3(2), version 2 (with `cgroup`).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
 
 impl LiveProbes for RealHost {
@@ -168,39 +150,7 @@ impl LiveProbes for RealHost {
     }
 
     fn clone_into_cgroup(&self) -> Result<bool, String> {
-        // An fd that cannot be open (INT_MAX): a kernel that knows CLONE_INTO_CGROUP fails
-        // with EBADF, one that does not with EINVAL; no process is ever created.
-        let args = CloneArgs {
-            flags: CLONE_INTO_CGROUP,
-            exit_signal: libc::SIGCHLD as u64,
-            cgroup: i32::MAX as u64,
-            ..CloneArgs::default()
-        };
-        // SAFETY: `args` is a valid clone_args of the size passed; with an invalid cgroup fd
-        // the kernel refuses before creating a child. Should it ever create one, the child
-        // exits at once (below) and the parent reaps it.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        match rc {
-            // SAFETY: in the impossible child, leave without touching Rust state.
-            0 => unsafe { libc::_exit(0) },
-            pid if pid > 0 => {
-                let mut st = 0;
-                // SAFETY: reaping the child just created; `st` is a valid out pointer.
-                unsafe { libc::waitpid(pid as libc::pid_t, &mut st, 0) };
-                Ok(true)
-            }
-            _ => match last_errno() {
-                libc::EBADF => Ok(true),
-                libc::EINVAL => Ok(false),
-                e => Err(format!("clone3: {}", errno_text(e))),
-            },
-        }
+        cgctl::clone3::into_cgroup_supported().map_err(|e| format!("clone3: {e}"))
     }
 
     fn bpf_loadable(&self, feature: Feature) -> Result<bool, String> {
