@@ -34,6 +34,10 @@ struct Daemon {
     repo: PathBuf,
     socket: PathBuf,
     cgroup_root: PathBuf,
+    /// Start the daemon through `systemd-socket-activate` (socket activation).
+    activate: bool,
+    /// `NOTIFY_SOCKET` for the daemon.
+    notify: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -60,6 +64,13 @@ fn remove_cgroup_tree(p: &Path) {
 
 impl Daemon {
     fn start() -> Daemon {
+        let mut d = Daemon::new();
+        d.spawn();
+        d
+    }
+
+    /// The fixture, without a daemon yet.
+    fn new() -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("agentd-daemon-")
             .tempdir_in("/tmp")
@@ -78,22 +89,37 @@ impl Daemon {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::SeqCst)
         ));
-        let mut d = Daemon {
+        Daemon {
             _dir: dir,
             root,
             repo,
             socket,
             cgroup_root,
+            activate: false,
+            notify: None,
             child: None,
-        };
-        d.spawn();
-        d
+        }
     }
 
     /// Starts `agentd serve` on this fixture's socket, state dir and cgroup root, and waits
     /// until it answers.
     fn spawn(&mut self) {
-        let child = Command::new(agentd_tests::project_binary("agentd"))
+        let mut cmd = if self.activate {
+            let mut c = Command::new("systemd-socket-activate");
+            c.arg("-l").arg(&self.socket);
+            if let Some(n) = &self.notify {
+                c.arg(format!("--setenv=NOTIFY_SOCKET={}", n.display()));
+            }
+            c.arg(agentd_tests::project_binary("agentd"));
+            c
+        } else {
+            let mut c = Command::new(agentd_tests::project_binary("agentd"));
+            if let Some(n) = &self.notify {
+                c.env("NOTIFY_SOCKET", n);
+            }
+            c
+        };
+        let child = cmd
             .arg("serve")
             .arg("--socket")
             .arg(&self.socket)
@@ -177,8 +203,9 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+impl Daemon {
+    /// SIGTERM the daemon and wait for it (sessions keep running).
+    fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) on our own child, not yet reaped.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -192,6 +219,12 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
         // Sessions outlive the daemon by design: end them, then let their runtimes unmount
         // their state before the tempdir goes.
         let _ = fs::write(self.cgroup_root.join("cgroup.kill"), "1");
@@ -620,4 +653,36 @@ fn daemon_shim_gives_each_shell_command_of_the_agent_its_own_call_cgroup() {
     }
     // The other session made no call.
     assert_eq!(d.json(&["calls", &other]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_systemd_socket_activation_and_readiness_notification() {
+    let _vm = agentd_tests::vm::enter();
+    let mut d = Daemon::new();
+    let notify_path = d.root.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    d.activate = true;
+    d.notify = Some(notify_path);
+    d.spawn();
+    let mut buf = [0u8; 4096];
+    let n = notify.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    eprintln!("notify: {msg}");
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(
+        msg.contains("STATUS=") && msg.contains("socket-activated"),
+        "{msg}"
+    );
+    // The daemon serves on the socket systemd-socket-activate created and passed.
+    let h = d.json(&["ps"]);
+    assert_eq!(h.as_array().unwrap().len(), 0);
+    d.stop();
+    let n = notify.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    // A passed socket is the service manager's: the daemon leaves it in place.
+    assert!(d.socket.exists());
 }

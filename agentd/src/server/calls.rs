@@ -17,6 +17,7 @@ use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path as UrlPath, State as AxState};
 
 use super::sessions::{Live, visible};
+use super::systemd::RemoveSystemdEnv as _;
 use super::{ApiError, Peer, State};
 use crate::api::{CallInfo, CallLimits, CallRequest, CallState, SessionState, now};
 
@@ -255,6 +256,7 @@ async fn exec(
         .arg(cgroup)
         .arg("--")
         .args(wrapped_argv(req))
+        .envs_remove_systemd()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

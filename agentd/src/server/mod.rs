@@ -9,6 +9,7 @@ pub mod adopt;
 pub mod calls;
 pub mod sessions;
 pub mod shim;
+pub mod systemd;
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -279,8 +280,17 @@ pub fn open(cfg: Config) -> Result<State, ServeError> {
     Ok(d)
 }
 
-/// Binds the socket (replacing a stale one) with the configured mode.
-pub fn bind(cfg: &Config) -> Result<UnixListener, ServeError> {
+/// The API listener: the one systemd passed (socket activation; its path and mode are the
+/// unit's business), else a fresh bind (replacing a stale socket) with the configured mode.
+/// Returns whether it was passed in.
+pub fn bind(cfg: &Config) -> Result<(UnixListener, bool), ServeError> {
+    if let Some(l) = systemd::listener() {
+        let l = l
+            .set_nonblocking(true)
+            .and_then(|()| UnixListener::from_std(l))
+            .map_err(io_err("use the socket systemd passed for", &cfg.socket))?;
+        return Ok((l, true));
+    }
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
     }
@@ -295,21 +305,24 @@ pub fn bind(cfg: &Config) -> Result<UnixListener, ServeError> {
         std::fs::Permissions::from_mode(cfg.socket_mode),
     )
     .map_err(io_err("chmod", &cfg.socket))?;
-    Ok(l)
+    Ok((l, false))
 }
 
 /// Serves until SIGINT/SIGTERM. Sessions keep running (the next daemon re-adopts them);
 /// requests still pending after a short grace period are dropped.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let state = open(cfg.clone())?;
-    let listener = bind(&cfg)?;
-    eprintln!(
-        "agentd: listening on {} (cgroup root {}, state {}, {} session(s) re-adopted)",
+    let (listener, activated) = bind(&cfg)?;
+    let status = format!(
+        "listening on {}{} (cgroup root {}, state {}, {} session(s) re-adopted)",
         cfg.socket.display(),
+        if activated { " (socket-activated)" } else { "" },
         cfg.cgroup_root.display(),
         cfg.state_dir.display(),
         state.live.lock().map(|l| l.len()).unwrap_or(0)
     );
+    eprintln!("agentd: {status}");
+    systemd::notify(&format!("READY=1\nSTATUS={status}"));
     let app = router(state).into_make_service_with_connect_info::<Peer>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
@@ -322,15 +335,21 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     tokio::select! {
         () = shutdown_signal() => {}
         r = &mut server => {
-            let _ = std::fs::remove_file(&cfg.socket);
+            if !activated {
+                let _ = std::fs::remove_file(&cfg.socket);
+            }
             return match r {
                 Ok(r) => r.map_err(io_err("serve", &cfg.socket)),
                 Err(e) => Err(io_err("serve", &cfg.socket)(std::io::Error::other(e))),
             };
         }
     }
+    systemd::notify("STOPPING=1");
     let _ = stop_tx.send(());
-    let _ = std::fs::remove_file(&cfg.socket);
+    // A socket systemd made stays: it keeps queueing connections for the next daemon.
+    if !activated {
+        let _ = std::fs::remove_file(&cfg.socket);
+    }
     // Long requests (a session wait, a running call) would hold a graceful drain forever.
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     Ok(())

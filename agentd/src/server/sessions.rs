@@ -22,6 +22,7 @@ use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path as UrlPath, State as AxState};
 use tokio::sync::watch;
 
+use super::systemd::RemoveSystemdEnv as _;
 use super::{ApiError, Daemon, Peer, State};
 use crate::api::{
     CreateSession, Logs, PolicySource, SessionInfo, SessionLimits, SessionState, now,
@@ -355,6 +356,7 @@ async fn start_container(
         .arg(live.cg.agent().path())
         .arg("--")
         .args(argv)
+        .envs_remove_systemd()
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
