@@ -686,3 +686,108 @@ fn daemon_systemd_socket_activation_and_readiness_notification() {
     // A passed socket is the service manager's: the daemon leaves it in place.
     assert!(d.socket.exists());
 }
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn mount_count() -> usize {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_running(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        if let Ok(c) = fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            // The daemon's own command line names the binary (--sandbox-bin): not a leftover.
+            if c.contains(needle) && !c.contains(" serve ") {
+                out.push(format!("{}: {c}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_concurrent_sessions_and_calls_leave_nothing_behind() {
+    let _vm = agentd_tests::vm::enter();
+    // Lean by default (the suite runs under TCG); issue 6's 20 x 50 passed in 179 s in the VM
+    // (2026-11-23): run it with `cargo xtask vm-run -- env AGENTD_TEST_SESSIONS=20
+    // AGENTD_TEST_CALLS=50 <daemon test binary> --ignored daemon_concurrent`.
+    let sessions = env_or("AGENTD_TEST_SESSIONS", 10);
+    let calls = env_or("AGENTD_TEST_CALLS", 10);
+    let mounts_before = mount_count();
+    let d = Daemon::start();
+    let ids: Vec<String> = (0..sessions).map(|_| d.session()).collect();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for id in &ids {
+            let d = &d;
+            s.spawn(move || {
+                for i in 0..calls {
+                    let out = d
+                        .ctl(&["exec", id, "--", "sh", "-c", &format!("echo {id}-{i}")])
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{id} call {i}: {out:?}");
+                    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{id}-{i}")));
+                }
+            });
+        }
+    });
+    eprintln!(
+        "{sessions} sessions x {calls} calls, concurrently: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    for id in &ids {
+        let list = d.json(&["calls", id]);
+        let list = list.as_array().unwrap();
+        assert_eq!(list.len(), calls);
+        let mut ns: Vec<u64> = list.iter().map(|c| c["n"].as_u64().unwrap()).collect();
+        ns.sort_unstable();
+        assert_eq!(ns, (1..=calls as u64).collect::<Vec<_>>());
+        assert!(
+            list.iter()
+                .all(|c| c["report"].is_object() && c["exit_code"] == 0)
+        );
+        assert!(d.run(&["rm", id]).status.success());
+    }
+    // Nothing left: no session cgroup, no state mount, no runtime process.
+    let leftovers: Vec<_> = fs::read_dir(&d.cgroup_root)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("session-"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let sessions_dir = d.root.join("state/sessions");
+    let t = Instant::now();
+    while fs::read_dir(&sessions_dir).unwrap().count() > 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "session state left");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        processes_running("agentd-sandbox"),
+        Vec::<String>::new(),
+        "runtime or exec processes left"
+    );
+    drop(d);
+    assert_eq!(mount_count(), mounts_before, "mounts left behind");
+}
