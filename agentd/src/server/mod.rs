@@ -371,3 +371,6 @@ async fn shutdown_signal() {
     }
     eprintln!("agentd: shutting down");
 }
+
+#[cfg(test)]
+mod tests;
