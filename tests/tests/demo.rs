@@ -1,0 +1,48 @@
+//! The README's main-job command (`examples/demo.sh`) keeps working: a scripted agent runs in
+//! an agentd session and each of its five shell commands becomes a reported tool call.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn demo_scripted_agent_makes_five_reported_calls() {
+    let _vm = agentd_tests::vm::enter();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.sh");
+    let bin_dir = agentd_tests::project_binary("agentd");
+    let path = format!(
+        "{}:{}",
+        bin_dir.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("/bin/sh")
+        .arg(&demo)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {out:?}");
+    assert!(
+        stdout.contains("2 + 3 = 5") && stdout.contains("tests passed"),
+        "{stdout}"
+    );
+    let calls: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().split_whitespace().nth(1) == Some("exited"))
+        .collect();
+    assert_eq!(
+        calls.len(),
+        5,
+        "five tool calls with reports expected: {stdout}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|l| l.contains("batch") && l.contains("make")),
+        "{stdout}"
+    );
+    // The agent appended to main.c in its overlay; the repo copy still ends with #endif.
+    assert!(stdout.trim_end().ends_with("#endif"), "{stdout}");
+}
