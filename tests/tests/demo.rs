@@ -30,7 +30,7 @@ fn demo_scripted_agent_makes_five_reported_calls() {
     );
     let calls: Vec<&str> = stdout
         .lines()
-        .filter(|l| l.trim_start().split_whitespace().nth(1) == Some("exited"))
+        .filter(|l| l.split_whitespace().nth(1) == Some("exited"))
         .collect();
     assert_eq!(
         calls.len(),
