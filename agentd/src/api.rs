@@ -255,6 +255,34 @@ pub struct CallInfo {
     pub error: Option<String>,
 }
 
+impl CallInfo {
+    /// A call that starts now (journalled before it runs, so a crash leaves a trace).
+    pub fn running(
+        session: &str,
+        n: u64,
+        argv: &[String],
+        intent: DeclaredIntent,
+        limits: CallLimits,
+    ) -> CallInfo {
+        CallInfo {
+            session: session.to_string(),
+            n,
+            argv: argv.to_vec(),
+            intent,
+            limits,
+            state: CallState::Running,
+            exit_code: None,
+            oom_killed: false,
+            started_at: now(),
+            ended_at: None,
+            report: None,
+            stdout: None,
+            stderr: None,
+            error: None,
+        }
+    }
+}
+
 /// Now, in Unix seconds.
 pub fn now() -> u64 {
     std::time::SystemTime::now()

@@ -171,22 +171,7 @@ async fn run_call(
     view: CallLimits,
     cg_limits: &cgctl::Limits,
 ) -> Result<CallInfo, ApiError> {
-    let mut info = CallInfo {
-        session: live.id.clone(),
-        n,
-        argv: req.argv.clone(),
-        intent: req.intent.clone(),
-        limits: view,
-        state: CallState::Running,
-        exit_code: None,
-        oom_killed: false,
-        started_at: now(),
-        ended_at: None,
-        report: None,
-        stdout: None,
-        stderr: None,
-        error: None,
-    };
+    let mut info = CallInfo::running(&live.id, n, &req.argv, req.intent.clone(), view);
     d.journal(|j| j.put_call(&info))?;
     live.update(d, |s| s.calls = s.calls.max(n))?;
     let call = match live.cg.create_call(n, cg_limits) {

@@ -120,22 +120,7 @@ async fn shim_call(
     let plan = live.plan.call(&req.argv, &intent);
     let (view, cg_limits) = call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
-    let mut info = CallInfo {
-        session: live.id.clone(),
-        n,
-        argv: req.argv.clone(),
-        intent,
-        limits: view.clone(),
-        state: CallState::Running,
-        exit_code: None,
-        oom_killed: false,
-        started_at: now(),
-        ended_at: None,
-        report: None,
-        stdout: None,
-        stderr: None,
-        error: None,
-    };
+    let mut info = CallInfo::running(&live.id, n, &req.argv, intent, view.clone());
     s.d.journal(|j| j.put_call(&info))?;
     live.update(&s.d, |i| i.calls = i.calls.max(n))?;
     let fail = |info: &mut CallInfo, e: String| {
