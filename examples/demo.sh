@@ -8,6 +8,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/agentd-demo.XXXXXX)
 chmod 755 "$work"
 cp -r "$here/sample-repo" "$work/repo"
+# The agent's script goes into the workspace: the session sees the host root read-only but
+# has its own /tmp, so a checkout under /tmp is visible inside only as the workspace.
+cp "$here/scripted-agent.sh" "$work/repo/agent.sh"
 chown -R 1000:1000 "$work/repo"      # the agent runs as the workspace's owner, never root
 agentd serve --socket "$work/agentd.sock" --state-dir "$work/state" \
     --cgroup-root /sys/fs/cgroup/agentd-demo.slice > "$work/agentd.log" 2>&1 &
@@ -16,7 +19,7 @@ trap 'kill $daemon 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -S "$work/agentd.sock" ] && break; sleep 0.1; done
 export AGENTD_SOCKET="$work/agentd.sock"
 echo "== agentctl run (the scripted agent, default profile)"
-agentctl run --workspace "$work/repo" -- sh "$here/scripted-agent.sh"
+agentctl run --workspace "$work/repo" -- sh ./agent.sh
 id=$(agentctl --json ps | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
 echo "== agentctl calls $id"
 agentctl calls "$id"
