@@ -26,7 +26,11 @@ pub fn privileged_tests() -> Result<Vec<PathBuf>> {
 
 fn executables(args: &[&str], tests: bool) -> Result<Vec<PathBuf>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut child = Command::new(&cargo)
+    let mut cmd = Command::new(&cargo);
+    if let Some(dir) = vm_visible_target_dir() {
+        cmd.env("CARGO_TARGET_DIR", dir);
+    }
+    let mut child = cmd
         .args(args)
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
@@ -51,6 +55,27 @@ fn executables(args: &[&str], tests: bool) -> Result<Vec<PathBuf>> {
         bail!("cargo {} failed: {st}", args.join(" "));
     }
     Ok(found)
+}
+
+/// A session gets its own /tmp and /run, so binaries the VM tests hand to sessions (the
+/// shim that becomes the agent's $SHELL) must not live there. For a checkout under /tmp or
+/// /run without an explicit CARGO_TARGET_DIR, build the VM's binaries under /var/tmp.
+fn vm_visible_target_dir() -> Option<PathBuf> {
+    if std::env::var_os("CARGO_TARGET_DIR").is_some() {
+        return None;
+    }
+    let ws = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .to_path_buf();
+    if !(ws.starts_with("/tmp") || ws.starts_with("/run")) {
+        return None;
+    }
+    let name: String = ws
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    Some(PathBuf::from("/var/tmp/agentd-target").join(name))
 }
 
 /// Sums libtest's `test result:` lines: (passed, failed, ignored).
