@@ -283,6 +283,22 @@ impl CallInfo {
     }
 }
 
+impl CallInfo {
+    /// Records the outcome of `cgctl::Call::finish` (report, OOM kills, or why it failed).
+    pub fn record_report<E: std::fmt::Display>(&mut self, report: Result<cgctl::Report, E>) {
+        match report {
+            Ok(r) => {
+                self.oom_killed = r
+                    .stats
+                    .memory
+                    .is_some_and(|m| m.events.oom_kill > 0 || m.events.oom_group_kill > 0);
+                self.report = serde_json::to_value(&r).ok();
+            }
+            Err(e) => self.error = Some(format!("report: {e}")),
+        }
+    }
+}
+
 /// Now, in Unix seconds.
 pub fn now() -> u64 {
     std::time::SystemTime::now()

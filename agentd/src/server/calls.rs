@@ -188,14 +188,7 @@ async fn run_call(
     // Kill leftovers, read the report, remove calls/<n> (blocking cgroupfs work).
     let report = tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await;
     match report {
-        Ok(Ok(r)) => {
-            info.oom_killed = r
-                .stats
-                .memory
-                .is_some_and(|m| m.events.oom_kill > 0 || m.events.oom_group_kill > 0);
-            info.report = serde_json::to_value(&r).ok();
-        }
-        Ok(Err(e)) => info.error = Some(format!("report: {e}")),
+        Ok(r) => info.record_report(r),
         Err(e) => info.error = Some(format!("report: {e}")),
     }
     info.ended_at = Some(now());

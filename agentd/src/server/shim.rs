@@ -160,14 +160,7 @@ async fn watch_call(d: Arc<Daemon>, live: Arc<Live>, call: cgctl::Call, mut info
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     match tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await {
-        Ok(Ok(r)) => {
-            info.oom_killed = r
-                .stats
-                .memory
-                .is_some_and(|m| m.events.oom_kill > 0 || m.events.oom_group_kill > 0);
-            info.report = serde_json::to_value(&r).ok();
-        }
-        Ok(Err(e)) => info.error = Some(format!("report: {e}")),
+        Ok(r) => info.record_report(r),
         Err(e) => info.error = Some(format!("report: {e}")),
     }
     if info.state == CallState::Running {
