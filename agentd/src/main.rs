@@ -80,14 +80,14 @@ fn serve(cfg: agentd::server::Config) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("agentd: cannot start the runtime: {e}");
+            agentd::server::log::error(&format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(agentd::server::serve(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agentd: {e}");
+            agentd::server::log::error(&e.to_string());
             ExitCode::FAILURE
         }
     }

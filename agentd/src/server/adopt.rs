@@ -103,7 +103,7 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
         .insert(s.id.clone(), live.clone());
     // The shim socket is rebound at the same path (the agent's environment names it).
     if let Err(e) = super::shim::listen(d, &live, pid) {
-        eprintln!("agentd: session {}: {e}", s.id);
+        super::log::warn(&format!("session {}: {e}", s.id));
     }
     for c in calls.into_iter().filter(|c| c.state == CallState::Running) {
         live.inflight.fetch_add(1, Ordering::SeqCst);
@@ -124,12 +124,12 @@ pub fn readopt(d: &Arc<Daemon>) -> Result<Vec<String>, ServeError> {
     for s in rows {
         match adopt_one(d, &s) {
             Ok(()) => {
-                eprintln!("agentd: re-adopted session {}", s.id);
+                super::log::info(&format!("re-adopted session {}", s.id));
                 adopted.push(s.id);
             }
             Err(e) => {
                 let why = format!("lost across a daemon restart: {e}");
-                eprintln!("agentd: session {}: {why}", s.id);
+                super::log::warn(&format!("session {}: {why}", s.id));
                 let j = d.journal.lock().unwrap_or_else(|p| p.into_inner());
                 j.mark_lost(s, &why)?;
             }

@@ -6,6 +6,7 @@
 //! [`calls`] (tool calls from outside into `calls/<n>`).
 
 pub mod adopt;
+pub mod log;
 pub mod calls;
 pub mod sessions;
 pub mod shim;
@@ -321,7 +322,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         cfg.state_dir.display(),
         state.live.lock().map(|l| l.len()).unwrap_or(0)
     );
-    eprintln!("agentd: {status}");
+    log::info(&status);
     systemd::notify(&format!("READY=1\nSTATUS={status}"));
     let app = router(state).into_make_service_with_connect_info::<Peer>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -369,7 +370,7 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    eprintln!("agentd: shutting down");
+    log::info("shutting down");
 }
 
 #[cfg(test)]

@@ -386,8 +386,8 @@ async fn remove_cgroups(d: &Arc<Daemon>, id: &str) {
             .await;
     match r {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("agentd: removing the cgroups of session {id}: {e}"),
-        Err(e) => eprintln!("agentd: removing the cgroups of session {id}: {e}"),
+        Ok(Err(e)) => super::log::error(&format!("removing the cgroups of session {id}: {e}")),
+        Err(e) => super::log::error(&format!("removing the cgroups of session {id}: {e}")),
     }
 }
 
