@@ -38,6 +38,8 @@ struct Daemon {
     activate: bool,
     /// `NOTIFY_SOCKET` for the daemon.
     notify: Option<PathBuf>,
+    /// Start the daemon inside this cgroup (as systemd's Delegate=yes would).
+    start_in: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -97,6 +99,7 @@ impl Daemon {
             cgroup_root,
             activate: false,
             notify: None,
+            start_in: None,
             child: None,
         }
     }
@@ -104,7 +107,17 @@ impl Daemon {
     /// Starts `agentd serve` on this fixture's socket, state dir and cgroup root, and waits
     /// until it answers.
     fn spawn(&mut self) {
-        let mut cmd = if self.activate {
+        let mut cmd = if let Some(cg) = &self.start_in {
+            // The daemon starts in `cg`, as a systemd service starts in its own cgroup.
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(format!(
+                    "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                    cg.display()
+                ))
+                .arg(agentd_tests::project_binary("agentd"));
+            c
+        } else if self.activate {
             let mut c = Command::new("systemd-socket-activate");
             c.arg("-l").arg(&self.socket);
             if let Some(n) = &self.notify {
@@ -790,4 +803,88 @@ fn daemon_concurrent_sessions_and_calls_leave_nothing_behind() {
     );
     drop(d);
     assert_eq!(mount_count(), mounts_before, "mounts left behind");
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_agent_leaf_has_tight_limits_and_a_delegated_daemon_moves_into_its_own_leaf() {
+    let _vm = agentd_tests::vm::enter();
+    // The daemon starts in a cgroup of its own (as under systemd's Delegate=yes) and manages
+    // a root below it: it must move itself into a leaf before enabling controllers there.
+    let own = PathBuf::from(format!(
+        "/sys/fs/cgroup/agentd-test-delegated-{}",
+        std::process::id()
+    ));
+    // As systemd does for a delegated unit: the controllers reach the daemon's cgroup.
+    fs::write(
+        "/sys/fs/cgroup/cgroup.subtree_control",
+        "+memory +pids +cpu",
+    )
+    .unwrap();
+    fs::create_dir_all(&own).unwrap();
+    let mut d = Daemon::new();
+    d.cgroup_root = own.join("sessions");
+    d.start_in = Some(own.clone());
+    d.spawn();
+    let daemon_pid = d.child.as_ref().unwrap().id().to_string();
+    let leaf_procs = read(&own.join("daemon/cgroup.procs")).unwrap();
+    assert!(
+        leaf_procs.lines().any(|p| p == daemon_pid),
+        "daemon {daemon_pid} not in its leaf: {leaf_procs:?}"
+    );
+    assert_eq!(read(&own.join("cgroup.procs")).as_deref(), Some(""));
+    let control = read(&own.join("cgroup.subtree_control")).unwrap();
+    for c in ["memory", "pids", "cpu"] {
+        assert!(
+            control.contains(c),
+            "{c} not enabled under {own:?}: {control}"
+        );
+    }
+
+    // The agent leaf: the policy's default call memory (1 GiB, clamped to the host cap of
+    // 512 MiB) and pids, the batch weight, one CPU.
+    let id = d.session();
+    let agent = d.session_cgroup(&id).join("agent");
+    assert_eq!(
+        read(&agent.join("memory.max")),
+        Some((512u64 << 20).to_string())
+    );
+    assert_eq!(read(&agent.join("pids.max")).as_deref(), Some("512"));
+    assert_eq!(read(&agent.join("cpu.weight")).as_deref(), Some("50"));
+    assert_eq!(
+        read(&agent.join("cpu.max")).as_deref(),
+        Some("100000 100000")
+    );
+    let s = d.json(&["inspect", &id]);
+    assert_eq!(s["limits"]["agent_memory"], 512u64 << 20, "{s}");
+    assert_eq!(s["limits"]["agent_pids"], 512, "{s}");
+    assert!(d.run(&["rm", &id]).status.success());
+
+    // What the agent runs itself, without the shim, stays under those limits: 700 MiB is
+    // OOM-killed in the agent leaf, and the agent (its shell) goes on.
+    let repo = d.repo.to_str().unwrap().to_string();
+    let out = d.run(&[
+        "run",
+        "--workspace",
+        &repo,
+        "--",
+        "/bin/sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/null bs=700M count=1 2>/dev/null; echo rc=$?",
+    ]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rc=137"),
+        "the 700 MiB allocation outside the shim was not killed"
+    );
+    let ps = d.json(&["ps"]);
+    let sid = ps.as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(d.json(&["calls", &sid]).as_array().unwrap().len(), 0);
+    drop(d);
+    // The fixture removed its root; the daemon's leaf and its own cgroup are the test's.
+    let _ = fs::remove_dir(own.join("daemon"));
+    fs::remove_dir(&own).unwrap();
 }

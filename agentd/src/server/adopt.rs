@@ -96,6 +96,8 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
         info: Mutex::new(s.clone()),
         shim_exits: Mutex::new(std::collections::HashMap::new()),
         done: done_rx,
+        // The previous daemon held the stdin pipe's write end: the agent has read its end.
+        stdin: Mutex::new(None),
     });
     d.live
         .lock()

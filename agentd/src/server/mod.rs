@@ -6,10 +6,13 @@
 //! [`calls`] (tool calls from outside into `calls/<n>`).
 
 pub mod adopt;
-pub mod log;
 pub mod calls;
+pub mod leaf;
+pub mod log;
 pub mod sessions;
 pub mod shim;
+pub mod stats;
+pub mod stream;
 pub mod systemd;
 
 use std::collections::HashMap;
@@ -217,6 +220,9 @@ pub fn router(state: State) -> Router {
         .route(&format!("{p}/sessions/{{id}}/kill"), post(sessions::kill))
         .route(&format!("{p}/sessions/{{id}}/wait"), post(sessions::wait))
         .route(&format!("{p}/sessions/{{id}}/logs"), get(sessions::logs))
+        .route(&format!("{p}/sessions/{{id}}/stdin"), post(stream::stdin))
+        .route(&format!("{p}/sessions/{{id}}/stats"), get(stats::one))
+        .route(&format!("{p}/stats"), get(stats::all))
         .route(
             &format!("{p}/sessions/{{id}}/calls"),
             get(calls::list).post(calls::create),
@@ -256,6 +262,18 @@ pub fn open(cfg: Config) -> Result<State, ServeError> {
             .map_err(io_err("create", &db))?;
     }
     let journal = Journal::open(&db)?;
+    // Before enabling controllers under our own cgroup (a systemd-delegated subtree).
+    match leaf::move_self_if_needed(&cfg.cgroup_root) {
+        Ok(Some(l)) => log::info(&format!("moved into its own leaf {}", l.display())),
+        Ok(None) => {}
+        Err(source) => {
+            return Err(ServeError::Io {
+                what: "moving the daemon into its own leaf cgroup under the parent of",
+                path: cfg.cgroup_root.clone(),
+                source,
+            });
+        }
+    }
     let backend: Arc<dyn cgctl::fs::Backend> = Arc::new(cgctl::fs::Kernel);
     let cg_err = |source| ServeError::Cgroup {
         path: cfg.cgroup_root.clone(),
@@ -312,6 +330,28 @@ pub fn bind(cfg: &Config) -> Result<(UnixListener, bool), ServeError> {
 /// Serves until SIGINT/SIGTERM. Sessions keep running (the next daemon re-adopts them);
 /// requests still pending after a short grace period are dropped.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    serve_until(cfg, shutdown_signal()).await
+}
+
+/// `given`, else `name` next to the running binary, else `name` (looked up on PATH).
+pub fn sibling_bin(given: Option<PathBuf>, name: &str) -> PathBuf {
+    if let Some(p) = given {
+        return p;
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(name)));
+    match sibling {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from(name),
+    }
+}
+
+/// Serves until `stop` completes (see [`serve`]).
+pub async fn serve_until(
+    cfg: Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
     let state = open(cfg.clone())?;
     let (listener, activated) = bind(&cfg)?;
     let status = format!(
@@ -324,6 +364,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     );
     log::info(&status);
     systemd::notify(&format!("READY=1\nSTATUS={status}"));
+    tokio::spawn(stream::bound_logs_forever(state.clone()));
     let app = router(state).into_make_service_with_connect_info::<Peer>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
@@ -334,7 +375,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             .into_future(),
     );
     tokio::select! {
-        () = shutdown_signal() => {}
+        () = stop => {}
         r = &mut server => {
             if !activated {
                 let _ = std::fs::remove_file(&cfg.socket);
