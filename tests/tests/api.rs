@@ -224,7 +224,7 @@ impl Daemon {
             .arg(agentd_tests::project_binary("agentd-shim"))
             .spawn()
             .unwrap();
-        let mut d = Daemon {
+        let d = Daemon {
             _dir: dir,
             root,
             repo,
