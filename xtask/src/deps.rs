@@ -36,6 +36,10 @@ const HOST_PACKAGES: &[(&str, &str)] = &[
         "benchmark baseline: a new bwrap sandbox per call",
     ),
     ("crun", "benchmark baseline: crun run/exec"),
+    (
+        "curl",
+        "API conformance test: requests over the daemon's socket as another uid",
+    ),
 ];
 
 /// QEMU comes from `<codename>-backports`: bookworm's 7.2 would replace the machine's
