@@ -18,8 +18,10 @@ use crate::api::{ErrorBody, StreamEvent};
 pub enum ClientError {
     #[error(
         "no agentd daemon is listening on {socket} ({source}).\n\
-         Start one with `sudo agentd serve` (add `--socket {socket}` for a non-default path), \
-         or pass the daemon's socket with `agentctl --socket PATH`."
+         Start one with `sudo agentd serve` (add `--socket {socket}` for a non-default path) \
+         or `sudo systemctl start agentd.socket`, or pass the daemon's socket with \
+         `agentctl --socket PATH`; `sudo agentctl run …` runs a daemon inside agentctl for \
+         that one session."
     )]
     NoDaemon {
         socket: PathBuf,

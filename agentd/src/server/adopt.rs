@@ -216,7 +216,17 @@ async fn resume_call(d: Arc<Daemon>, live: Arc<Live>, mut c: CallInfo) {
         if c.state == CallState::Running {
             c.state = CallState::Exited;
         }
-        if c.error.is_none() {
+        // A shim call's shim reports its status to the new daemon (it retries while the
+        // socket is down); a call from outside lost the process that waited for it.
+        c.exit_code = live
+            .shim_exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&c.n);
+        if c.exit_code.is_none() && c.oom_killed {
+            c.exit_code = Some(137);
+        }
+        if c.exit_code.is_none() && c.error.is_none() {
             c.error =
                 Some("the daemon restarted during the call: its exit status is unknown".into());
         }

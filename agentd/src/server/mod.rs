@@ -239,7 +239,9 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Ser
 
 /// Sets up the state dir, journal and cgroup root; re-adopts the sessions a previous daemon
 /// left running (see [`adopt`]) and sweeps every other session cgroup.
-pub fn open(cfg: Config) -> Result<State, ServeError> {
+pub fn open(mut cfg: Config) -> Result<State, ServeError> {
+    // Fail closed: without the shim, agents' shell commands would get no call cgroups.
+    cfg.shim_bin = resolve_bin(&cfg.shim_bin).map_err(io_err("the shim binary", &cfg.shim_bin))?;
     // 0711: the container's root (an unprivileged host uid) must traverse to its session's
     // state dir under `sessions/` to mount the overlay, but nobody may list them. Logs and
     // the journal are root's alone.
@@ -347,6 +349,25 @@ pub fn sibling_bin(given: Option<PathBuf>, name: &str) -> PathBuf {
         Some(p) if p.exists() => p,
         _ => PathBuf::from(name),
     }
+}
+
+/// `bin` as an absolute path with its symlinks resolved (a bare name is looked up on PATH):
+/// the sandbox binds it into containers by its host path.
+pub fn resolve_bin(bin: &Path) -> std::io::Result<PathBuf> {
+    if bin.components().count() > 1 || bin.is_absolute() {
+        return bin.canonicalize();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not found next to agentd or on PATH",
+            )
+        })?
+        .canonicalize()
 }
 
 /// Serves until `stop` completes (see [`serve`]).

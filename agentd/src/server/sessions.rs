@@ -318,7 +318,7 @@ pub async fn create(
     let mut argv = vec![
         "/usr/bin/env".to_string(),
         "--".to_string(),
-        format!("SHELL={}", d.cfg.shim_bin.display()),
+        format!("SHELL={}", super::shim::SHIM_IN_CONTAINER),
         format!("AGENTD_SHIM_SOCKET={}", super::shim::SOCKET_IN_CONTAINER),
         "/bin/sh".to_string(),
         "-c".to_string(),
@@ -401,6 +401,14 @@ async fn start_container(
         .arg(&live.sandbox_state)
         .arg("--cgroup")
         .arg(live.cg.agent().path())
+        // The shim at one fixed path in every container: a host path under /tmp, /run or a
+        // home would be invisible inside (the session has its own).
+        .arg("--bind-ro")
+        .arg(format!(
+            "{}:{}",
+            d.cfg.shim_bin.display(),
+            super::shim::SHIM_IN_CONTAINER
+        ))
         .arg("--")
         .args(argv)
         .envs_remove_systemd()
