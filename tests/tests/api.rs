@@ -386,7 +386,7 @@ fn api_every_documented_operation_answers_as_documented() {
         a.body
     );
 
-    let create = json!({"workspace": repo, "argv": ["sleep", "600"]});
+    let create = json!({"workspace": repo, "argv": ["sleep", "600"], "stdin": true});
     let s = d.call(None, "POST", "/sessions", "", Some(&create.to_string()));
     assert_eq!(s.status, 200, "{}", s.body);
     assert_eq!(s.body["state"], "running");
@@ -460,6 +460,22 @@ fn api_every_documented_operation_answers_as_documented() {
     }
     let calls = d.call(None, "GET", "/sessions/{id}/calls", &id, None);
     assert_eq!(calls.body.as_array().unwrap().len(), 1, "{}", calls.body);
+    // Live usage, the agent's stdin (once; then 409), and their refusals for another uid.
+    let st = d.call(None, "GET", "/sessions/{id}/stats", &id, None);
+    assert_eq!(st.status, 200, "{}", st.body);
+    let all = d.call(None, "GET", "/stats", "", None);
+    assert_eq!(all.body.as_array().unwrap().len(), 1, "{}", all.body);
+    let feed = d.call(None, "POST", "/sessions/{id}/stdin", &id, Some("hello\n"));
+    assert_eq!(feed.body["bytes"], 6, "{}", feed.body);
+    let again = d.call(None, "POST", "/sessions/{id}/stdin", &id, Some("x"));
+    assert_eq!(again.status, 409, "{}", again.body);
+    for (method, template) in [
+        ("GET", "/sessions/{id}/stats"),
+        ("POST", "/sessions/{id}/stdin"),
+    ] {
+        let a = d.call(Some(OTHER_UID), method, template, &id, None);
+        assert_eq!(a.status, 403, "{method} {template}: {}", a.body);
+    }
     d.call(None, "GET", "/sessions/{id}/logs", &id, None);
 
     let k = d.call(None, "POST", "/sessions/{id}/kill", &id, None);
