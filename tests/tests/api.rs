@@ -337,6 +337,11 @@ impl Drop for Daemon {
     }
 }
 
+/// The answer of listSessions contains session `id`.
+fn lists(sessions: &Value, id: &str) -> bool {
+    sessions.as_array().unwrap().iter().any(|s| s["id"] == id)
+}
+
 /// Removes a cgroup directory tree, children first.
 fn remove_tree(p: &Path) {
     if let Ok(entries) = fs::read_dir(p) {
@@ -393,21 +398,9 @@ fn api_every_documented_operation_answers_as_documented() {
     let id = s.body["id"].as_str().unwrap().to_string();
 
     let l = d.call(None, "GET", "/sessions", "", None);
-    assert!(
-        l.body
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["id"] == id.as_str())
-    );
+    assert!(lists(&l.body, &id));
     let l = d.call(Some(OTHER_UID), "GET", "/sessions", "", None);
-    assert!(
-        !l.body
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["id"] == id.as_str())
-    );
+    assert!(!lists(&l.body, &id));
     d.call(None, "GET", "/sessions/{id}", &id, None);
     let nf = d.call(None, "GET", "/sessions/{id}", "no-such-session", None);
     assert_eq!(nf.status, 404);
@@ -492,13 +485,7 @@ fn api_every_documented_operation_answers_as_documented() {
     assert!(w.body["ended_at"].is_u64());
     d.call(None, "DELETE", "/sessions/{id}", &id, None);
     let l = d.call(None, "GET", "/sessions", "", None);
-    assert!(
-        !l.body
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["id"] == id.as_str())
-    );
+    assert!(!lists(&l.body, &id));
 
     // Nothing undocumented answers, and even axum's own refusals carry an ErrorBody.
     let error_body = validator(&d.doc, &json!({"$ref": "#/components/schemas/ErrorBody"}));
