@@ -309,3 +309,42 @@ pub fn stdin_pipe(
     let _ = std::fs::remove_file(&path);
     opened
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+    use super::*;
+
+    #[test]
+    fn a_character_split_across_reads_stays_whole_and_bad_bytes_are_replaced() {
+        let mut c = Utf8Carry::default();
+        let e = "é".as_bytes(); // two bytes
+        assert_eq!(c.push(&[b'a', e[0]]), "a");
+        assert_eq!(c.push(&[e[1], b'b']), "éb");
+        assert_eq!(c.push(&[0xff, b'c']), "\u{FFFD}c");
+        assert_eq!(c.push(&[e[0]]), "");
+        assert_eq!(c.finish(), "\u{FFFD}");
+    }
+
+    #[test]
+    fn a_log_past_twice_the_kept_size_keeps_its_last_part_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.out");
+        let total = 3 * LOG_KEEP as usize + 123;
+        let data: Vec<u8> = (0..total).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        bound_log(&p).unwrap();
+        // The size is unchanged (a writer's offset stays valid); the front reads as a hole.
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), total as u64);
+        let kept = read_kept(&p);
+        assert_eq!(kept.len() as u64, LOG_KEEP);
+        assert_eq!(kept.as_bytes(), &data[total - LOG_KEEP as usize..]);
+        // A follower from 0 skips the punched front (when the filesystem reports holes).
+        let (b, next) = read_from(&p, 0, 16);
+        assert_eq!(b.len(), 16);
+        assert!(next > 16 && b[0] != 0, "read the hole's zeros: {next}");
+        // Under the threshold nothing more is punched.
+        bound_log(&p).unwrap();
+        assert_eq!(read_kept(&p).len() as u64, LOG_KEEP);
+    }
+}
