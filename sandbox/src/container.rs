@@ -124,6 +124,7 @@ pub fn start(
     cgroup: Option<RawFd>,
 ) -> Result<Container, Error> {
     plan.validate().map_err(Error::Plan)?;
+    check_bind_sources(plan)?;
     let launch = crate::init::Launch {
         plan: plan.clone(),
         argv: argv.to_vec(),
@@ -223,6 +224,35 @@ pub fn start(
         return Err(Error::sys("sending the plan", e));
     }
     Ok(container)
+}
+
+/// Each read-only bind's source must be an existing regular file or directory on the host
+/// (checked here, as host root, so the error names the path before any namespace exists; a
+/// symlink is refused rather than followed, so the plan names what is actually bound).
+pub fn check_bind_sources(plan: &SessionPlan) -> Result<(), Error> {
+    for b in &plan.bind_ro {
+        let what = |why: String| {
+            Error::Plan(format!(
+                "read-only bind {}:{}: {why}",
+                b.source.display(),
+                b.target.display()
+            ))
+        };
+        let md = std::fs::symlink_metadata(&b.source)
+            .map_err(|e| what(format!("source {}: {e}", b.source.display())))?;
+        if !(md.is_file() || md.is_dir()) {
+            return Err(what(format!(
+                "source {} is not a regular file or directory ({})",
+                b.source.display(),
+                if md.is_symlink() {
+                    "a symlink: name the path it points to"
+                } else {
+                    "a device, socket or fifo"
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Whether this process has exactly one thread (then a fork child may allocate).

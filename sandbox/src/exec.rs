@@ -170,7 +170,7 @@ fn spawn_inner(
     let confinement = Confinement {
         agent_id: plan.ids.agent_id,
         rlimits: plan.rlimits.clone(),
-        landlock: plan.landlock.clone(),
+        landlock: plan.effective_landlock(),
         seccomp: crate::seccomp::compile(&crate::seccomp::build(&plan.seccomp)?)?,
     };
     let cstr = |s: &str| CString::new(s).map_err(|e| Error::Plan(e.to_string()));

@@ -115,7 +115,7 @@ pub fn run_launch(launch: Launch) -> Result<i32, Error> {
     let confinement = Confinement {
         agent_id: plan.ids.agent_id,
         rlimits: plan.rlimits.clone(),
-        landlock: plan.landlock.clone(),
+        landlock: plan.effective_landlock(),
         seccomp: crate::seccomp::compile(&crate::seccomp::build(&plan.seccomp)?)?,
     };
     let mut mask = SigSet::empty();

@@ -111,6 +111,19 @@ pub struct Seccomp {
     pub extra_deny: Vec<String>,
 }
 
+/// A host file or directory bound read-only (and nosuid, nodev) into the container, e.g. the
+/// daemon's tool-call shim at a fixed path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindRo {
+    /// Host path: an existing regular file or directory, reachable by container root (the
+    /// init resolves it by path before pivot_root).
+    pub source: PathBuf,
+    /// Absolute path inside. Created on the container's own tmpfs when it lies under one of
+    /// the plan's `tmpfs` dirs (/tmp, /run, /home); elsewhere it must already exist in the
+    /// read-only root with the source's type.
+    pub target: PathBuf,
+}
+
 /// Everything needed to start one session container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionPlan {
@@ -134,6 +147,9 @@ pub struct SessionPlan {
     pub masked: Vec<PathBuf>,
     /// Paths made read-only (on top of the read-only root: these are under /proc).
     pub read_only: Vec<PathBuf>,
+    /// Host files and directories bound read-only into the container.
+    #[serde(default)]
+    pub bind_ro: Vec<BindRo>,
     /// The environment of the agent: exactly these variables.
     pub env: BTreeMap<String, String>,
     /// Resource limits by name.
@@ -242,6 +258,7 @@ impl SessionPlan {
             hidden: vec![state.to_path_buf()],
             masked: OCI_MASKED.iter().map(PathBuf::from).collect(),
             read_only: OCI_READ_ONLY.iter().map(PathBuf::from).collect(),
+            bind_ro: Vec::new(),
             env,
             rlimits,
             seccomp: Seccomp {
@@ -300,7 +317,80 @@ impl SessionPlan {
                 return Err(format!("unknown rlimit {name:?}"));
             }
         }
+        for b in &self.bind_ro {
+            self.validate_bind(b)?;
+        }
         Ok(())
+    }
+
+    /// A read-only bind: both paths absolute and normal; the destination not the root, not
+    /// in the kernel filesystems mounted after it (/proc, /dev), and neither inside nor
+    /// around the workspace (it would shadow the overlay or be shadowed by it).
+    fn validate_bind(&self, b: &BindRo) -> Result<(), String> {
+        let what = format!(
+            "read-only bind {}:{}",
+            b.source.display(),
+            b.target.display()
+        );
+        for p in [&b.source, &b.target] {
+            if !p.is_absolute() {
+                return Err(format!("{what}: {} is not absolute", p.display()));
+            }
+            if p.components().any(|c| {
+                matches!(
+                    c,
+                    std::path::Component::ParentDir | std::path::Component::CurDir
+                )
+            }) {
+                return Err(format!(
+                    "{what}: {} contains `.` or `..` components",
+                    p.display()
+                ));
+            }
+        }
+        let t = &b.target;
+        if t == Path::new("/") {
+            return Err(format!("{what}: the destination cannot be the root"));
+        }
+        for kernel in ["/proc", "/dev"] {
+            if t.starts_with(kernel) {
+                return Err(format!(
+                    "{what}: the destination cannot be under {kernel} (mounted by the sandbox)"
+                ));
+            }
+        }
+        let ws = &self.workspace.mount_at;
+        if t.starts_with(ws) || ws.starts_with(t) {
+            return Err(format!(
+                "{what}: the destination must not be inside (or contain) the workspace {}",
+                ws.display()
+            ));
+        }
+        if b.source.starts_with(&self.workspace.state) {
+            return Err(format!(
+                "{what}: the source is inside the session's own state dir"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `p` lies on one of the container's own writable tmpfs (where a bind
+    /// destination can be created).
+    fn on_own_tmpfs(&self, p: &Path) -> bool {
+        self.tmpfs.iter().any(|t| p.starts_with(t) && p != t)
+    }
+
+    /// The Landlock configuration the agent (and every exec) gets: the plan's rules plus
+    /// read + execute beneath each read-only bind's destination (the mount itself is
+    /// read-only, so nothing more is ever possible there).
+    pub fn effective_landlock(&self) -> Landlock {
+        let mut l = self.landlock.clone();
+        l.rules.extend(self.bind_ro.iter().map(|b| LandlockRule {
+            path: b.target.clone(),
+            access: FsAccess::ReadExec,
+            optional: false,
+        }));
+        l
     }
 
     /// The ordered mount steps the container init performs (before pivot_root all paths
@@ -314,7 +404,8 @@ impl SessionPlan {
     ///    the agent's home and the workspace mount point are created inside them);
     /// 4. hide host paths (other sessions' state) with empty read-only tmpfs (masks);
     /// 5. the overlay workspace: its lower dir is named by its host path, which still
-    ///    resolves because the old root is not gone yet;
+    ///    resolves because the old root is not gone yet; then the read-only binds (their
+    ///    sources are host paths too);
     /// 6. a fresh procfs for the new pid namespace, then the minimal /dev;
     /// 7. OCI masked and read-only paths: after proc and /dev, which they live on;
     /// 8. pivot_root and detach the old root.
@@ -370,6 +461,13 @@ impl SessionPlan {
             work: self.work_dir(),
             target: ws,
         });
+        for b in &self.bind_ro {
+            steps.push(Step::BindRo {
+                source: b.source.clone(),
+                target: inside(&b.target),
+                create: self.on_own_tmpfs(&b.target),
+            });
+        }
         steps.push(Step::Proc {
             target: inside(Path::new("/proc")),
         });
@@ -486,6 +584,17 @@ pub enum Step {
         /// File inside.
         target: PathBuf,
     },
+    /// Bind a host file or directory (recursively) read-only, nosuid, nodev. With `create`
+    /// the destination (a file or directory like the source) and its parents are made
+    /// first; otherwise it must exist.
+    BindRo {
+        /// Host path.
+        source: PathBuf,
+        /// Destination (pre-pivot path).
+        target: PathBuf,
+        /// Create the destination (it is on the container's own tmpfs).
+        create: bool,
+    },
     /// `ln -s to link`.
     Symlink {
         /// Link contents.
@@ -561,6 +670,17 @@ impl fmt::Display for Step {
             Step::BindFile { source, target } => {
                 write!(f, "bind-file {} {}", source.display(), target.display())
             }
+            Step::BindRo {
+                source,
+                target,
+                create,
+            } => {
+                write!(f, "bind-ro {} {}", source.display(), target.display())?;
+                if *create {
+                    write!(f, " create")?;
+                }
+                Ok(())
+            }
             Step::Symlink { to, link } => {
                 write!(f, "symlink {} -> {}", link.display(), to.display())
             }
@@ -619,6 +739,80 @@ mod tests {
         p.rlimits
             .insert("bogus".into(), Rlimit { soft: 1, hard: 1 });
         assert!(p.validate().unwrap_err().contains("bogus"));
+    }
+
+    fn with_bind(source: &str, target: &str) -> SessionPlan {
+        let mut p = plan();
+        p.bind_ro.push(BindRo {
+            source: PathBuf::from(source),
+            target: PathBuf::from(target),
+        });
+        p
+    }
+
+    #[test]
+    fn read_only_binds_are_validated() {
+        with_bind("/usr/lib/agentd/shim", "/run/agentd/bin/shim")
+            .validate()
+            .unwrap();
+        with_bind("/opt/tools", "/opt/tools").validate().unwrap();
+        for (src, dst, why) in [
+            ("usr/x", "/run/x", "not absolute"),
+            ("/usr/x", "run/x", "not absolute"),
+            ("/usr/x", "/run/../etc/x", "`..`"),
+            ("/usr/x", "/", "root"),
+            ("/usr/x", "/proc/x", "/proc"),
+            ("/usr/x", "/dev/x", "/dev"),
+            ("/usr/x", "/srv/repo/bin/x", "workspace"),
+            ("/usr/x", "/srv", "workspace"),
+            ("/var/lib/agentd/s1/upper", "/run/x", "state dir"),
+        ] {
+            let err = with_bind(src, dst).validate().unwrap_err();
+            assert!(err.contains(why), "{src}:{dst}: {err}");
+            assert!(err.contains(&format!("{src}:{dst}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn read_only_binds_follow_the_overlay_and_create_only_on_own_tmpfs() {
+        let mut p = with_bind("/usr/lib/agentd/shim", "/run/agentd/bin/shim");
+        p.bind_ro.push(BindRo {
+            source: PathBuf::from("/opt/tools"),
+            target: PathBuf::from("/opt/tools"),
+        });
+        let got: Vec<String> = p.mount_steps().iter().map(|s| s.to_string()).collect();
+        let r = "/var/lib/agentd/s1/rootfs";
+        let overlay = got.iter().position(|s| s.starts_with("overlay")).unwrap();
+        assert_eq!(
+            got[overlay + 1],
+            format!("bind-ro /usr/lib/agentd/shim {r}/run/agentd/bin/shim create")
+        );
+        assert_eq!(
+            got[overlay + 2],
+            format!("bind-ro /opt/tools {r}/opt/tools")
+        );
+        assert!(got[overlay + 3].starts_with("proc "));
+        let l = p.effective_landlock();
+        assert_eq!(l.rules.len(), p.landlock.rules.len() + 2);
+        assert!(
+            l.rules
+                .iter()
+                .any(|r| r.path == Path::new("/run/agentd/bin/shim")
+                    && r.access == FsAccess::ReadExec
+                    && !r.optional)
+        );
+    }
+
+    #[test]
+    fn a_plan_without_binds_still_parses() {
+        let mut v = serde_json::to_value(plan()).unwrap();
+        v.as_object_mut().unwrap().remove("bind_ro");
+        assert!(
+            serde_json::from_value::<SessionPlan>(v)
+                .unwrap()
+                .bind_ro
+                .is_empty()
+        );
     }
 
     #[test]

@@ -808,3 +808,109 @@ fn sandbox_teardown_on_sigterm_reaches_the_agent() {
     assert!(!f.state.exists());
     assert!(mounts_mentioning(&f.root).is_empty());
 }
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_bind_ro_puts_a_host_file_inside_read_only_and_executable() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    // A stand-in for the daemon's tool-call shim (under /tmp, invisible in the session's
+    // own /tmp without the bind) and a tools directory for the agent's home.
+    let shim = f.root.join("agentd-shim");
+    fs::write(&shim, "#!/bin/sh\necho shim-ran \"$@\"\n").unwrap();
+    fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+    let tools = f.root.join("tools");
+    fs::create_dir(&tools).unwrap();
+    fs::write(tools.join("t.txt"), "tool data\n").unwrap();
+    let shim_before = fs::read(&shim).unwrap();
+    let (code, out, _) = run_in(
+        &f,
+        &[
+            "--bind-ro",
+            &format!("{}:/run/agentd/bin/agentd-shim", shim.display()),
+            "--bind-ro",
+            &format!("{}:/home/agent/tools", tools.display()),
+        ],
+        "/run/agentd/bin/agentd-shim a b; \
+         cat /home/agent/tools/t.txt; \
+         if echo x >> /run/agentd/bin/agentd-shim; then echo WROTE-FILE; fi; \
+         if echo x > /home/agent/tools/new; then echo WROTE-DIR; fi; \
+         if rm -f /run/agentd/bin/agentd-shim; then echo REMOVED; fi; \
+         if mv /home/agent/tools /home/agent/moved; then echo MOVED; fi; \
+         grep -E ' /run/agentd/bin/agentd-shim | /home/agent/tools ' /proc/self/mountinfo | cut -d' ' -f5,6; \
+         ls -ld /run/agentd/bin | cut -c1-10; echo finished",
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("shim-ran a b\n"), "{out}");
+    assert!(out.contains("tool data\n"), "{out}");
+    for bad in ["WROTE-FILE", "WROTE-DIR", "REMOVED", "MOVED"] {
+        assert!(!out.contains(bad), "{bad}: {out}");
+    }
+    // Both binds read-only, nosuid, nodev.
+    let opts: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("/run/agentd") || l.starts_with("/home/agent/tools"))
+        .collect();
+    assert_eq!(opts.len(), 2, "{out}");
+    for l in opts {
+        for o in ["ro", "nosuid", "nodev"] {
+            assert!(l.split([' ', ',']).any(|w| w == o), "{o} missing: {l}");
+        }
+    }
+    assert!(out.contains("finished"));
+    assert_eq!(
+        fs::read(&shim).unwrap(),
+        shim_before,
+        "the host file changed"
+    );
+    assert_eq!(
+        fs::read_dir(&tools).unwrap().count(),
+        1,
+        "the host dir changed"
+    );
+    assert!(!f.state.exists(), "state left behind");
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn sandbox_bind_ro_refuses_bad_sources_and_destinations_clearly() {
+    let _vm = agentd_tests::vm::enter();
+    let f = fixture();
+    let fifo = f.root.join("fifo");
+    let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let file = f.root.join("file");
+    fs::write(&file, "x").unwrap();
+    let cases = [
+        (
+            format!("{}/missing:/run/x", f.root.display()),
+            "No such file or directory".to_owned(),
+        ),
+        (
+            format!("{}:/run/x", fifo.display()),
+            "not a regular file or directory".to_owned(),
+        ),
+        (
+            format!("{}:{}/inside", file.display(), f.repo.display()),
+            "inside (or contain) the workspace".to_owned(),
+        ),
+        (
+            format!("{}:run/x", file.display()),
+            "is not absolute".to_owned(),
+        ),
+        (
+            format!("{}:/opt/agentd-no-such-dir/x", file.display()),
+            "does not exist in the read-only root".to_owned(),
+        ),
+        (file.display().to_string(), "HOST:CONTAINER".to_owned()),
+    ];
+    for (spec, want) in cases {
+        let (code, out, err) = run_in(&f, &["--bind-ro", &spec], "echo RAN");
+        assert_eq!(code, 125, "{spec}");
+        assert!(!out.contains("RAN"), "{spec}: {out}");
+        assert!(err.contains(&want), "{spec}: want {want:?} in {err}");
+        assert!(!f.state.exists(), "{spec}: state left behind");
+        assert!(mounts_mentioning(&f.state).is_empty(), "{spec}");
+    }
+}

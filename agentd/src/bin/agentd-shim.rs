@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
 use agentd::server::shim::{ShimAnswer, ShimCall, ShimExit};
 
@@ -61,6 +62,30 @@ fn ask(socket: &str, cmd: &str) -> Result<ShimAnswer, String> {
     serde_json::from_slice(&body).map_err(|e| e.to_string())
 }
 
+/// How long the shim keeps trying to report an exit status while the daemon restarts.
+const REPORT_RETRY: Duration = Duration::from_secs(60);
+
+/// Posts the exit status; while the daemon is restarting (socket gone or refusing) retries
+/// for up to [`REPORT_RETRY`]: the shim is still in the call's cgroup, so the next daemon
+/// (which re-adopts the session and rebinds this socket) waits for it and records the status.
+fn report_exit(socket: &str, n: u64, body: &[u8]) -> Result<(), String> {
+    let path = format!("/v1/shim/calls/{n}/exit");
+    let start = Instant::now();
+    loop {
+        match post(socket, &path, body) {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, b)) => {
+                return Err(format!(
+                    "daemon refused ({status}): {}",
+                    String::from_utf8_lossy(&b)
+                ));
+            }
+            Err(e) if start.elapsed() >= REPORT_RETRY => return Err(e.to_string()),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let shell = real_shell();
@@ -96,7 +121,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     if let Some(n) = n
         && let Ok(body) = serde_json::to_vec(&ShimExit { code })
-        && let Err(e) = post(&socket, &format!("/v1/shim/calls/{n}/exit"), &body)
+        && let Err(e) = report_exit(&socket, n, &body)
     {
         eprintln!("agentd-shim: reporting the exit status of call {n}: {e}");
     }

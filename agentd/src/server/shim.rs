@@ -206,6 +206,9 @@ async fn shim_exit(
     Ok(Json(req))
 }
 
+/// Where the shim binary is bound (read-only) in every container: the agent's `$SHELL`.
+pub const SHIM_IN_CONTAINER: &str = "/run/agentd/bin/agentd-shim";
+
 /// The shim socket's path as the agent sees it (`$AGENTD_SHIM_SOCKET`).
 pub const SOCKET_IN_CONTAINER: &str = "/run/agentd-shim.sock";
 

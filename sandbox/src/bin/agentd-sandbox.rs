@@ -40,6 +40,10 @@ struct SessionArgs {
     /// Allow io_uring in the seccomp filter.
     #[arg(long)]
     allow_io_uring: bool,
+    /// Bind a host file or directory read-only (nosuid, nodev) into the container at
+    /// CONTAINER (created when under /tmp, /run or /home); repeatable.
+    #[arg(long = "bind-ro", value_name = "HOST:CONTAINER")]
+    bind_ro: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +119,24 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
     }
 }
 
+/// `HOST:CONTAINER`; the host side is made absolute and its symlinks resolved (a missing
+/// source is an error here, naming it).
+fn parse_bind(spec: &str) -> Result<agentd_sandbox::plan::BindRo, String> {
+    let (host, inside) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("--bind-ro {spec:?}: expected HOST:CONTAINER"))?;
+    if host.is_empty() || inside.is_empty() {
+        return Err(format!("--bind-ro {spec:?}: expected HOST:CONTAINER"));
+    }
+    let source = Path::new(host)
+        .canonicalize()
+        .map_err(|e| format!("--bind-ro {spec:?}: source {host}: {e}"))?;
+    Ok(agentd_sandbox::plan::BindRo {
+        source,
+        target: PathBuf::from(inside),
+    })
+}
+
 fn build_plan(a: &SessionArgs) -> Result<SessionPlan, String> {
     let repo = a
         .workspace
@@ -127,6 +149,9 @@ fn build_plan(a: &SessionArgs) -> Result<SessionPlan, String> {
     };
     let mut plan = SessionPlan::new(&repo, &state, parse_size(&a.disk_size)?, owner, a.root_uid);
     plan.namespaces.net = !a.host_net;
+    for spec in &a.bind_ro {
+        plan.bind_ro.push(parse_bind(spec)?);
+    }
     plan.seccomp.allow_io_uring = a.allow_io_uring;
     for name in agentd_sandbox::plan::ENV_PASSTHROUGH {
         if let Ok(v) = std::env::var(name) {
