@@ -367,6 +367,8 @@ fn daemon_kill_9_while_a_shim_call_runs_keeps_its_exit_status() {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
+    // The agent's output (the shim's complaints, if any) for the log.
+    d.run(&["logs", &id]);
     assert_eq!(c["state"], "exited", "{c}");
     // The shim reported its status to the new daemon.
     assert_eq!(c["exit_code"], 7, "{c}");
