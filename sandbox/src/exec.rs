@@ -27,6 +27,10 @@ pub struct SessionRecord {
     pub plan: SessionPlan,
     /// The init's pid in the runtime's pid namespace.
     pub init_pid: i32,
+    /// What Landlock enforces in this session (the kernel's ABI, the handled rights, the
+    /// optional rights it cannot enforce).
+    #[serde(default)]
+    pub landlock: Option<crate::fsrules::Enforcement>,
 }
 
 /// File name of the record in the state dir.
@@ -343,15 +347,12 @@ pub fn exec(state: &Path, argv: &[String], cgroup: Option<&Path>) -> Result<i32,
         [None, None, None],
     )?;
     drop(cg);
-    crate::container::wait(&crate::container::Container {
-        pid: child.pid,
-        pidfd: child.pidfd,
-    })
+    crate::container::wait_pid(child.pid)
 }
 
 /// Like [`exec`], with the command on a pty ([`spawn_pty`]): relays this process's stdin to
-/// the pty and the pty's output to stdout until the command exits. The caller's terminal
-/// (if any) is not switched to raw mode.
+/// the pty and the pty's output to stdout until the command exits. A terminal on stdin is
+/// in raw mode meanwhile and restored afterwards; its window size is the pty's.
 pub fn exec_pty(state: &Path, argv: &[String], cgroup: Option<&Path>) -> Result<i32, Error> {
     let cg = match cgroup {
         Some(p) => Some(
