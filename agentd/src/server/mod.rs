@@ -7,6 +7,7 @@
 
 pub mod adopt;
 pub mod calls;
+mod errors;
 pub mod sessions;
 pub mod shim;
 pub mod systemd;
@@ -221,6 +222,7 @@ pub fn router(state: State) -> Router {
             get(calls::list).post(calls::create),
         )
         .with_state(state)
+        .layer(axum::middleware::map_response(errors::json_errors))
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
