@@ -12,17 +12,16 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
+mod daemon_common;
+use daemon_common::{Daemon, USER};
+
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
-/// The uid that owns the test repo; it is not the session's owner, so it gets 403.
-const OTHER_UID: u32 = 1000;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -130,8 +129,13 @@ fn api_document_is_well_formed() {
             "{method} {path}: no 2xx"
         );
         for (code, r) in responses {
-            let schema = &resolve(&doc, r)["content"]["application/json"]["schema"];
-            assert!(schema.is_object(), "{method} {path} {code}: no JSON schema");
+            let content = resolve(&doc, r)["content"].as_object();
+            assert!(
+                content.is_some_and(|c| !c.is_empty()
+                    && c.values().all(|t| t["schema"].is_object())
+                    && c.keys().all(|k| k == "application/json" || k == NDJSON)),
+                "{method} {path} {code}: every answer is JSON or NDJSON, with a schema"
+            );
         }
         if path.contains("{id}") {
             let params = doc["paths"][&path]["parameters"].as_array();
@@ -172,89 +176,49 @@ fn validator(doc: &Value, schema: &Value) -> jsonschema::Validator {
     jsonschema::draft202012::new(&root).unwrap_or_else(|e| panic!("invalid schema {schema}: {e}"))
 }
 
-/// One answer of the daemon.
+/// One answer of the daemon; an NDJSON body is an array of its lines.
 struct Answer {
     status: u16,
+    ctype: String,
     body: Value,
 }
 
-/// A daemon on a temp socket, state dir and cgroup root, for the conformance test.
-struct Daemon {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    repo: PathBuf,
-    socket: PathBuf,
-    cgroup_root: PathBuf,
-    child: Child,
+/// The content type of streamed answers (one JSON object per line).
+const NDJSON: &str = "application/x-ndjson";
+
+/// The conformance client: the shared test daemon, the document, what has been exercised.
+struct Api {
+    d: Daemon,
     doc: Value,
     /// `operationId`s answered with a documented 2xx so far.
     exercised: BTreeSet<String>,
 }
 
-impl Daemon {
-    fn start() -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("agentd-api-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let root = dir.path().to_path_buf();
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
-        let repo = root.join("repo");
-        fs::create_dir(&repo).unwrap();
-        fs::write(repo.join("README"), "sample repo\n").unwrap();
-        std::os::unix::fs::chown(&repo, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
-        std::os::unix::fs::chown(repo.join("README"), Some(OTHER_UID), Some(OTHER_UID)).unwrap();
-        let socket = root.join("agentd.sock");
-        let cgroup_root =
-            PathBuf::from(format!("/sys/fs/cgroup/agentd-api-{}", std::process::id()));
-        let child = Command::new(agentd_tests::project_binary("agentd"))
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--socket-mode", "0666"])
-            .arg("--state-dir")
-            .arg(root.join("state"))
-            .arg("--cgroup-root")
-            .arg(&cgroup_root)
-            .arg("--host-policy")
-            .arg(root.join("no-host-policy.toml"))
-            .arg("--sandbox-bin")
-            .arg(agentd_tests::project_binary("agentd-sandbox"))
-            .arg("--shim-bin")
-            .arg(agentd_tests::project_binary("agentd-shim"))
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            _dir: dir,
-            root,
-            repo,
-            socket,
-            cgroup_root,
-            child,
+impl Api {
+    fn start() -> Api {
+        Api {
+            d: Daemon::start(),
             doc: document(),
             exercised: BTreeSet::new(),
-        };
-        let t = Instant::now();
-        while d.raw(None, "GET", "/health", None).status != 200 {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "daemon did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(200));
         }
-        d
     }
 
-    /// Sends a request through curl (as `uid` when given) and returns the answer.
-    fn raw(&self, uid: Option<u32>, method: &str, path: &str, body: Option<&str>) -> Answer {
+    /// Sends a request through curl (as `uid` when given); `body` is `(content type, bytes)`.
+    fn raw(
+        &self,
+        uid: Option<u32>,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &str)>,
+    ) -> Answer {
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--max-time", "120", "-X", method, "--unix-socket"])
-            .arg(&self.socket)
-            .args(["-w", "\n%{http_code}"]);
-        if body.is_some() {
+            .arg(&self.d.socket)
+            .args(["-w", "\n%{http_code} %{content_type}"]);
+        if let Some((ctype, _)) = body {
             cmd.args([
                 "-H",
-                "content-type: application/json",
+                &format!("content-type: {ctype}"),
                 "--data-binary",
                 "@-",
             ]);
@@ -268,27 +232,46 @@ impl Daemon {
         }
         let mut child = cmd.spawn().expect("curl (installed by cargo xtask deps)");
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(body.unwrap_or("").as_bytes()).unwrap();
+        stdin
+            .write_all(body.map_or("", |b| b.1).as_bytes())
+            .unwrap();
         drop(stdin);
         let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let (body, trailer) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let (code, ctype) = trailer.split_once(' ').unwrap_or((trailer, ""));
         let status = code.trim().parse().unwrap_or(0);
-        let body = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
-        Answer { status, body }
+        let ctype = ctype.split(';').next().unwrap_or("").trim().to_string();
+        let body = if ctype == NDJSON {
+            Value::Array(
+                body.lines()
+                    .map(|l| serde_json::from_str(l).unwrap_or(Value::String(l.to_string())))
+                    .collect(),
+            )
+        } else {
+            serde_json::from_str(body).unwrap_or(Value::String(body.to_string()))
+        };
+        Answer {
+            status,
+            ctype,
+            body,
+        }
     }
 
-    /// Sends a documented operation and checks the answer against the document: its status
-    /// must be listed for `(template, method)`, and its body must match that status's schema.
+    /// Sends a documented operation (`template` with `{id}`, plus `query`) and checks the
+    /// answer against the document: its status must be listed for the operation, and its
+    /// body must match that status's schema for the answer's content type (for NDJSON, every
+    /// line must match).
     fn call(
         &mut self,
         uid: Option<u32>,
         method: &str,
         template: &str,
         id: &str,
-        body: Option<&str>,
+        query: &str,
+        body: Option<(&str, &str)>,
     ) -> Answer {
-        let path = template.replace("{id}", id);
+        let path = format!("{}{query}", template.replace("{id}", id));
         let a = self.raw(uid, method, &path, body);
         let m = method.to_ascii_lowercase();
         let op = self.doc["paths"][template][&m].clone();
@@ -299,41 +282,54 @@ impl Daemon {
                 a.status, a.body
             )
         };
-        let schema = resolve(&self.doc, response)["content"]["application/json"]["schema"].clone();
+        let content = &resolve(&self.doc, response)["content"];
+        let Some(schema) = content.get(&a.ctype).map(|c| c["schema"].clone()) else {
+            panic!(
+                "{method} {path}: content type {:?} is not documented for {}",
+                a.ctype, a.status
+            )
+        };
         let v = validator(&self.doc, &schema);
-        let errors: Vec<String> = v
-            .iter_errors(&a.body)
-            .map(|e| format!("{} at {}", e, e.instance_path()))
-            .collect();
-        assert!(
-            errors.is_empty(),
-            "{method} {path} answered {} with a body that does not match docs/api.yaml: \
-             {errors:?}\nbody: {}",
-            a.status,
-            a.body
-        );
+        let items: Vec<&Value> = match (&a.body, a.ctype.as_str()) {
+            (Value::Array(lines), NDJSON) => lines.iter().collect(),
+            (b, _) => vec![b],
+        };
+        for item in items {
+            let errors: Vec<String> = v
+                .iter_errors(item)
+                .map(|e| format!("{} at {}", e, e.instance_path()))
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{method} {path} answered {} with a body that does not match docs/api.yaml: \
+                 {errors:?}\nbody: {item}",
+                a.status
+            );
+        }
         if (200..300).contains(&a.status) {
             self.exercised
                 .insert(op["operationId"].as_str().unwrap().to_string());
         }
         a
     }
-}
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = fs::write(self.cgroup_root.join("cgroup.kill"), "1");
-        let sessions = self.root.join("state/sessions");
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(30)
-            && fs::read_dir(&sessions).is_ok_and(|mut r| r.next().is_some())
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        remove_tree(&self.cgroup_root);
+    /// [`Api::call`] with a JSON body or none.
+    fn json(
+        &mut self,
+        uid: Option<u32>,
+        method: &str,
+        template: &str,
+        id: &str,
+        body: Option<&str>,
+    ) -> Answer {
+        self.call(
+            uid,
+            method,
+            template,
+            id,
+            "",
+            body.map(|b| ("application/json", b)),
+        )
     }
 }
 
@@ -342,29 +338,27 @@ fn lists(sessions: &Value, id: &str) -> bool {
     sessions.as_array().unwrap().iter().any(|s| s["id"] == id)
 }
 
-/// Removes a cgroup directory tree, children first.
-fn remove_tree(p: &Path) {
-    if let Ok(entries) = fs::read_dir(p) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_tree(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(p);
+/// The text of a stream's `stdout` (or `stderr`) events, and its last event.
+fn streamed<'a>(a: &'a Answer, which: &str) -> (String, &'a Value) {
+    let lines = a
+        .body
+        .as_array()
+        .unwrap_or_else(|| panic!("not a stream: {}", a.body));
+    let text = lines.iter().filter_map(|l| l[which].as_str()).collect();
+    (text, lines.last().unwrap())
 }
 
 #[test]
 #[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
 fn api_every_documented_operation_answers_as_documented() {
     let _vm = agentd_tests::vm::enter();
-    let mut d = Daemon::start();
-    let repo = d.repo.to_str().unwrap().to_string();
+    let mut api = Api::start();
+    let repo = api.d.repo.to_str().unwrap().to_string();
 
-    let h = d.call(None, "GET", "/health", "", None);
+    let h = api.json(None, "GET", "/health", "", None);
     assert_eq!(h.body["caller_uid"], 0);
-    let h = d.call(Some(OTHER_UID), "GET", "/health", "", None);
-    assert_eq!(h.body["caller_uid"], OTHER_UID);
+    let h = api.json(Some(USER), "GET", "/health", "", None);
+    assert_eq!(h.body["caller_uid"], USER);
 
     // Bad input is a 400 with a reason, whatever is wrong with it.
     for bad in [
@@ -373,14 +367,27 @@ fn api_every_documented_operation_answers_as_documented() {
         r#"{"workspace": "/nonexistent-agentd-api", "argv": ["true"]}"#,
         r#"{"workspace": "relative", "argv": ["true"]}"#,
     ] {
-        let a = d.call(None, "POST", "/sessions", "", Some(bad));
+        let a = api.json(None, "POST", "/sessions", "", Some(bad));
         assert_eq!(a.status, 400, "POST /sessions {bad}: {}", a.body);
     }
+    let a = api.call(
+        None,
+        "POST",
+        "/sessions",
+        "",
+        "",
+        Some(("text/plain", "{}")),
+    );
+    assert_eq!(
+        a.status, 400,
+        "a body that is not declared JSON: {}",
+        a.body
+    );
     let bad_policy = json!({
         "workspace": repo, "argv": ["true"],
         "policy": {"name": ".agentd/policy.toml", "text": "version = 1\n[resources]\nmemroy = \"1G\"\n"}
     });
-    let a = d.call(None, "POST", "/sessions", "", Some(&bad_policy.to_string()));
+    let a = api.json(None, "POST", "/sessions", "", Some(&bad_policy.to_string()));
     assert_eq!(a.status, 400);
     assert!(
         a.body["error"]
@@ -392,43 +399,44 @@ fn api_every_documented_operation_answers_as_documented() {
     );
 
     let create = json!({"workspace": repo, "argv": ["sleep", "600"]});
-    let s = d.call(None, "POST", "/sessions", "", Some(&create.to_string()));
+    let s = api.json(None, "POST", "/sessions", "", Some(&create.to_string()));
     assert_eq!(s.status, 200, "{}", s.body);
     assert_eq!(s.body["state"], "running");
     let id = s.body["id"].as_str().unwrap().to_string();
 
-    let l = d.call(None, "GET", "/sessions", "", None);
+    let l = api.json(None, "GET", "/sessions", "", None);
     assert!(lists(&l.body, &id));
-    let l = d.call(Some(OTHER_UID), "GET", "/sessions", "", None);
+    let l = api.json(Some(USER), "GET", "/sessions", "", None);
     assert!(!lists(&l.body, &id));
-    d.call(None, "GET", "/sessions/{id}", &id, None);
-    let nf = d.call(None, "GET", "/sessions/{id}", "no-such-session", None);
+    api.json(None, "GET", "/sessions/{id}", &id, None);
+    let nf = api.json(None, "GET", "/sessions/{id}", "no-such-session", None);
     assert_eq!(nf.status, 404);
     for (method, template) in [
         ("GET", "/sessions/{id}"),
         ("GET", "/sessions/{id}/logs"),
         ("GET", "/sessions/{id}/calls"),
+        ("GET", "/sessions/{id}/stats"),
         ("POST", "/sessions/{id}/kill"),
+        ("POST", "/sessions/{id}/wait"),
         ("DELETE", "/sessions/{id}"),
     ] {
-        let a = d.call(Some(OTHER_UID), method, template, &id, None);
+        let a = api.json(Some(USER), method, template, &id, None);
         assert_eq!(
             a.status, 403,
-            "{method} {template} as uid {OTHER_UID}: {}",
+            "{method} {template} as uid {USER}: {}",
             a.body
         );
     }
-    let a = d.call(
-        Some(OTHER_UID),
-        "POST",
-        "/sessions/{id}/calls",
-        &id,
-        Some(r#"{"argv":["true"]}"#),
-    );
-    assert_eq!(a.status, 403);
+    for (template, body) in [
+        ("/sessions/{id}/calls", r#"{"argv":["true"]}"#),
+        ("/sessions/{id}/stdin", "x"),
+    ] {
+        let a = api.json(Some(USER), "POST", template, &id, Some(body));
+        assert_eq!(a.status, 403, "POST {template} as uid {USER}: {}", a.body);
+    }
 
     let call = json!({"argv": ["sh", "-c", "echo out; echo err >&2; exit 3"], "intent": {"memory": "64M"}});
-    let c = d.call(
+    let c = api.json(
         None,
         "POST",
         "/sessions/{id}/calls",
@@ -442,22 +450,80 @@ fn api_every_documented_operation_answers_as_documented() {
     );
     assert_eq!(c.body["limits"]["memory"], 64 << 20);
     assert!(c.body["report"]["stats"]["cpu"]["usage_usec"].is_u64());
+    let call = json!({"argv": ["sh", "-c", "echo a; echo b >&2"]}).to_string();
+    let c = api.call(
+        None,
+        "POST",
+        "/sessions/{id}/calls",
+        &id,
+        "?stream=true",
+        Some(("application/json", &call)),
+    );
+    assert_eq!((c.status, c.ctype.as_str()), (200, NDJSON), "{}", c.body);
+    let (out, last) = streamed(&c, "stdout");
+    assert_eq!(out, "a\n");
+    assert_eq!(last["call"]["exit_code"], 0, "{}", c.body);
     for bad in [
         r#"{"argv": []}"#,
         r#"{"argv": ["true"], "intent": {"memory": "lots"}}"#,
         r#"{"argv": ["true"], "env": {"LD_PRELOAD": "/x.so"}}"#,
         r#"{"argv": "true"}"#,
     ] {
-        let a = d.call(None, "POST", "/sessions/{id}/calls", &id, Some(bad));
+        let a = api.json(None, "POST", "/sessions/{id}/calls", &id, Some(bad));
         assert_eq!(a.status, 400, "POST calls {bad}: {}", a.body);
     }
-    let calls = d.call(None, "GET", "/sessions/{id}/calls", &id, None);
-    assert_eq!(calls.body.as_array().unwrap().len(), 1, "{}", calls.body);
-    d.call(None, "GET", "/sessions/{id}/logs", &id, None);
+    let calls = api.json(None, "GET", "/sessions/{id}/calls", &id, None);
+    assert_eq!(calls.body.as_array().unwrap().len(), 2, "{}", calls.body);
+    api.json(None, "GET", "/sessions/{id}/logs", &id, None);
+    let st = api.json(None, "GET", "/sessions/{id}/stats", &id, None);
+    assert_eq!(st.body["id"], id.as_str());
+    let all = api.json(None, "GET", "/stats", "", None);
+    assert!(lists(&all.body, &id));
+    let all = api.json(Some(USER), "GET", "/stats", "", None);
+    assert!(!lists(&all.body, &id));
 
-    let k = d.call(None, "POST", "/sessions/{id}/kill", &id, None);
+    // A session with a stdin: the body of POST …/stdin is what the agent reads.
+    let create = json!({"workspace": repo, "stdin": true,
+        "argv": ["sh", "-c", "read line; echo got:$line; echo note >&2"]});
+    let s2 = api.json(None, "POST", "/sessions", "", Some(&create.to_string()));
+    assert_eq!(s2.status, 200, "{}", s2.body);
+    let id2 = s2.body["id"].as_str().unwrap().to_string();
+    let a = api.call(
+        None,
+        "POST",
+        "/sessions/{id}/stdin",
+        &id2,
+        "",
+        Some(("application/octet-stream", "hello\n")),
+    );
+    assert_eq!((a.status, &a.body["bytes"]), (200, &json!(6)), "{}", a.body);
+    let f = api.call(
+        None,
+        "GET",
+        "/sessions/{id}/logs",
+        &id2,
+        "?follow=true",
+        None,
+    );
+    let (out, last) = streamed(&f, "stdout");
+    assert_eq!(out, "got:hello\n", "{}", f.body);
+    assert_eq!(last["session"]["state"], "exited", "{}", f.body);
+    assert_eq!(streamed(&f, "stderr").0, "note\n");
+    let a = api.call(
+        None,
+        "POST",
+        "/sessions/{id}/stdin",
+        &id2,
+        "",
+        Some(("application/octet-stream", "more")),
+    );
+    assert_eq!(a.status, 409, "stdin of an exited session: {}", a.body);
+    let a = api.json(None, "GET", "/sessions/{id}/stats", &id2, None);
+    assert_eq!(a.status, 409, "stats of an exited session: {}", a.body);
+
+    let k = api.json(None, "POST", "/sessions/{id}/kill", &id, None);
     assert_eq!(k.body["state"], "killed");
-    let a = d.call(
+    let a = api.json(
         None,
         "POST",
         "/sessions/{id}/calls",
@@ -465,30 +531,30 @@ fn api_every_documented_operation_answers_as_documented() {
         Some(r#"{"argv":["true"]}"#),
     );
     assert_eq!(a.status, 409, "a call into a killed session: {}", a.body);
-    let w = d.call(None, "POST", "/sessions/{id}/wait", &id, None);
+    let w = api.json(None, "POST", "/sessions/{id}/wait", &id, None);
     assert!(w.body["ended_at"].is_u64());
-    d.call(None, "DELETE", "/sessions/{id}", &id, None);
-    let l = d.call(None, "GET", "/sessions", "", None);
+    api.json(None, "DELETE", "/sessions/{id}", &id, None);
+    let l = api.json(None, "GET", "/sessions", "", None);
     assert!(!lists(&l.body, &id));
 
     // Nothing undocumented answers, and even axum's own refusals carry an ErrorBody.
-    let error_body = validator(&d.doc, &json!({"$ref": "#/components/schemas/ErrorBody"}));
+    let error_body = validator(&api.doc, &json!({"$ref": "#/components/schemas/ErrorBody"}));
     for (method, path, status) in [("GET", "/nope", 404), ("PUT", "/sessions", 405)] {
-        let a = d.raw(None, method, path, Some("{}"));
+        let a = api.raw(None, method, path, Some(("application/json", "{}")));
         assert_eq!(a.status, status, "{method} {path}: {}", a.body);
         assert!(error_body.is_valid(&a.body), "{method} {path}: {}", a.body);
     }
 
-    let all: BTreeSet<String> = documented_operations(&d.doc)
+    let all: BTreeSet<String> = documented_operations(&api.doc)
         .iter()
         .map(|(p, m)| {
-            d.doc["paths"][p][m]["operationId"]
+            api.doc["paths"][p][m]["operationId"]
                 .as_str()
                 .unwrap()
                 .to_string()
         })
         .collect();
-    let missed: Vec<_> = all.difference(&d.exercised).collect();
+    let missed: Vec<_> = all.difference(&api.exercised).collect();
     assert!(
         missed.is_empty(),
         "operations this test never saw succeed: {missed:?}"
