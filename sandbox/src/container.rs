@@ -87,6 +87,9 @@ pub struct Container {
     pub pid: Pid,
     /// A pidfd for the init (poll it, or signal it race-free).
     pub pidfd: OwnedFd,
+    /// What Landlock enforces for the agent on this kernel (decided before the clone; the
+    /// agent's confinement applies exactly this or fails).
+    pub landlock: crate::fsrules::Enforcement,
 }
 
 /// The namespace flags for a plan.
@@ -125,6 +128,10 @@ pub fn start(
 ) -> Result<Container, Error> {
     plan.validate().map_err(Error::Plan)?;
     check_bind_sources(plan)?;
+    // Fail closed before any namespace exists: a right the plan requires that this kernel
+    // cannot enforce refuses the session here, with the right and the ABI named.
+    let landlock =
+        crate::fsrules::enforcement(&plan.effective_landlock(), crate::fsrules::kernel_abi()?)?;
     let launch = crate::init::Launch {
         plan: plan.clone(),
         argv: argv.to_vec(),
@@ -200,7 +207,11 @@ pub fn start(
     let pid = Pid::from_raw(ret);
     // SAFETY: CLONE_PIDFD stored a fresh descriptor owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    let container = Container { pid, pidfd };
+    let container = Container {
+        pid,
+        pidfd,
+        landlock,
+    };
     let map = id_map(plan);
     let write_maps = || -> std::io::Result<()> {
         std::fs::write(format!("/proc/{ret}/uid_map"), &map)?;
@@ -314,8 +325,13 @@ fn kill(c: &Container) {
 
 /// Waits for the init; returns a shell-style exit code (128+signal when killed).
 pub fn wait(c: &Container) -> Result<i32, Error> {
+    wait_pid(c.pid)
+}
+
+/// Waits for a child process; returns a shell-style exit code (128+signal when killed).
+pub fn wait_pid(pid: Pid) -> Result<i32, Error> {
     loop {
-        match waitpid(c.pid, None) {
+        match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
             Ok(_) => continue,

@@ -40,6 +40,10 @@ struct SessionArgs {
     /// Allow io_uring in the seccomp filter.
     #[arg(long)]
     allow_io_uring: bool,
+    /// A Landlock right the session requires even though the plan's default marks it
+    /// optional (e.g. `resolve_unix`), or `all`; repeatable.
+    #[arg(long = "landlock-require", value_name = "RIGHT")]
+    landlock_require: Vec<String>,
     /// Bind a host file or directory read-only (nosuid, nodev) into the container at
     /// CONTAINER (created when under /tmp, /run or /home); repeatable.
     #[arg(long = "bind-ro", value_name = "HOST:CONTAINER")]
@@ -149,6 +153,23 @@ fn build_plan(a: &SessionArgs) -> Result<SessionPlan, String> {
     };
     let mut plan = SessionPlan::new(&repo, &state, parse_size(&a.disk_size)?, owner, a.root_uid);
     plan.namespaces.net = !a.host_net;
+    for name in &a.landlock_require {
+        if name == "all" {
+            plan.landlock.optional_rights.clear();
+            continue;
+        }
+        let right = agentd_sandbox::plan::FsRight::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = agentd_sandbox::plan::FsRight::ALL
+                .iter()
+                .map(|r| r.name())
+                .collect();
+            format!(
+                "--landlock-require {name:?}: unknown right (known: all, {})",
+                known.join(", ")
+            )
+        })?;
+        plan.landlock.optional_rights.retain(|r| *r != right);
+    }
     for spec in &a.bind_ro {
         plan.bind_ro.push(parse_bind(spec)?);
     }
@@ -187,10 +208,14 @@ fn start_and_wait(
     cmd: &[String],
 ) -> Result<i32, String> {
     let c = container::start(plan, cmd, cgroup).map_err(|e| e.to_string())?;
+    if let Some(gap) = c.landlock.gap() {
+        eprintln!("agentd-sandbox: warning: {gap}");
+    }
     // For `exec` into this session while it runs.
     agentd_sandbox::exec::write_record(&agentd_sandbox::exec::SessionRecord {
         plan: plan.clone(),
         init_pid: c.pid.as_raw(),
+        landlock: Some(c.landlock.clone()),
     })
     .map_err(|e| e.to_string())?;
     container::wait_forwarding_signals(&c).map_err(|e| e.to_string())
