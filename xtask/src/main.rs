@@ -2,6 +2,7 @@
 //! tests in a QEMU VM on a real Debian kernel, run any command in that VM, run every test.
 
 mod apt;
+mod bench;
 mod build;
 mod deps;
 mod initramfs;
@@ -54,6 +55,19 @@ enum Cmd {
         /// VM settings for both boots.
         #[command(flatten)]
         vm: VmArgs,
+    },
+    /// Run the benchmarks (docs/benchmarks.md) in the VM; print and write the report.
+    Bench {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Small run counts (CI): under 5 minutes including the VM boot.
+        #[arg(long)]
+        quick: bool,
+        /// Measure the debug build instead of the release build.
+        #[arg(long)]
+        dev: bool,
+        /// Only these benchmarks: calls, lifecycle, footprint, replay.
+        names: Vec<String>,
     },
     /// (inside the VM) PID 1: run the payload, reap orphans, report, power off.
     #[command(hide = true)]
@@ -125,6 +139,20 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         }
         Cmd::VmRun { vm, command } => vm_run(&ws, &vm, &command).map(exit_byte),
         Cmd::Test { vm } => test_all(&ws, &vm),
+        Cmd::Bench {
+            vm,
+            quick,
+            dev,
+            names,
+        } => bench::run(
+            &ws,
+            &vm,
+            &bench::BenchArgs {
+                quick,
+                dev,
+                names: &names,
+            },
+        ),
         Cmd::VmInit { .. } => Ok(0),
     }
 }
