@@ -109,7 +109,7 @@ pub fn shim_agent(n: usize, warmup: usize) -> Result<()> {
 
 pub fn run(quick: bool) -> Result<Section> {
     let started = Instant::now();
-    let (n, warmup) = if quick { (20, 2) } else { (200, 5) };
+    let (n, warmup) = if quick { (20, 2) } else { (100, 3) };
     let scratch = Scratch::new("agentd-bench-calls-")?;
     let base = Cgroup::create(
         &format!("agentd-bench-calls-{}", std::process::id()),

@@ -1,5 +1,6 @@
-//! `cargo xtask bench [--quick] [NAME…]`: builds the workspace binaries (release by default:
-//! the figures are for the product, not a debug build), boots the test VM, runs
+//! `cargo xtask bench [--quick] [NAME…]`: builds the workspace binaries (release for a full
+//! run: the figures are for the product; debug for `--quick`, which CI runs after the tests
+//! have built it, unless `--release`), boots the test VM, runs
 //! `agentd-bench suite` there (it needs cgroup v2 with controllers, which the hybrid host
 //! lacks), and leaves `target/bench/report.{md,json}` and the replay plot. A full run of
 //! every benchmark also refreshes the report in `docs/benchmarks.md` (between its markers)

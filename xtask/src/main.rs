@@ -63,9 +63,12 @@ enum Cmd {
         /// Small run counts (CI): under 5 minutes including the VM boot.
         #[arg(long)]
         quick: bool,
-        /// Measure the debug build instead of the release build.
-        #[arg(long)]
+        /// Measure the debug build (default with --quick: CI has it built already).
+        #[arg(long, conflicts_with = "release")]
         dev: bool,
+        /// Measure the release build (default without --quick).
+        #[arg(long)]
+        release: bool,
         /// Only these benchmarks: calls, lifecycle, footprint, replay.
         names: Vec<String>,
     },
@@ -143,16 +146,21 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             vm,
             quick,
             dev,
+            release,
             names,
-        } => bench::run(
-            &ws,
-            &vm,
-            &bench::BenchArgs {
-                quick,
-                dev,
-                names: &names,
-            },
-        ),
+        } => {
+            // --quick measures the debug build CI has already built, unless --release.
+            let dev = dev || (quick && !release);
+            bench::run(
+                &ws,
+                &vm,
+                &bench::BenchArgs {
+                    quick,
+                    dev,
+                    names: &names,
+                },
+            )
+        }
         Cmd::VmInit { .. } => Ok(0),
     }
 }

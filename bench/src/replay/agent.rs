@@ -4,8 +4,10 @@
 //! agentd-shim, so each call gets its own cgroup with the declared intent). `replay-call`
 //! is one tool call: it follows its memory steps and exits at its end. Memory is anonymous
 //! mmap in 1 MiB chunks, every page touched; the time to map and touch each chunk is the
-//! allocation latency. Calls report on stdout (one JSON line) to the agent, which reports
-//! the session on its own stdout.
+//! allocation latency (wall time: it includes waiting for a CPU). Calls report on stdout (one
+//! JSON line) to the agent, which reports the session on its own stdout. A call the recording
+//! shows ended before the next event is waited for, and the rest of the schedule shifts by
+//! the delay: a slow VM stretches the task, it never overlaps calls that did not overlap.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -123,6 +125,8 @@ pub fn call(steps: &str, end_ms: u64) -> Result<()> {
 }
 
 struct Running {
+    /// The call's recorded end.
+    end_ms: u64,
     child: Child,
 }
 
@@ -147,6 +151,11 @@ pub fn run(plan_path: &Path, mode: &str) -> Result<()> {
     evs.sort_by_key(|e| e.0);
 
     let t0 = Instant::now();
+    // How far the replay runs behind the schedule: when the agent had to wait for a call
+    // that the recording shows ended before the next event, later events shift by as much,
+    // so a slow machine stretches the timeline instead of overlapping calls that never
+    // overlapped (which would invent memory peaks the task never had).
+    let mut lag = 0u64;
     let mut held = Held::new();
     let mut running: Vec<Running> = Vec::new();
     let mut out = AgentOut {
@@ -158,8 +167,10 @@ pub fn run(plan_path: &Path, mode: &str) -> Result<()> {
         lat_us: Vec::new(),
     };
     for (t, ev) in &evs {
-        sleep_until(t0, *t);
-        reap(&mut running, &mut out, false)?;
+        sleep_until(t0, *t + lag);
+        wait_ended(&mut running, &mut out, Some(*t))?;
+        let late = elapsed_ms(t0).saturating_sub(*t + lag);
+        lag += late;
         match ev {
             Ev::Mem((_, mib)) => held.set(*mib)?,
             Ev::Call(c) => {
@@ -178,9 +189,12 @@ pub fn run(plan_path: &Path, mode: &str) -> Result<()> {
                             "exec {} replay-call --steps {steps} --end-ms {dur}",
                             me.display()
                         ));
-                        // The recorded peak as the call's declared memory; +16 MiB for the
-                        // shim, the shell and the worker's own pages.
-                        cmd.env("AGENTD_INTENT", format!("memory={}M", c.peak_mib + 16));
+                        // The recorded peak as the call's declared memory, plus the slack
+                        // for the shim, the shell and the worker's own pages.
+                        cmd.env(
+                            "AGENTD_INTENT",
+                            format!("memory={}M", c.peak_mib + super::SLACK_MIB),
+                        );
                         cmd
                     }
                 };
@@ -191,37 +205,41 @@ pub fn run(plan_path: &Path, mode: &str) -> Result<()> {
                     .spawn()
                     .context("starting a tool call")?;
                 out.calls += 1;
-                running.push(Running { child });
+                running.push(Running {
+                    end_ms: c.end_ms,
+                    child,
+                });
             }
         }
     }
-    sleep_until(t0, plan.end_ms);
-    reap(&mut running, &mut out, true)?;
+    sleep_until(t0, plan.end_ms + lag);
+    wait_ended(&mut running, &mut out, None)?;
     out.lat_us.extend_from_slice(&held.lat_us);
     drop(held);
-    out.wall_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+    out.wall_ms = elapsed_ms(t0);
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }
 
-/// Collects finished calls (all of them when `all`).
-fn reap(running: &mut Vec<Running>, out: &mut AgentOut, all: bool) -> Result<()> {
+fn elapsed_ms(t0: Instant) -> u64 {
+    u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Waits for the calls the recording shows ended by `by_ms` (all calls when `None`) and
+/// collects their reports.
+fn wait_ended(running: &mut Vec<Running>, out: &mut AgentOut, by_ms: Option<u64>) -> Result<()> {
     let mut i = 0;
     while i < running.len() {
-        let st = if all {
-            Some(running[i].child.wait()?)
-        } else {
-            running[i].child.try_wait()?
-        };
-        let Some(st) = st else {
+        if by_ms.is_some_and(|t| running[i].end_ms > t) {
             i += 1;
             continue;
-        };
+        }
         let mut r = running.swap_remove(i);
         let mut text = String::new();
         if let Some(mut so) = r.child.stdout.take() {
             let _ = so.read_to_string(&mut text);
         }
+        let st = r.child.wait()?;
         use std::os::unix::process::ExitStatusExt;
         if st.signal() == Some(libc::SIGKILL) || st.code() == Some(137) {
             out.calls_killed += 1;

@@ -35,7 +35,7 @@ use crate::stats;
 /// Seed of every choice (tasks, start offsets): runs are repeatable.
 const SEED: u64 = 7;
 /// Slack on static limits and intents for the worker's own pages, MiB (same in b and c).
-const SLACK_MIB: u32 = 16;
+pub(crate) const SLACK_MIB: u32 = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 enum Arm {
@@ -104,23 +104,23 @@ pub fn run(quick: bool, out: &Path, trace: &Path) -> Result<Section> {
     let cfg = if quick {
         Config {
             scale: Scale {
-                time: 100.0,
+                time: 20.0,
                 memory: 4.0,
             },
-            cap_mib: 512,
-            sessions: vec![6],
-            max_task_s: 300.0,
+            cap_mib: 256,
+            sessions: vec![4],
+            max_task_s: 150.0,
             start_spread_ms: 1000,
         }
     } else {
         Config {
             scale: Scale {
-                time: 50.0,
+                time: 20.0,
                 memory: 4.0,
             },
             cap_mib: 512,
-            sessions: vec![2, 4, 6, 8, 10, 12],
-            max_task_s: 2000.0,
+            sessions: vec![2, 4, 6, 8, 10],
+            max_task_s: 300.0,
             start_spread_ms: 2000,
         }
     };
