@@ -275,10 +275,9 @@ impl Daemon {
             policy: None,
             argv: argv.iter().map(|a| a.to_string()).collect(),
         };
-        Ok(self
-            .rt
+        self.rt
             .block_on(self.client.post("/v1/sessions", &req))
-            .context("POST /v1/sessions")?)
+            .context("POST /v1/sessions")
     }
 
     /// Creates a session with a repo policy text.
@@ -296,10 +295,9 @@ impl Daemon {
             }),
             argv: argv.to_vec(),
         };
-        Ok(self
-            .rt
+        self.rt
             .block_on(self.client.post("/v1/sessions", &req))
-            .context("POST /v1/sessions")?)
+            .context("POST /v1/sessions")
     }
 
     /// One tool call through the API; an error unless it exited 0.
@@ -322,13 +320,12 @@ impl Daemon {
 
     /// Waits for the agent to exit.
     pub fn wait(&self, id: &str) -> Result<SessionInfo> {
-        Ok(self
-            .rt
+        self.rt
             .block_on(
                 self.client
                     .post::<(), SessionInfo>(&format!("/v1/sessions/{id}/wait"), &()),
             )
-            .with_context(|| format!("waiting for session {id}"))?)
+            .with_context(|| format!("waiting for session {id}"))
     }
 
     /// The agent's stdout.

@@ -16,6 +16,8 @@ use crate::report::{Section, Table, Target};
 use crate::stats::{self, Summary, ratio, x};
 
 type Op<'a> = Box<dyn FnMut(usize) -> Result<()> + 'a>;
+/// (name, what, how, samples, why it stopped).
+type Variant<'a> = (&'a str, &'a str, Op<'a>, Vec<Duration>, Option<String>);
 
 /// Waits until the daemon's runtime has removed the session's state dir (teardown done).
 fn wait_gone(p: &Path) -> Result<()> {
@@ -43,7 +45,7 @@ pub fn run(quick: bool) -> Result<Section> {
     let repo = scratch.repo();
     let pid = std::process::id();
 
-    let mut variants: Vec<(&str, &str, Op<'_>, Vec<Duration>, Option<String>)> = vec![
+    let mut variants: Vec<Variant<'_>> = vec![
         (
             "fork_exec",
             "plain fork/exec of `true` (scale)",

@@ -117,8 +117,7 @@ pub fn plan(task: &Task, scale: &Scale) -> Plan {
     let level_at = |t: f64| {
         task.samples
             .iter()
-            .filter(|s| s.0 <= t && !in_call(s.0))
-            .next_back()
+            .rfind(|s| s.0 <= t && !in_call(s.0))
             .map(|s| s.1)
             .unwrap_or(0.0)
     };
