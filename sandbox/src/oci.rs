@@ -459,3 +459,138 @@ pub fn apply_bundle(bundle: &Path, plan: &mut SessionPlan) -> Result<Vec<String>
     }
     Ok(args)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+    use super::*;
+
+    /// A bundle dir with an empty rootfs holding the required mount points.
+    fn bundle(config: &Value) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for m in ROOTFS_DIRS.iter().chain([&WORKSPACE_AT, &"/sys"]) {
+            std::fs::create_dir_all(d.path().join("rootfs").join(m.trim_start_matches('/')))
+                .unwrap();
+        }
+        std::fs::write(d.path().join("config.json"), config.to_string()).unwrap();
+        d
+    }
+
+    fn config() -> Value {
+        serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs", "readonly": true},
+            "process": {
+                "user": {"uid": 1000, "gid": 1000},
+                "args": ["sh", "-c", "true"],
+                "env": ["PATH=/bin", "A=b=c"],
+                "cwd": "/workspace",
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 64, "soft": 32}],
+                "noNewPrivileges": true
+            },
+            "hostname": "h",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["ro"]}
+            ],
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                               {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}],
+                "maskedPaths": ["/etc/secret"]
+            }
+        })
+    }
+
+    fn plan() -> SessionPlan {
+        SessionPlan::new(
+            Path::new("/srv/repo"),
+            Path::new("/var/lib/agentd/s"),
+            64 << 20,
+            1000,
+            100_000,
+        )
+    }
+
+    fn apply(cfg: &Value) -> Result<(SessionPlan, Vec<String>), String> {
+        let d = bundle(cfg);
+        let mut p = plan();
+        let args = apply_bundle(d.path(), &mut p).map_err(|e| e.to_string())?;
+        Ok((p, args))
+    }
+
+    #[test]
+    fn a_plain_config_maps_to_the_plan() {
+        let (p, args) = apply(&config()).unwrap();
+        assert_eq!(args, ["sh", "-c", "true"]);
+        assert!(p.root.as_ref().unwrap().ends_with("rootfs"));
+        assert_eq!(p.workspace.mount_at, Path::new("/workspace"));
+        assert_eq!(p.cwd.as_deref(), Some(Path::new("/workspace")));
+        assert_eq!(p.env.get("A").map(String::as_str), Some("b=c"));
+        assert_eq!(p.rlimits["nofile"], Rlimit { soft: 32, hard: 64 });
+        assert_eq!(p.hostname, "h");
+        assert!(p.masked.contains(&PathBuf::from("/etc/secret")));
+        assert!(
+            p.masked.contains(&PathBuf::from("/proc/kcore")),
+            "OCI defaults kept"
+        );
+        assert_eq!(p.bind_ro[0].target, Path::new("/sys"));
+        assert!(
+            p.landlock
+                .rules
+                .iter()
+                .any(|r| r.path == Path::new("/workspace"))
+        );
+        p.validate().unwrap();
+        let steps: Vec<String> = p.mount_steps().iter().map(|s| s.to_string()).collect();
+        assert!(steps[1].starts_with("rbind /") && steps[1].contains("rootfs /var/lib"));
+    }
+
+    #[test]
+    fn unknown_and_weakening_fields_are_refused_by_name() {
+        for (pointer, value, want) in [
+            ("/extra", serde_json::json!(1), "extra: not supported"),
+            (
+                "/process/user/umask",
+                serde_json::json!(18),
+                "process.user.umask",
+            ),
+            ("/root/readonly", serde_json::json!(false), "root.readonly"),
+            (
+                "/process/user/uid",
+                serde_json::json!(0),
+                "process.user.uid",
+            ),
+            (
+                "/process/terminal",
+                serde_json::json!(true),
+                "process.terminal",
+            ),
+            ("/ociVersion", serde_json::json!("2.0.0"), "ociVersion"),
+            (
+                "/linux/rootfsPropagation",
+                serde_json::json!("shared"),
+                "rootfsPropagation",
+            ),
+        ] {
+            let mut c = config();
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            let t = if parent.is_empty() {
+                &mut c
+            } else {
+                c.pointer_mut(parent).unwrap()
+            };
+            t[key] = value;
+            let err = apply(&c).unwrap_err();
+            assert!(err.contains(want), "{pointer}: {err}");
+            assert!(err.contains("config.json"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_rootfs_without_its_mount_points_is_refused() {
+        let d = bundle(&config());
+        std::fs::remove_dir(d.path().join("rootfs/run")).unwrap();
+        let err = apply_bundle(d.path(), &mut plan()).unwrap_err().to_string();
+        assert!(err.contains("no /run directory"), "{err}");
+    }
+}
