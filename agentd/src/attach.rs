@@ -105,8 +105,15 @@ pub async fn attach(c: &Client, s: &SessionInfo, json: bool) -> Result<u8, Clien
     };
     let end = follow(c, &s.id, json).await;
     killer.abort();
-    let end = end?;
-    Ok(end.and_then(|s| s.exit_code).unwrap_or(125).clamp(0, 255) as u8)
+    let Some(end) = end? else {
+        eprintln!(
+            "agentctl: the daemon's stream ended before session {} did (daemon restarted?); \
+             it may still run: `agentctl logs -f {}`",
+            s.id, s.id
+        );
+        return Ok(125);
+    };
+    Ok(end.exit_code.unwrap_or(125).clamp(0, 255) as u8)
 }
 
 /// `agentctl exec` in text mode: output printed as it comes, then the report.

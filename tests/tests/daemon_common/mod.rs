@@ -205,10 +205,19 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// Starts a detached session running `sleep 600`; returns its id.
+    /// Starts a detached session running `sleep 86400` (outlives any test, however slow the
+    /// machine: 20 x 50 calls took 650 s on a loaded 2-core host); returns its id.
     pub fn session(&self) -> String {
         let repo = self.repo.to_str().unwrap();
-        let out = self.run(&["run", "--detach", "--workspace", repo, "--", "sleep", "600"]);
+        let out = self.run(&[
+            "run",
+            "--detach",
+            "--workspace",
+            repo,
+            "--",
+            "sleep",
+            "86400",
+        ]);
         assert!(out.status.success(), "agentctl run failed");
         let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
         assert!(!id.is_empty());
