@@ -66,6 +66,41 @@ pub struct CreateSession {
     pub policy: Option<PolicySource>,
     /// The agent command.
     pub argv: Vec<String>,
+    /// Give the agent a stdin that `POST /v1/sessions/{id}/stdin` feeds (an attached
+    /// `agentctl run`); otherwise its stdin is empty (/dev/null-like).
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// One line of a streamed answer: `application/x-ndjson`, one JSON object per line,
+/// externally tagged: `{"stdout":"…"}`, `{"stderr":"…"}`, then exactly one final
+/// `{"call":{…}}` (a streamed call), `{"session":{…}}` (a followed session) or
+/// `{"error":"…"}`. Output is text (invalid UTF-8 is replaced; a character split across
+/// reads is kept whole).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamEvent {
+    Stdout(String),
+    Stderr(String),
+    Call(Box<CallInfo>),
+    Session(Box<SessionInfo>),
+    Error(String),
+}
+
+/// `POST /v1/sessions/{id}/stdin`: how many bytes reached the agent's stdin before the
+/// request body ended (then the agent reads end-of-file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StdinDone {
+    pub bytes: u64,
+}
+
+/// `?follow=true` on `GET …/logs`, `?stream=true` on `POST …/calls`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StreamQuery {
+    #[serde(default)]
+    pub follow: bool,
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// Lifecycle of a session.
@@ -125,6 +160,16 @@ pub struct SessionLimits {
     pub pids: u32,
     /// Session timeout, seconds.
     pub timeout_s: u64,
+    /// memory.max of the agent's own leaf (`session-<id>/agent`): the policy's default call
+    /// memory, so what the agent forks without the shim gets no more than a call.
+    #[serde(default)]
+    pub agent_memory: u64,
+    /// cpu.max of the agent leaf, thousandths of a core (at most one CPU).
+    #[serde(default)]
+    pub agent_cpu_millis: u64,
+    /// pids.max of the agent leaf (the policy's default call pids).
+    #[serde(default)]
+    pub agent_pids: u32,
 }
 
 /// A session as listed and inspected.
@@ -305,4 +350,49 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Live usage of one cgroup, read from cgroupfs when asked (`GET …/stats`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// The cgroup's path.
+    pub cgroup: String,
+    /// memory.current, bytes.
+    pub memory_current: Option<u64>,
+    /// memory.peak, bytes (kernels ≥ 5.19).
+    pub memory_peak: Option<u64>,
+    /// cpu.stat usage_usec: CPU time used so far.
+    pub cpu_usage_usec: u64,
+    pub cpu_user_usec: u64,
+    pub cpu_system_usec: u64,
+    /// pids.current.
+    pub pids_current: Option<u64>,
+    /// io.stat, summed over devices.
+    pub io_read_bytes: Option<u64>,
+    pub io_write_bytes: Option<u64>,
+    /// memory.events oom_kill so far.
+    pub oom_kills: u64,
+}
+
+/// A running call's live usage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallStats {
+    pub n: u64,
+    pub argv: Vec<String>,
+    pub usage: Usage,
+}
+
+/// `GET /v1/stats` (every running session the caller may see) and
+/// `GET /v1/sessions/{id}/stats`: a running session's live usage, its agent leaf's and
+/// each running call's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionStats {
+    pub id: String,
+    pub owner_uid: u32,
+    /// The whole session (`session-<id>`: agent and calls).
+    pub usage: Usage,
+    /// The agent's own leaf.
+    pub agent: Usage,
+    /// Calls with a cgroup now, by number.
+    pub calls: Vec<CallStats>,
 }

@@ -9,7 +9,7 @@ use agentd_policy::units::{parse_duration, parse_size};
 use agentd_policy::{CpuClass, DeclaredIntent, LoadOptions, RealFs};
 use serde_json::Value;
 
-use crate::api::{CallInfo, SessionInfo, now};
+use crate::api::{CallInfo, SessionInfo, SessionStats, Usage, now};
 
 /// A bad `--intent` value, naming the part.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +176,63 @@ pub fn call_report(c: &CallInfo) -> String {
         let _ = writeln!(out, "error: {e}");
     }
     out
+}
+
+/// `agentctl stats`: one line per session, its agent leaf and each running call.
+pub fn stats_table(list: &[SessionStats]) -> String {
+    let mut out = format!(
+        "{:<14} {:<10} {:>9} {:>9} {:>10} {:>6} {:>9} {:>9}  {}\n",
+        "SESSION", "WHAT", "MEM", "MEM.PEAK", "CPU.TIME", "PIDS", "IO.READ", "IO.WRITE", "COMMAND"
+    );
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), bytes);
+    let mut line = |id: &str, what: &str, u: &Usage, cmd: &str| {
+        let _ = writeln!(
+            out,
+            "{:<14} {:<10} {:>9} {:>9} {:>10} {:>6} {:>9} {:>9}  {}",
+            id,
+            what,
+            opt(u.memory_current),
+            opt(u.memory_peak),
+            format!("{}ms", u.cpu_usage_usec / 1000),
+            u.pids_current.map_or("-".to_string(), |p| p.to_string()),
+            opt(u.io_read_bytes),
+            opt(u.io_write_bytes),
+            cmd
+        );
+    };
+    for s in list {
+        line(&s.id, "session", &s.usage, "");
+        line(&s.id, "agent", &s.agent, "");
+        for c in &s.calls {
+            line(&s.id, &format!("call {}", c.n), &c.usage, &c.argv.join(" "));
+        }
+    }
+    out
+}
+
+/// `agentctl man DIR` / `agentd man DIR`: one roff page per command and subcommand
+/// (`agentctl.1`, `agentctl-run.1`, …); returns the files written.
+pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut written = Vec::new();
+    let mut todo = vec![(cmd.get_name().to_string(), cmd)];
+    while let Some((name, cmd)) = todo.pop() {
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() != "help" {
+                todo.push((format!("{name}-{}", sub.get_name()), sub.clone()));
+            }
+        }
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .title(name.clone())
+            .render(&mut buf)
+            .map_err(|e| format!("man page {name}: {e}"))?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, buf).map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path);
+    }
+    written.sort();
+    Ok(written)
 }
 
 /// Options of the `policy` commands.

@@ -4,9 +4,11 @@
 //! Modules: [`doctor`] (which mechanisms run in which mode on this host), [`api`] (the
 //! HTTP/JSON types shared by daemon and client), [`journal`] (SQLite), [`server`]
 //! (`agentd serve`: sessions and tool calls), [`client`] (HTTP over the Unix socket),
-//! [`ctl`] (`agentctl`'s commands and their output).
+//! [`ctl`] (`agentctl`'s commands and their output), [`attach`] (its live commands and
+//! the in-process daemon).
 
 pub mod api;
+pub mod attach;
 pub mod client;
 pub mod ctl;
 pub mod doctor;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +50,13 @@ enum Command {
         #[arg(long)]
         shim_bin: Option<PathBuf>,
     },
+    /// Print a shell completion script for agentd.
+    Completions { shell: clap_complete::Shell },
+    /// Write agentd's man pages (one per subcommand) into DIR.
+    Man {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -59,20 +66,6 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{s:?} is not an octal file mode like 0660"))
 }
 
-/// `given`, else `name` next to this binary, else `name` (looked up on PATH).
-fn sibling_bin(given: Option<PathBuf>, name: &str) -> PathBuf {
-    if let Some(p) = given {
-        return p;
-    }
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join(name)));
-    match sibling {
-        Some(p) if p.exists() => p,
-        _ => PathBuf::from(name),
-    }
-}
-
 fn serve(cfg: agentd::server::Config) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,14 +73,14 @@ fn serve(cfg: agentd::server::Config) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("agentd: cannot start the runtime: {e}");
+            agentd::server::log::error(&format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(agentd::server::serve(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agentd: {e}");
+            agentd::server::log::error(&e.to_string());
             ExitCode::FAILURE
         }
     }
@@ -96,6 +89,22 @@ fn serve(cfg: agentd::server::Config) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "agentd", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => match agentd::ctl::write_man_pages(Cli::command(), &dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("agentd: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve {
             socket,
             socket_mode,
@@ -110,8 +119,8 @@ fn main() -> ExitCode {
             state_dir,
             cgroup_root,
             host_policy,
-            sandbox_bin: sibling_bin(sandbox_bin, "agentd-sandbox"),
-            shim_bin: sibling_bin(shim_bin, "agentd-shim"),
+            sandbox_bin: agentd::server::sibling_bin(sandbox_bin, "agentd-sandbox"),
+            shim_bin: agentd::server::sibling_bin(shim_bin, "agentd-shim"),
         }),
         Command::Doctor { json } => {
             let report = agentd::doctor::run(&agentd::doctor::RealHost::new());

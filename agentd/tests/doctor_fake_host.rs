@@ -25,7 +25,7 @@ impl Fake {
         let f = Fake {
             root: tempfile::tempdir().unwrap(),
             namespaces: Ok(()),
-            landlock: Ok(6),
+            landlock: Ok(10),
             clone3: Ok(true),
             lsm_load: Ok(true),
             memcg_ops: false,
@@ -312,17 +312,37 @@ fn bpf_lsm_inactive_or_refused_degrades_with_reason() {
 }
 
 #[test]
-fn missing_capabilities_landlock_psi_clone3_degrade() {
+fn missing_capabilities_psi_clone3_degrade() {
     let mut f = Fake::unified();
     f.write("proc/self/status", "CapEff:\t0000000000000000\n");
-    f.landlock = Err("Operation not supported".into());
     f.clone3 = Ok(false);
     f.remove("proc/pressure/memory");
     let r = doctor::run(&f);
-    for m in ["bpf", "landlock", "clone_into_cgroup", "psi"] {
+    for m in ["bpf", "clone_into_cgroup", "psi"] {
         assert_eq!(status_of(&r, m), Status::Degraded, "{m}");
     }
     assert!(r.ready());
+}
+
+#[test]
+fn landlock_follows_the_sandbox_decision_for_the_default_plan() {
+    // ABI 6 (Linux 6.12): runs without resolve_unix, named.
+    let mut f = Fake::unified();
+    f.landlock = Ok(6);
+    let r = doctor::run(&f);
+    let c = r.check("landlock").unwrap();
+    assert_eq!(c.status, Status::Degraded);
+    assert!(c.detail.contains("resolve_unix (ABI 9)"), "{}", c.detail);
+    assert!(r.ready());
+    // No Landlock: the sandbox refuses a default session, so the doctor blocks.
+    f.landlock = Err("Operation not supported".into());
+    let r = doctor::run(&f);
+    assert_eq!(status_of(&r, "landlock"), Status::Missing);
+    assert!(!r.ready());
+    assert!(
+        r.render()
+            .contains("NOT READY: a default session needs landlock")
+    );
 }
 
 #[test]

@@ -274,6 +274,7 @@ impl Daemon {
             workspace: repo.to_path_buf(),
             policy: None,
             argv: argv.iter().map(|a| a.to_string()).collect(),
+            stdin: false,
         };
         self.rt
             .block_on(self.client.post("/v1/sessions", &req))
@@ -294,6 +295,7 @@ impl Daemon {
                 text: policy.into(),
             }),
             argv: argv.to_vec(),
+            stdin: false,
         };
         self.rt
             .block_on(self.client.post("/v1/sessions", &req))

@@ -87,6 +87,9 @@ pub struct Container {
     pub pid: Pid,
     /// A pidfd for the init (poll it, or signal it race-free).
     pub pidfd: OwnedFd,
+    /// What Landlock enforces for the agent on this kernel (decided before the clone; the
+    /// agent's confinement applies exactly this or fails).
+    pub landlock: crate::fsrules::Enforcement,
 }
 
 /// The namespace flags for a plan.
@@ -124,6 +127,11 @@ pub fn start(
     cgroup: Option<RawFd>,
 ) -> Result<Container, Error> {
     plan.validate().map_err(Error::Plan)?;
+    check_bind_sources(plan)?;
+    // Fail closed before any namespace exists: a right the plan requires that this kernel
+    // cannot enforce refuses the session here, with the right and the ABI named.
+    let landlock =
+        crate::fsrules::enforcement(&plan.effective_landlock(), crate::fsrules::kernel_abi()?)?;
     let launch = crate::init::Launch {
         plan: plan.clone(),
         argv: argv.to_vec(),
@@ -199,7 +207,11 @@ pub fn start(
     let pid = Pid::from_raw(ret);
     // SAFETY: CLONE_PIDFD stored a fresh descriptor owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    let container = Container { pid, pidfd };
+    let container = Container {
+        pid,
+        pidfd,
+        landlock,
+    };
     let map = id_map(plan);
     let write_maps = || -> std::io::Result<()> {
         std::fs::write(format!("/proc/{ret}/uid_map"), &map)?;
@@ -223,6 +235,35 @@ pub fn start(
         return Err(Error::sys("sending the plan", e));
     }
     Ok(container)
+}
+
+/// Each read-only bind's source must be an existing regular file or directory on the host
+/// (checked here, as host root, so the error names the path before any namespace exists; a
+/// symlink is refused rather than followed, so the plan names what is actually bound).
+pub fn check_bind_sources(plan: &SessionPlan) -> Result<(), Error> {
+    for b in &plan.bind_ro {
+        let what = |why: String| {
+            Error::Plan(format!(
+                "read-only bind {}:{}: {why}",
+                b.source.display(),
+                b.target.display()
+            ))
+        };
+        let md = std::fs::symlink_metadata(&b.source)
+            .map_err(|e| what(format!("source {}: {e}", b.source.display())))?;
+        if !(md.is_file() || md.is_dir()) {
+            return Err(what(format!(
+                "source {} is not a regular file or directory ({})",
+                b.source.display(),
+                if md.is_symlink() {
+                    "a symlink: name the path it points to"
+                } else {
+                    "a device, socket or fifo"
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Whether this process has exactly one thread (then a fork child may allocate).
@@ -284,8 +325,13 @@ fn kill(c: &Container) {
 
 /// Waits for the init; returns a shell-style exit code (128+signal when killed).
 pub fn wait(c: &Container) -> Result<i32, Error> {
+    wait_pid(c.pid)
+}
+
+/// Waits for a child process; returns a shell-style exit code (128+signal when killed).
+pub fn wait_pid(pid: Pid) -> Result<i32, Error> {
     loop {
-        match waitpid(c.pid, None) {
+        match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
             Ok(_) => continue,

@@ -27,6 +27,10 @@ pub struct SessionRecord {
     pub plan: SessionPlan,
     /// The init's pid in the runtime's pid namespace.
     pub init_pid: i32,
+    /// What Landlock enforces in this session (the kernel's ABI, the handled rights, the
+    /// optional rights it cannot enforce).
+    #[serde(default)]
+    pub landlock: Option<crate::fsrules::Enforcement>,
 }
 
 /// File name of the record in the state dir.
@@ -170,7 +174,7 @@ fn spawn_inner(
     let confinement = Confinement {
         agent_id: plan.ids.agent_id,
         rlimits: plan.rlimits.clone(),
-        landlock: plan.landlock.clone(),
+        landlock: plan.effective_landlock(),
         seccomp: crate::seccomp::compile(&crate::seccomp::build(&plan.seccomp)?)?,
     };
     let cstr = |s: &str| CString::new(s).map_err(|e| Error::Plan(e.to_string()));
@@ -203,6 +207,11 @@ fn spawn_inner(
         Io::Fds(stdio) => (stdio, None, false),
         Io::Pty => {
             let (master, peer) = open_pty()?;
+            // The command starts with the local terminal's size (later changes follow
+            // through SIGWINCH in the relay).
+            if let Some(ws) = crate::pty::window_size(std::io::stdin().as_fd()) {
+                crate::pty::set_window_size(master.as_fd(), &ws)?;
+            }
             let fds = [
                 Some(peer.try_clone().map_err(|e| Error::sys("dup pty", e))?),
                 Some(peer.try_clone().map_err(|e| Error::sys("dup pty", e))?),
@@ -343,15 +352,12 @@ pub fn exec(state: &Path, argv: &[String], cgroup: Option<&Path>) -> Result<i32,
         [None, None, None],
     )?;
     drop(cg);
-    crate::container::wait(&crate::container::Container {
-        pid: child.pid,
-        pidfd: child.pidfd,
-    })
+    crate::container::wait_pid(child.pid)
 }
 
 /// Like [`exec`], with the command on a pty ([`spawn_pty`]): relays this process's stdin to
-/// the pty and the pty's output to stdout until the command exits. The caller's terminal
-/// (if any) is not switched to raw mode.
+/// the pty and the pty's output to stdout until the command exits. A terminal on stdin is
+/// in raw mode meanwhile and restored afterwards; its window size is the pty's.
 pub fn exec_pty(state: &Path, argv: &[String], cgroup: Option<&Path>) -> Result<i32, Error> {
     let cg = match cgroup {
         Some(p) => Some(
@@ -361,9 +367,12 @@ pub fn exec_pty(state: &Path, argv: &[String], cgroup: Option<&Path>) -> Result<
     };
     let (child, master) = spawn_pty(state, argv, cg.as_ref().map(|f| f.as_fd()))?;
     drop(cg);
-    crate::pty::relay(&master, &child.pidfd)?;
-    crate::container::wait(&crate::container::Container {
-        pid: child.pid,
-        pidfd: child.pidfd,
-    })
+    // The relay puts a local terminal in raw mode and restores it however it ends; if it
+    // fails, the command does not outlive this exec.
+    if let Err(e) = crate::pty::relay(&master, &child.pidfd) {
+        let _ = nix::sys::signal::kill(child.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = crate::container::wait_pid(child.pid);
+        return Err(e);
+    }
+    crate::container::wait_pid(child.pid)
 }

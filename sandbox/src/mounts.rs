@@ -30,8 +30,8 @@ fn apply_one(sys: &dyn Sys, step: &Step) -> std::io::Result<()> {
             MsFlags::MS_REC | MsFlags::MS_PRIVATE,
             None,
         ),
-        Step::BindRoot { target } => sys.mount(
-            Some(Path::new("/")),
+        Step::BindRoot { source, target } => sys.mount(
+            Some(source),
             target,
             None,
             MsFlags::MS_BIND | MsFlags::MS_REC,
@@ -109,6 +109,11 @@ fn apply_one(sys: &dyn Sys, step: &Step) -> std::io::Result<()> {
             sys.touch(target)?;
             sys.mount(Some(source), target, None, MsFlags::MS_BIND, None)
         }
+        Step::BindRo {
+            source,
+            target,
+            create,
+        } => bind_ro(sys, source, target, *create),
         Step::Symlink { to, link } => sys.symlink(to, link),
         Step::Devpts { target } => {
             sys.mkdir_all(target, 0o755)?;
@@ -139,6 +144,64 @@ fn apply_one(sys: &dyn Sys, step: &Step) -> std::io::Result<()> {
         },
         Step::PivotRoot { new_root } => sys.pivot_root(new_root),
     }
+}
+
+/// A read-only bind (see [`Step::BindRo`]): recursive, because a non-recursive bind of a
+/// subtree holding locked submounts (the host's, inside our user namespace) is refused; then
+/// read-only, nosuid and nodev on the whole bound tree.
+fn bind_ro(sys: &dyn Sys, source: &Path, target: &Path, create: bool) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    let src_dir = sys.is_dir(source).ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "source {} does not exist (or container root cannot reach it)",
+                source.display()
+            ),
+        )
+    })?;
+    if create {
+        if src_dir {
+            sys.mkdir_all(target, 0o755)?;
+        } else {
+            if let Some(parent) = target.parent() {
+                sys.mkdir_all(parent, 0o755)?;
+            }
+            sys.touch(target)?;
+        }
+    }
+    match sys.is_dir(target) {
+        None => {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "destination {} does not exist in the read-only root (destinations are \
+                     created only under the container's own tmpfs: /tmp, /run, /home)",
+                    target.display()
+                ),
+            ));
+        }
+        Some(d) if d != src_dir => {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "destination {} is a {} but the source is a {}",
+                    target.display(),
+                    if d { "directory" } else { "file" },
+                    if src_dir { "directory" } else { "file" }
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    sys.mount(
+        Some(source),
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    sys.seal(target, true)
 }
 
 #[cfg(test)]
@@ -196,6 +259,50 @@ mod tests {
     }
 
     #[test]
+    fn a_read_only_bind_is_created_bound_recursively_and_sealed() {
+        let rec = Recorder::default();
+        let step = Step::BindRo {
+            source: "/usr/lib/agentd".into(),
+            target: "/st/rootfs/run/agentd/lib".into(),
+            create: true,
+        };
+        apply(&rec, &[step]).unwrap();
+        assert_eq!(
+            *rec.calls.borrow(),
+            vec![
+                "mkdir /st/rootfs/run/agentd/lib 755".to_owned(),
+                "mount Some(\"/usr/lib/agentd\") /st/rootfs/run/agentd/lib None MsFlags(MS_BIND | MS_REC) None".to_owned(),
+                "seal /st/rootfs/run/agentd/lib true".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_read_only_bind_names_a_missing_source_or_destination() {
+        let rec = Recorder {
+            missing: vec!["/gone".into()],
+            ..Default::default()
+        };
+        let step = |s: &str, t: &str| Step::BindRo {
+            source: s.into(),
+            target: t.into(),
+            create: false,
+        };
+        let err = apply(&rec, &[step("/gone", "/st/rootfs/opt/x")]).unwrap_err();
+        assert!(
+            err.to_string().contains("source /gone does not exist"),
+            "{err}"
+        );
+        let err = apply(&rec, &[step("/usr/x", "/st/rootfs/opt/gone")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("destination /st/rootfs/opt/gone does not exist"),
+            "{err}"
+        );
+        assert!(rec.calls.borrow().iter().all(|c| !c.starts_with("mount")));
+    }
+
+    #[test]
     fn a_failing_step_is_named_in_the_error() {
         struct Failing;
         impl Sys for Failing {
@@ -213,6 +320,9 @@ mod tests {
                 Ok(())
             }
             fn set_read_only(&self, _: &Path, _: bool) -> std::io::Result<()> {
+                Ok(())
+            }
+            fn seal(&self, _: &Path, _: bool) -> std::io::Result<()> {
                 Ok(())
             }
             fn mkdir_all(&self, _: &Path, _: u32) -> std::io::Result<()> {

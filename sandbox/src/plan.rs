@@ -92,14 +92,161 @@ pub struct LandlockRule {
     pub optional: bool,
 }
 
+/// One Landlock filesystem access right (`LANDLOCK_ACCESS_FS_*`), with the ABI that
+/// introduced it. The ruleset handles (restricts) every right the plan does not mark
+/// optional; a kernel whose ABI predates one of those is an error, never a silent gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsRight {
+    /// Execute a file (ABI 1).
+    Execute,
+    /// Open a file for writing (ABI 1).
+    WriteFile,
+    /// Open a file for reading (ABI 1).
+    ReadFile,
+    /// List a directory (ABI 1).
+    ReadDir,
+    /// Remove a directory (ABI 1).
+    RemoveDir,
+    /// Remove (unlink) a file (ABI 1).
+    RemoveFile,
+    /// Create a character device (ABI 1).
+    MakeChar,
+    /// Create a directory (ABI 1).
+    MakeDir,
+    /// Create a regular file (ABI 1).
+    MakeReg,
+    /// Create a Unix socket file (ABI 1).
+    MakeSock,
+    /// Create a fifo (ABI 1).
+    MakeFifo,
+    /// Create a block device (ABI 1).
+    MakeBlock,
+    /// Create a symlink (ABI 1).
+    MakeSym,
+    /// Link or rename a file into another directory (ABI 2; without it Landlock forbids
+    /// such reparenting altogether).
+    Refer,
+    /// Truncate a file (ABI 3).
+    Truncate,
+    /// ioctl on a device file (ABI 5).
+    IoctlDev,
+    /// Connect to a pathname Unix socket (ABI 9).
+    ResolveUnix,
+}
+
+impl FsRight {
+    /// Every right, in the kernel's bit order.
+    pub const ALL: [FsRight; 17] = [
+        FsRight::Execute,
+        FsRight::WriteFile,
+        FsRight::ReadFile,
+        FsRight::ReadDir,
+        FsRight::RemoveDir,
+        FsRight::RemoveFile,
+        FsRight::MakeChar,
+        FsRight::MakeDir,
+        FsRight::MakeReg,
+        FsRight::MakeSock,
+        FsRight::MakeFifo,
+        FsRight::MakeBlock,
+        FsRight::MakeSym,
+        FsRight::Refer,
+        FsRight::Truncate,
+        FsRight::IoctlDev,
+        FsRight::ResolveUnix,
+    ];
+
+    /// The Landlock ABI that introduced the right.
+    pub fn abi(self) -> u32 {
+        match self {
+            FsRight::Refer => 2,
+            FsRight::Truncate => 3,
+            FsRight::IoctlDev => 5,
+            FsRight::ResolveUnix => 9,
+            _ => 1,
+        }
+    }
+
+    /// The right's name in plans and messages (`resolve_unix`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FsRight::Execute => "execute",
+            FsRight::WriteFile => "write_file",
+            FsRight::ReadFile => "read_file",
+            FsRight::ReadDir => "read_dir",
+            FsRight::RemoveDir => "remove_dir",
+            FsRight::RemoveFile => "remove_file",
+            FsRight::MakeChar => "make_char",
+            FsRight::MakeDir => "make_dir",
+            FsRight::MakeReg => "make_reg",
+            FsRight::MakeSock => "make_sock",
+            FsRight::MakeFifo => "make_fifo",
+            FsRight::MakeBlock => "make_block",
+            FsRight::MakeSym => "make_sym",
+            FsRight::Refer => "refer",
+            FsRight::Truncate => "truncate",
+            FsRight::IoctlDev => "ioctl_dev",
+            FsRight::ResolveUnix => "resolve_unix",
+        }
+    }
+
+    /// The right called `name`.
+    pub fn from_name(name: &str) -> Option<FsRight> {
+        FsRight::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for FsRight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Landlock configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Landlock {
     /// Path rules: anything not beneath one of them is denied.
     pub rules: Vec<LandlockRule>,
-    /// When false, a kernel without Landlock (or one that cannot enforce the whole ruleset)
-    /// is an error. When true it is tolerated and reported by the init on stderr.
+    /// When false, a kernel without Landlock is an error. When true the session runs
+    /// without it, said on stderr and recorded in `session.json`.
     pub optional: bool,
+    /// Rights the session may run without when the kernel's ABI predates them (enforced
+    /// whenever the kernel has them; said on stderr and recorded when not). Every other
+    /// right is required: see [`Landlock::min_abi`].
+    #[serde(default)]
+    pub optional_rights: Vec<FsRight>,
+}
+
+/// The Landlock rights the coding-agent default plan may run without.
+///
+/// Only `resolve_unix`: connecting to pathname Unix sockets is restricted from ABI 9 (Linux
+/// 7.1) on. Older kernels (6.12, the fallback) run the session without that one right, said
+/// on stderr and recorded in `session.json`: the mount layout already hides the host's
+/// sockets in /run and /tmp (the container's own tmpfs), so what stays reachable is a
+/// socket elsewhere on the read-only host root that the owner's uid may connect to.
+/// Everything else is required, so the default plan needs ABI 5 (Linux 6.10).
+pub fn default_optional_rights() -> Vec<FsRight> {
+    vec![FsRight::ResolveUnix]
+}
+
+impl Landlock {
+    /// The rights the kernel must enforce (all but the optional ones).
+    pub fn required_rights(&self) -> Vec<FsRight> {
+        FsRight::ALL
+            .into_iter()
+            .filter(|r| !self.optional_rights.contains(r))
+            .collect()
+    }
+
+    /// The lowest Landlock ABI that enforces every required right.
+    pub fn min_abi(&self) -> u32 {
+        self.required_rights()
+            .into_iter()
+            .map(FsRight::abi)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// Seccomp configuration: a deny list in the spirit of Docker's default profile.
@@ -109,6 +256,19 @@ pub struct Seccomp {
     pub allow_io_uring: bool,
     /// Extra syscall names to deny with EPERM.
     pub extra_deny: Vec<String>,
+}
+
+/// A host file or directory bound read-only (and nosuid, nodev) into the container, e.g. the
+/// daemon's tool-call shim at a fixed path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindRo {
+    /// Host path: an existing regular file or directory, reachable by container root (the
+    /// init resolves it by path before pivot_root).
+    pub source: PathBuf,
+    /// Absolute path inside. Created on the container's own tmpfs when it lies under one of
+    /// the plan's `tmpfs` dirs (/tmp, /run, /home); elsewhere it must already exist in the
+    /// read-only root with the source's type.
+    pub target: PathBuf,
 }
 
 /// Everything needed to start one session container.
@@ -134,6 +294,16 @@ pub struct SessionPlan {
     pub masked: Vec<PathBuf>,
     /// Paths made read-only (on top of the read-only root: these are under /proc).
     pub read_only: Vec<PathBuf>,
+    /// Host files and directories bound read-only into the container.
+    #[serde(default)]
+    pub bind_ro: Vec<BindRo>,
+    /// The root: `None` is the host root (read-only); `Some(dir)` an OCI bundle's rootfs,
+    /// bound read-only in its place ([`crate::oci`]).
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// The agent's working directory (default: the workspace).
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
     /// The environment of the agent: exactly these variables.
     pub env: BTreeMap<String, String>,
     /// Resource limits by name.
@@ -242,6 +412,9 @@ impl SessionPlan {
             hidden: vec![state.to_path_buf()],
             masked: OCI_MASKED.iter().map(PathBuf::from).collect(),
             read_only: OCI_READ_ONLY.iter().map(PathBuf::from).collect(),
+            bind_ro: Vec::new(),
+            root: None,
+            cwd: None,
             env,
             rlimits,
             seccomp: Seccomp {
@@ -251,6 +424,7 @@ impl SessionPlan {
             landlock: Landlock {
                 rules,
                 optional: false,
+                optional_rights: default_optional_rights(),
             },
         }
     }
@@ -287,6 +461,22 @@ impl SessionPlan {
                 return Err(format!("{} is not absolute", p.display()));
             }
         }
+        for p in self.root.iter().chain(self.cwd.iter()) {
+            if !p.is_absolute() {
+                return Err(format!("{} is not absolute", p.display()));
+            }
+        }
+        if let Some(r) = &self.root
+            && (r == Path::new("/")
+                || r.starts_with(&self.workspace.state)
+                || r.starts_with(&self.workspace.repo))
+        {
+            return Err(format!(
+                "root {} must be a directory outside the workspace and the state dir (the \
+                 host root is the default, not a bundle)",
+                r.display()
+            ));
+        }
         if self.workspace.size_bytes < 1024 * 1024 {
             return Err("workspace size cap below 1 MiB".into());
         }
@@ -300,7 +490,80 @@ impl SessionPlan {
                 return Err(format!("unknown rlimit {name:?}"));
             }
         }
+        for b in &self.bind_ro {
+            self.validate_bind(b)?;
+        }
         Ok(())
+    }
+
+    /// A read-only bind: both paths absolute and normal; the destination not the root, not
+    /// in the kernel filesystems mounted after it (/proc, /dev), and neither inside nor
+    /// around the workspace (it would shadow the overlay or be shadowed by it).
+    fn validate_bind(&self, b: &BindRo) -> Result<(), String> {
+        let what = format!(
+            "read-only bind {}:{}",
+            b.source.display(),
+            b.target.display()
+        );
+        for p in [&b.source, &b.target] {
+            if !p.is_absolute() {
+                return Err(format!("{what}: {} is not absolute", p.display()));
+            }
+            if p.components().any(|c| {
+                matches!(
+                    c,
+                    std::path::Component::ParentDir | std::path::Component::CurDir
+                )
+            }) {
+                return Err(format!(
+                    "{what}: {} contains `.` or `..` components",
+                    p.display()
+                ));
+            }
+        }
+        let t = &b.target;
+        if t == Path::new("/") {
+            return Err(format!("{what}: the destination cannot be the root"));
+        }
+        for kernel in ["/proc", "/dev"] {
+            if t.starts_with(kernel) {
+                return Err(format!(
+                    "{what}: the destination cannot be under {kernel} (mounted by the sandbox)"
+                ));
+            }
+        }
+        let ws = &self.workspace.mount_at;
+        if t.starts_with(ws) || ws.starts_with(t) {
+            return Err(format!(
+                "{what}: the destination must not be inside (or contain) the workspace {}",
+                ws.display()
+            ));
+        }
+        if b.source.starts_with(&self.workspace.state) {
+            return Err(format!(
+                "{what}: the source is inside the session's own state dir"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `p` lies on one of the container's own writable tmpfs (where a bind
+    /// destination can be created).
+    fn on_own_tmpfs(&self, p: &Path) -> bool {
+        self.tmpfs.iter().any(|t| p.starts_with(t) && p != t)
+    }
+
+    /// The Landlock configuration the agent (and every exec) gets: the plan's rules plus
+    /// read + execute beneath each read-only bind's destination (the mount itself is
+    /// read-only, so nothing more is ever possible there).
+    pub fn effective_landlock(&self) -> Landlock {
+        let mut l = self.landlock.clone();
+        l.rules.extend(self.bind_ro.iter().map(|b| LandlockRule {
+            path: b.target.clone(),
+            access: FsAccess::ReadExec,
+            optional: false,
+        }));
+        l
     }
 
     /// The ordered mount steps the container init performs (before pivot_root all paths
@@ -314,7 +577,8 @@ impl SessionPlan {
     ///    the agent's home and the workspace mount point are created inside them);
     /// 4. hide host paths (other sessions' state) with empty read-only tmpfs (masks);
     /// 5. the overlay workspace: its lower dir is named by its host path, which still
-    ///    resolves because the old root is not gone yet;
+    ///    resolves because the old root is not gone yet; then the read-only binds (their
+    ///    sources are host paths too);
     /// 6. a fresh procfs for the new pid namespace, then the minimal /dev;
     /// 7. OCI masked and read-only paths: after proc and /dev, which they live on;
     /// 8. pivot_root and detach the old root.
@@ -327,6 +591,7 @@ impl SessionPlan {
         let mut steps = vec![
             Step::MakePrivate,
             Step::BindRoot {
+                source: self.root.clone().unwrap_or_else(|| PathBuf::from("/")),
                 target: root.clone(),
             },
             Step::ReadOnly {
@@ -370,6 +635,13 @@ impl SessionPlan {
             work: self.work_dir(),
             target: ws,
         });
+        for b in &self.bind_ro {
+            steps.push(Step::BindRo {
+                source: b.source.clone(),
+                target: inside(&b.target),
+                create: self.on_own_tmpfs(&b.target),
+            });
+        }
         steps.push(Step::Proc {
             target: inside(Path::new("/proc")),
         });
@@ -431,8 +703,10 @@ impl SessionPlan {
 pub enum Step {
     /// `mount --make-rprivate /`.
     MakePrivate,
-    /// `mount --rbind / target`.
+    /// `mount --rbind source target`.
     BindRoot {
+        /// The root to bind: `/` (the host root) or a bundle's rootfs.
+        source: PathBuf,
         /// Mount point (the rootfs dir).
         target: PathBuf,
     },
@@ -486,6 +760,17 @@ pub enum Step {
         /// File inside.
         target: PathBuf,
     },
+    /// Bind a host file or directory (recursively) read-only, nosuid, nodev. With `create`
+    /// the destination (a file or directory like the source) and its parents are made
+    /// first; otherwise it must exist.
+    BindRo {
+        /// Host path.
+        source: PathBuf,
+        /// Destination (pre-pivot path).
+        target: PathBuf,
+        /// Create the destination (it is on the container's own tmpfs).
+        create: bool,
+    },
     /// `ln -s to link`.
     Symlink {
         /// Link contents.
@@ -515,7 +800,9 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::MakePrivate => write!(f, "make-rprivate /"),
-            Step::BindRoot { target } => write!(f, "rbind / {}", target.display()),
+            Step::BindRoot { source, target } => {
+                write!(f, "rbind {} {}", source.display(), target.display())
+            }
             Step::ReadOnly { target, recursive } => write!(
                 f,
                 "read-only{} {}",
@@ -560,6 +847,17 @@ impl fmt::Display for Step {
             Step::Proc { target } => write!(f, "proc {}", target.display()),
             Step::BindFile { source, target } => {
                 write!(f, "bind-file {} {}", source.display(), target.display())
+            }
+            Step::BindRo {
+                source,
+                target,
+                create,
+            } => {
+                write!(f, "bind-ro {} {}", source.display(), target.display())?;
+                if *create {
+                    write!(f, " create")?;
+                }
+                Ok(())
             }
             Step::Symlink { to, link } => {
                 write!(f, "symlink {} -> {}", link.display(), to.display())
@@ -619,6 +917,80 @@ mod tests {
         p.rlimits
             .insert("bogus".into(), Rlimit { soft: 1, hard: 1 });
         assert!(p.validate().unwrap_err().contains("bogus"));
+    }
+
+    fn with_bind(source: &str, target: &str) -> SessionPlan {
+        let mut p = plan();
+        p.bind_ro.push(BindRo {
+            source: PathBuf::from(source),
+            target: PathBuf::from(target),
+        });
+        p
+    }
+
+    #[test]
+    fn read_only_binds_are_validated() {
+        with_bind("/usr/lib/agentd/shim", "/run/agentd/bin/shim")
+            .validate()
+            .unwrap();
+        with_bind("/opt/tools", "/opt/tools").validate().unwrap();
+        for (src, dst, why) in [
+            ("usr/x", "/run/x", "not absolute"),
+            ("/usr/x", "run/x", "not absolute"),
+            ("/usr/x", "/run/../etc/x", "`..`"),
+            ("/usr/x", "/", "root"),
+            ("/usr/x", "/proc/x", "/proc"),
+            ("/usr/x", "/dev/x", "/dev"),
+            ("/usr/x", "/srv/repo/bin/x", "workspace"),
+            ("/usr/x", "/srv", "workspace"),
+            ("/var/lib/agentd/s1/upper", "/run/x", "state dir"),
+        ] {
+            let err = with_bind(src, dst).validate().unwrap_err();
+            assert!(err.contains(why), "{src}:{dst}: {err}");
+            assert!(err.contains(&format!("{src}:{dst}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn read_only_binds_follow_the_overlay_and_create_only_on_own_tmpfs() {
+        let mut p = with_bind("/usr/lib/agentd/shim", "/run/agentd/bin/shim");
+        p.bind_ro.push(BindRo {
+            source: PathBuf::from("/opt/tools"),
+            target: PathBuf::from("/opt/tools"),
+        });
+        let got: Vec<String> = p.mount_steps().iter().map(|s| s.to_string()).collect();
+        let r = "/var/lib/agentd/s1/rootfs";
+        let overlay = got.iter().position(|s| s.starts_with("overlay")).unwrap();
+        assert_eq!(
+            got[overlay + 1],
+            format!("bind-ro /usr/lib/agentd/shim {r}/run/agentd/bin/shim create")
+        );
+        assert_eq!(
+            got[overlay + 2],
+            format!("bind-ro /opt/tools {r}/opt/tools")
+        );
+        assert!(got[overlay + 3].starts_with("proc "));
+        let l = p.effective_landlock();
+        assert_eq!(l.rules.len(), p.landlock.rules.len() + 2);
+        assert!(
+            l.rules
+                .iter()
+                .any(|r| r.path == Path::new("/run/agentd/bin/shim")
+                    && r.access == FsAccess::ReadExec
+                    && !r.optional)
+        );
+    }
+
+    #[test]
+    fn a_plan_without_binds_still_parses() {
+        let mut v = serde_json::to_value(plan()).unwrap();
+        v.as_object_mut().unwrap().remove("bind_ro");
+        assert!(
+            serde_json::from_value::<SessionPlan>(v)
+                .unwrap()
+                .bind_ro
+                .is_empty()
+        );
     }
 
     #[test]

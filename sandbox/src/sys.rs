@@ -23,6 +23,9 @@ pub trait Sys {
     ) -> io::Result<()>;
     /// mount_setattr(2) with MOUNT_ATTR_RDONLY set, AT_RECURSIVE when asked.
     fn set_read_only(&self, target: &Path, recursive: bool) -> io::Result<()>;
+    /// mount_setattr(2) with MOUNT_ATTR_RDONLY, NOSUID and NODEV set (a read-only bind), on
+    /// the mount at `target` and, with `recursive`, its submounts.
+    fn seal(&self, target: &Path, recursive: bool) -> io::Result<()>;
     /// `mkdir -p` with `mode` on created directories.
     fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// chown (uid = gid = id).
@@ -55,6 +58,36 @@ struct MountAttr {
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// mount_setattr(2) setting `attr_set` on `target` (and its submounts with `recursive`).
+fn mount_setattr(target: &Path, attr_set: u64, recursive: bool) -> io::Result<()> {
+    let c = cpath(target)?;
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: `c` is a valid NUL-terminated path and `attr` a properly sized, live
+    // mount_attr; the kernel only reads both.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            flags as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 impl Sys for LinuxSys {
     fn mount(
@@ -69,30 +102,15 @@ impl Sys for LinuxSys {
     }
 
     fn set_read_only(&self, target: &Path, recursive: bool) -> io::Result<()> {
-        let c = cpath(target)?;
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_RDONLY,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: 0,
-        };
-        let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
-        // SAFETY: `c` is a valid NUL-terminated path and `attr` a properly sized, live
-        // mount_attr; the kernel only reads both.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                flags as libc::c_uint,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        mount_setattr(target, MOUNT_ATTR_RDONLY, recursive)
+    }
+
+    fn seal(&self, target: &Path, recursive: bool) -> io::Result<()> {
+        mount_setattr(
+            target,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            recursive,
+        )
     }
 
     fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
@@ -175,6 +193,10 @@ pub(crate) mod fake {
         }
         fn set_read_only(&self, target: &Path, recursive: bool) -> io::Result<()> {
             self.log(format!("setattr-ro {} {recursive}", target.display()));
+            Ok(())
+        }
+        fn seal(&self, target: &Path, recursive: bool) -> io::Result<()> {
+            self.log(format!("seal {} {recursive}", target.display()));
             Ok(())
         }
         fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()> {

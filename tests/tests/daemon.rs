@@ -8,242 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The repo's owner (the agent's host uid) and the "other user" of the 403 test.
-const USER: u32 = 1000;
-
-/// Host policy of every test daemon: calls may use at most 512 MiB, so the default profile's
-/// 1 GiB call default is clamped (and says so).
-const HOST_POLICY: &str = "version = 1\n\n[resources.max]\ncall_memory = \"512MiB\"\n";
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A running `agentd serve` with a temp socket, state dir and cgroup root; a repo owned by
-/// [`USER`]. Dropping it stops the daemon and removes its cgroup root.
-struct Daemon {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    repo: PathBuf,
-    socket: PathBuf,
-    cgroup_root: PathBuf,
-    /// Start the daemon through `systemd-socket-activate` (socket activation).
-    activate: bool,
-    /// `NOTIFY_SOCKET` for the daemon.
-    notify: Option<PathBuf>,
-    child: Option<Child>,
-}
-
-fn chown_r(p: &Path, id: u32) {
-    std::os::unix::fs::lchown(p, Some(id), Some(id)).unwrap();
-    if p.is_dir() && !p.is_symlink() {
-        for e in fs::read_dir(p).unwrap() {
-            chown_r(&e.unwrap().path(), id);
-        }
-    }
-}
-
-fn remove_cgroup_tree(p: &Path) {
-    if !p.exists() {
-        return;
-    }
-    for e in fs::read_dir(p).unwrap().flatten() {
-        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            remove_cgroup_tree(&e.path());
-        }
-    }
-    let _ = fs::remove_dir(p);
-}
-
-impl Daemon {
-    fn start() -> Daemon {
-        let mut d = Daemon::new();
-        d.spawn();
-        d
-    }
-
-    /// The fixture, without a daemon yet.
-    fn new() -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("agentd-daemon-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let root = dir.path().to_path_buf();
-        // uid 1000 must reach the socket; container root must reach the session state.
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
-        let repo = root.join("repo");
-        fs::create_dir(&repo).unwrap();
-        fs::write(repo.join("README"), "sample repo\n").unwrap();
-        chown_r(&repo, USER);
-        fs::write(root.join("host.toml"), HOST_POLICY).unwrap();
-        let socket = root.join("agentd.sock");
-        let cgroup_root = PathBuf::from(format!(
-            "/sys/fs/cgroup/agentd-test-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        Daemon {
-            _dir: dir,
-            root,
-            repo,
-            socket,
-            cgroup_root,
-            activate: false,
-            notify: None,
-            child: None,
-        }
-    }
-
-    /// Starts `agentd serve` on this fixture's socket, state dir and cgroup root, and waits
-    /// until it answers.
-    fn spawn(&mut self) {
-        let mut cmd = if self.activate {
-            let mut c = Command::new("systemd-socket-activate");
-            c.arg("-l").arg(&self.socket);
-            if let Some(n) = &self.notify {
-                c.arg(format!("--setenv=NOTIFY_SOCKET={}", n.display()));
-            }
-            c.arg(agentd_tests::project_binary("agentd"));
-            c
-        } else {
-            let mut c = Command::new(agentd_tests::project_binary("agentd"));
-            if let Some(n) = &self.notify {
-                c.env("NOTIFY_SOCKET", n);
-            }
-            c
-        };
-        let child = cmd
-            .arg("serve")
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["--socket-mode", "0666"])
-            .arg("--state-dir")
-            .arg(self.root.join("state"))
-            .arg("--cgroup-root")
-            .arg(&self.cgroup_root)
-            .arg("--host-policy")
-            .arg(self.root.join("host.toml"))
-            .arg("--sandbox-bin")
-            .arg(agentd_tests::project_binary("agentd-sandbox"))
-            .arg("--shim-bin")
-            .arg(agentd_tests::project_binary("agentd-shim"))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let d = &*self;
-        let t = Instant::now();
-        loop {
-            let out = d.ctl(&["ps"]).output().unwrap();
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "daemon did not come up: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// kill -9 of the daemon (its sessions keep running).
-    fn crash(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    /// `agentctl --socket S ARGS…`.
-    fn ctl(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(agentd_tests::project_binary("agentctl"));
-        c.arg("--socket").arg(&self.socket).args(args);
-        c
-    }
-
-    /// Runs agentctl; returns its output, printing it for the test log.
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.ctl(args).output().unwrap();
-        eprintln!(
-            "agentctl {args:?}: {}\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        let out = self.run(&a);
-        assert!(out.status.success(), "agentctl {args:?} failed");
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// Starts a detached session running `sleep 600`; returns its id.
-    fn session(&self) -> String {
-        let repo = self.repo.to_str().unwrap();
-        let out = self.run(&["run", "--detach", "--workspace", repo, "--", "sleep", "600"]);
-        assert!(out.status.success(), "agentctl run failed");
-        let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        assert!(!id.is_empty());
-        id
-    }
-
-    fn session_cgroup(&self, id: &str) -> PathBuf {
-        self.cgroup_root.join(format!("session-{id}"))
-    }
-}
-
-impl Daemon {
-    /// SIGTERM the daemon and wait for it (sessions keep running).
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child, not yet reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(20) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-        // Sessions outlive the daemon by design: end them, then let their runtimes unmount
-        // their state before the tempdir goes.
-        let _ = fs::write(self.cgroup_root.join("cgroup.kill"), "1");
-        let sessions = self.root.join("state/sessions");
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(30)
-            && fs::read_dir(&sessions)
-                .map(|r| r.count() > 0)
-                .unwrap_or(false)
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        remove_cgroup_tree(&self.cgroup_root);
-    }
-}
-
-fn read(p: &Path) -> Option<String> {
-    fs::read_to_string(p).ok().map(|s| s.trim().to_string())
-}
+mod daemon_common;
+use daemon_common::*;
 
 #[test]
 #[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
@@ -590,7 +363,7 @@ fn daemon_shim_gives_each_shell_command_of_the_agent_its_own_call_cgroup() {
         "for i in 1 2 3 4 5; do \
            AGENTD_INTENT=memory=$((32 + 32 * i))M $SHELL -c \"sleep 2; $SHELL -c 'echo shim-$i'\" || exit 9; \
          done; \
-         AGENTD_SHIM_SOCKET={} $SHELL -c 'echo cross'",
+         AGENTD_SHIM_SOCKET={} $SHELL -c 'echo cross'; echo \"shell=$SHELL\"",
         other_socket
     );
     let repo = d.repo.to_str().unwrap().to_string();
@@ -630,6 +403,9 @@ fn daemon_shim_gives_each_shell_command_of_the_agent_its_own_call_cgroup() {
         assert!(so.contains(&format!("shim-{i}")), "{so}");
     }
     assert!(so.contains("cross"), "{so}");
+    // The shim is the daemon's read-only bind at a fixed path (its host copy is under the
+    // fixture's /tmp dir, invisible inside).
+    assert!(so.contains("shell=/run/agentd/bin/agentd-shim"), "{so}");
     // Not reachable from this session (its /proc shows only its own processes).
     assert!(se.contains("no call cgroup"), "{se}");
     let want: std::collections::BTreeMap<u64, String> = (1..=5u64)
@@ -790,4 +566,88 @@ fn daemon_concurrent_sessions_and_calls_leave_nothing_behind() {
     );
     drop(d);
     assert_eq!(mount_count(), mounts_before, "mounts left behind");
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_agent_leaf_has_tight_limits_and_a_delegated_daemon_moves_into_its_own_leaf() {
+    let _vm = agentd_tests::vm::enter();
+    // The daemon starts in a cgroup of its own (as under systemd's Delegate=yes) and manages
+    // a root below it: it must move itself into a leaf before enabling controllers there.
+    let own = PathBuf::from(format!(
+        "/sys/fs/cgroup/agentd-test-delegated-{}",
+        std::process::id()
+    ));
+    // As systemd does for a delegated unit: the controllers reach the daemon's cgroup.
+    fs::write(
+        "/sys/fs/cgroup/cgroup.subtree_control",
+        "+memory +pids +cpu",
+    )
+    .unwrap();
+    fs::create_dir_all(&own).unwrap();
+    let mut d = Daemon::new();
+    d.cgroup_root = own.join("sessions");
+    d.start_in = Some(own.clone());
+    d.spawn();
+    let daemon_pid = d.child.as_ref().unwrap().id().to_string();
+    let leaf_procs = read(&own.join("daemon/cgroup.procs")).unwrap();
+    assert!(
+        leaf_procs.lines().any(|p| p == daemon_pid),
+        "daemon {daemon_pid} not in its leaf: {leaf_procs:?}"
+    );
+    assert_eq!(read(&own.join("cgroup.procs")).as_deref(), Some(""));
+    let control = read(&own.join("cgroup.subtree_control")).unwrap();
+    for c in ["memory", "pids", "cpu"] {
+        assert!(
+            control.contains(c),
+            "{c} not enabled under {own:?}: {control}"
+        );
+    }
+
+    // The agent leaf: the policy's default call memory (1 GiB, clamped to the host cap of
+    // 512 MiB) and pids, the batch weight, one CPU.
+    let id = d.session();
+    let agent = d.session_cgroup(&id).join("agent");
+    assert_eq!(
+        read(&agent.join("memory.max")),
+        Some((512u64 << 20).to_string())
+    );
+    assert_eq!(read(&agent.join("pids.max")).as_deref(), Some("512"));
+    assert_eq!(read(&agent.join("cpu.weight")).as_deref(), Some("50"));
+    assert_eq!(
+        read(&agent.join("cpu.max")).as_deref(),
+        Some("100000 100000")
+    );
+    let s = d.json(&["inspect", &id]);
+    assert_eq!(s["limits"]["agent_memory"], 512u64 << 20, "{s}");
+    assert_eq!(s["limits"]["agent_pids"], 512, "{s}");
+    assert!(d.run(&["rm", &id]).status.success());
+
+    // What the agent runs itself, without the shim, stays under those limits: 700 MiB is
+    // OOM-killed in the agent leaf, and the agent (its shell) goes on.
+    let repo = d.repo.to_str().unwrap().to_string();
+    let out = d.run(&[
+        "run",
+        "--workspace",
+        &repo,
+        "--",
+        "/bin/sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/null bs=700M count=1 2>/dev/null; echo rc=$?",
+    ]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rc=137"),
+        "the 700 MiB allocation outside the shim was not killed"
+    );
+    let ps = d.json(&["ps"]);
+    let sid = ps.as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(d.json(&["calls", &sid]).as_array().unwrap().len(), 0);
+    drop(d);
+    // The fixture removed its root; the daemon's leaf and its own cgroup are the test's.
+    let _ = fs::remove_dir(own.join("daemon"));
+    fs::remove_dir(&own).unwrap();
 }

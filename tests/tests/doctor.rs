@@ -35,18 +35,12 @@ fn doctor_reports_every_required_mechanism_available() {
     let (st, v) = doctor_json();
     assert!(st.success(), "doctor exited {st}: {v:#}");
     for c in v["checks"].as_array().unwrap() {
-        if c["required"] == true {
+        // Landlock is checked per kernel below.
+        if c["required"] == true && c["mechanism"] != "landlock" {
             assert_eq!(c["status"], "available", "{c:#}");
         }
     }
-    for m in [
-        "landlock",
-        "psi",
-        "bpf",
-        "bpf_lsm",
-        "clone_into_cgroup",
-        "cgroup2",
-    ] {
+    for m in ["psi", "bpf", "bpf_lsm", "clone_into_cgroup", "cgroup2"] {
         assert_eq!(status(&v, m), "available", "{m}: {v:#}");
     }
     // Not upstream: probed through BTF, reported as a degradation with its fallback.
@@ -56,6 +50,9 @@ fn doctor_reports_every_required_mechanism_available() {
         Kernel::Fallback => "degraded",
     };
     assert_eq!(status(&v, "sched_ext"), expected);
+    // Landlock: 7.x enforces every right; 6.12 (ABI 6) cannot enforce resolve_unix, which the
+    // default plan marks optional: degraded, naming the right.
+    assert_eq!(status(&v, "landlock"), expected);
 }
 
 #[test]

@@ -19,6 +19,15 @@ pub fn workspace_binaries() -> Result<Vec<PathBuf>> {
     )
 }
 
+/// Builds the binaries `cargo xtask install` ships (release unless `release` is false).
+pub fn install_binaries(release: bool) -> Result<Vec<PathBuf>> {
+    let mut args = vec!["build", "--workspace", "--exclude", "xtask", "--bins"];
+    if release {
+        args.push("--release");
+    }
+    executables(&args, false)
+}
+
 /// Builds the privileged test executables; returns their paths.
 pub fn privileged_tests() -> Result<Vec<PathBuf>> {
     executables(&["test", "-p", PRIVILEGED_TESTS_PACKAGE, "--no-run"], true)

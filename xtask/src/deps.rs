@@ -36,6 +36,14 @@ const HOST_PACKAGES: &[(&str, &str)] = &[
         "benchmark baseline: a new bwrap sandbox per call",
     ),
     ("crun", "benchmark baseline: crun run/exec"),
+    (
+        "systemd",
+        "systemd-socket-activate (daemon VM tests); systemd-analyze verifies the shipped units",
+    ),
+    (
+        "curl",
+        "API conformance test: requests over the daemon's socket as another uid",
+    ),
 ];
 
 /// QEMU comes from `<codename>-backports`: bookworm's 7.2 would replace the machine's
@@ -142,7 +150,7 @@ fn dpkg_installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

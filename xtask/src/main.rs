@@ -6,6 +6,7 @@ mod bench;
 mod build;
 mod deps;
 mod initramfs;
+mod install;
 mod kernel;
 mod run;
 mod vm;
@@ -71,6 +72,19 @@ enum Cmd {
         release: bool,
         /// Only these benchmarks: calls, lifecycle, footprint, replay.
         names: Vec<String>,
+    },
+    /// Build (release) and install the binaries, systemd units, the `agentd` group,
+    /// completions and man pages.
+    Install {
+        /// Install prefix as the running system sees it.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Stage the install under this directory instead of the live system.
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+        /// Install the debug build (quicker to build; for trying things out).
+        #[arg(long)]
+        debug: bool,
     },
     /// (inside the VM) PID 1: run the payload, reap orphans, report, power off.
     #[command(hide = true)]
@@ -161,8 +175,33 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                 },
             )
         }
+        Cmd::Install {
+            prefix,
+            destdir,
+            debug,
+        } => install(&ws, prefix, destdir, debug).map(|()| 0),
         Cmd::VmInit { .. } => Ok(0),
     }
+}
+
+fn install(ws: &Path, prefix: PathBuf, destdir: Option<PathBuf>, debug: bool) -> Result<()> {
+    if !prefix.is_absolute() {
+        anyhow::bail!("--prefix must be absolute (got {})", prefix.display());
+    }
+    let live = destdir.is_none();
+    if live && !deps::is_root() {
+        anyhow::bail!(
+            "installing into the live system needs root (or stage it with --destdir DIR)"
+        );
+    }
+    let built = build::install_binaries(!debug)?;
+    let layout = install::Layout { prefix, destdir };
+    let items = install::plan(&layout, &built, &ws.join("agentd/systemd"))?;
+    install::apply(&layout, &items)?;
+    if live {
+        install::activate(&layout)?;
+    }
+    Ok(())
 }
 
 fn exit_byte(status: i32) -> u8 {

@@ -8,10 +8,12 @@ use std::process::ExitCode;
 
 use agentd::api::{
     self, CallInfo, CallRequest, CreateSession, Health, Logs, PolicySource, SessionInfo,
+    SessionStats,
 };
-use agentd::client::Client;
+use agentd::attach::{self, sess};
+use agentd::client::{Client, ClientError};
 use agentd::ctl;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,8 +34,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Start a session running CMD in a sandbox; wait for it and print its output, exiting
-    /// with its status (or print the session id with --detach).
+    /// Start a session running CMD in a sandbox, attached: its output printed as it comes,
+    /// this terminal's stdin forwarded, exiting with its status (128+signal if signalled);
+    /// Ctrl-C kills the session. With --detach, print the session id. As root with no
+    /// daemon answering, starts a daemon inside this process for this one session.
     Run {
         /// Repo policy file (default: .agentd/policy.toml in the workspace if present, else
         /// the `default` profile).
@@ -65,6 +69,8 @@ enum Cmd {
     },
     /// List sessions (yours; all for root).
     Ps,
+    /// Live memory, CPU, pids and IO of running sessions (or one) and their running calls.
+    Stats { session: Option<String> },
     /// A session's tool calls with their reports.
     Calls { session: String },
     /// Kill a session (the agent and every call).
@@ -73,8 +79,20 @@ enum Cmd {
     Rm { session: String },
     /// Inspect one session.
     Inspect { session: String },
-    /// A session's output so far.
-    Logs { session: String },
+    /// A session's output so far (the last 8 MiB of each stream).
+    Logs {
+        session: String,
+        /// Keep printing new output until the session ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Print a shell completion script for agentctl.
+    Completions { shell: clap_complete::Shell },
+    /// Write agentctl's man pages (one per subcommand) into DIR.
+    Man {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Probe this host: which mechanism runs in which mode.
     Doctor,
     /// Check and explain policy files (locally, no daemon needed).
@@ -119,15 +137,45 @@ fn policy_output(o: agentd_policy::cli::Output) -> Result<u8, String> {
     Ok(o.code.clamp(0, 255) as u8)
 }
 
-fn sess(id: &str) -> String {
-    format!("{}/sessions/{id}", api::PREFIX)
-}
-
 async fn run(cli: Cli) -> Result<u8, String> {
     let c = Client::new(&cli.socket);
     let json = cli.json;
     let e = |e: agentd::client::ClientError| e.to_string();
     match cli.cmd {
+        Cmd::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "agentctl", &mut buf);
+            let script = String::from_utf8_lossy(&buf).into_owned();
+            if json {
+                print_json(&serde_json::json!({ "shell": shell.to_string(), "script": script }))?;
+            } else {
+                print!("{script}");
+            }
+            Ok(0)
+        }
+        Cmd::Man { dir } => {
+            let written = ctl::write_man_pages(Cli::command(), &dir)?;
+            if json {
+                print_json(&written)?;
+            } else {
+                for p in written {
+                    println!("{}", p.display());
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Stats { session } => {
+            let list: Vec<SessionStats> = match session {
+                Some(id) => vec![c.get(&format!("{}/stats", sess(&id))).await.map_err(e)?],
+                None => c.get(&format!("{}/stats", api::PREFIX)).await.map_err(e)?,
+            };
+            if json {
+                print_json(&list)?;
+            } else {
+                print!("{}", ctl::stats_table(&list));
+            }
+            Ok(0)
+        }
         Cmd::Run {
             policy,
             workspace,
@@ -157,30 +205,59 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 workspace: ws,
                 policy,
                 argv: cmd,
+                stdin: !detach,
             };
             let path = format!("{}/sessions", api::PREFIX);
-            let s: SessionInfo = c.post(&path, &req).await.map_err(e)?;
-            if detach {
-                if json {
-                    print_json(&s)?;
-                } else {
-                    println!("{}", s.id);
+            let first = c.post::<_, SessionInfo>(&path, &req).await;
+            // No daemon, but root and attached: a daemon in this process for this session.
+            let (c, mut inproc) = match first {
+                Err(ClientError::NoDaemon { .. }) if attach::is_root() && !detach => {
+                    let (d, c) = attach::InProcess::start().await?;
+                    eprintln!(
+                        "agentctl: no daemon on {}: running one inside this process \
+                         (state {}, until the session ends)",
+                        cli.socket.display(),
+                        d.dir.display()
+                    );
+                    (c, Some(d))
                 }
-                return Ok(0);
+                _ => (c, None),
+            };
+            let s: Result<SessionInfo, String> = match (&inproc, first) {
+                (None, r) => r.map_err(e),
+                (Some(_), _) => c.post(&path, &req).await.map_err(e),
+            };
+            let code = match s {
+                Ok(s) if detach => {
+                    if json {
+                        print_json(&s)?;
+                    } else {
+                        println!("{}", s.id);
+                    }
+                    Ok(0)
+                }
+                Ok(s) => {
+                    if !json {
+                        eprintln!("agentctl: session {} running", s.id);
+                    }
+                    let code = attach::attach(&c, &s, json).await.map_err(e);
+                    if inproc.is_some()
+                        && !json
+                        && let Ok(calls) = c
+                            .get::<Vec<CallInfo>>(&format!("{}/calls", sess(&s.id)))
+                            .await
+                    {
+                        // Nothing will be left to ask afterwards: show the calls now.
+                        eprint!("{}", ctl::calls_table(&calls));
+                    }
+                    code
+                }
+                Err(err) => Err(err),
+            };
+            if let Some(d) = inproc.as_mut() {
+                d.stop().await;
             }
-            eprintln!("agentctl: session {} running", s.id);
-            let s: SessionInfo = c
-                .post(&format!("{}/wait", sess(&s.id)), &())
-                .await
-                .map_err(e)?;
-            let logs: Logs = c.get(&format!("{}/logs", sess(&s.id))).await.map_err(e)?;
-            if json {
-                print_json(&serde_json::json!({ "session": s, "logs": logs }))?;
-            } else {
-                print!("{}", logs.stdout);
-                eprint!("{}", logs.stderr);
-            }
-            Ok(s.exit_code.unwrap_or(125).clamp(0, 255) as u8)
+            code
         }
         Cmd::Exec {
             session,
@@ -203,17 +280,21 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 env: envs,
                 intent,
             };
-            let call: CallInfo = c
-                .post(&format!("{}/calls", sess(&session)), &req)
-                .await
-                .map_err(e)?;
-            if json {
+            let call: CallInfo = if json {
+                let call = c
+                    .post(&format!("{}/calls", sess(&session)), &req)
+                    .await
+                    .map_err(e)?;
                 print_json(&call)?;
+                call
             } else {
-                print!("{}", call.stdout.as_deref().unwrap_or_default());
-                eprint!("{}", call.stderr.as_deref().unwrap_or_default());
+                let call = attach::exec_streamed(&c, &session, &req)
+                    .await
+                    .map_err(e)?
+                    .ok_or("the daemon's stream ended before the call's report")?;
                 eprint!("{}", ctl::call_report(&call));
-            }
+                call
+            };
             Ok(call.exit_code.unwrap_or(125).clamp(0, 255) as u8)
         }
         Cmd::Ps => {
@@ -262,7 +343,14 @@ async fn run(cli: Cli) -> Result<u8, String> {
             print_json(&s)?;
             Ok(0)
         }
-        Cmd::Logs { session } => {
+        Cmd::Logs {
+            session,
+            follow: true,
+        } => {
+            attach::follow(&c, &session, json).await.map_err(e)?;
+            Ok(0)
+        }
+        Cmd::Logs { session, .. } => {
             let l: Logs = c
                 .get(&format!("{}/logs", sess(&session)))
                 .await
@@ -320,7 +408,9 @@ fn show_session(s: &SessionInfo, json: bool) -> Result<u8, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    // Two workers: enough for the client, and for the daemon a root `run` may start here.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
@@ -330,7 +420,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(run(cli)) {
+    let r = rt.block_on(run(cli));
+    // A stdin-forwarding thread may be blocked on the terminal: do not wait for it.
+    rt.shutdown_background();
+    match r {
         Ok(code) => ExitCode::from(code),
         Err(msg) => {
             eprintln!("agentctl: {msg}");

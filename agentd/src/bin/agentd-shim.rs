@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
 use agentd::server::shim::{ShimAnswer, ShimCall, ShimExit};
 
@@ -44,21 +45,91 @@ fn post(socket: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)
     Ok((status, resp[split + 4..].to_vec()))
 }
 
-fn ask(socket: &str, cmd: &str) -> Result<ShimAnswer, String> {
+/// Why a request for a call failed: the daemon said no, or it did not answer (retried).
+enum AskError {
+    Refused(String),
+    Io(String),
+}
+
+fn ask(socket: &str, cmd: &str) -> Result<ShimAnswer, AskError> {
     let req = ShimCall {
         // The command's words, for the intent rules (`cargo test …` → test-runner).
         argv: cmd.split_whitespace().map(str::to_string).collect(),
         intent: std::env::var("AGENTD_INTENT").unwrap_or_default(),
     };
-    let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-    let (status, body) = post(socket, "/v1/shim/calls", &body).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&req).map_err(|e| AskError::Refused(e.to_string()))?;
+    let (status, body) = post(socket, "/v1/shim/calls", &body).map_err(|e| {
+        if restarting(&e) {
+            AskError::Io(e.to_string())
+        } else {
+            AskError::Refused(e.to_string())
+        }
+    })?;
     if status != 200 {
-        return Err(format!(
+        return Err(AskError::Refused(format!(
             "daemon refused ({status}): {}",
             String::from_utf8_lossy(&body)
-        ));
+        )));
     }
-    serde_json::from_slice(&body).map_err(|e| e.to_string())
+    serde_json::from_slice(&body).map_err(|e| AskError::Refused(e.to_string()))
+}
+
+/// The socket is there but nobody answers, or the answer was cut: the daemon is restarting
+/// (a missing socket, by contrast, is not this session's).
+fn restarting(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | BrokenPipe
+            | UnexpectedEof
+            | Other
+    )
+}
+
+/// How long the shim keeps trying to report an exit status while the daemon restarts.
+const REPORT_RETRY: Duration = Duration::from_secs(60);
+
+/// Posts the exit status; while the daemon is restarting (socket gone or refusing) retries
+/// for up to [`REPORT_RETRY`]: the shim is still in the call's cgroup, so the next daemon
+/// (which re-adopts the session and rebinds this socket) waits for it and records the status.
+fn report_exit(socket: &str, n: u64, body: &[u8]) -> Result<(), String> {
+    let path = format!("/v1/shim/calls/{n}/exit");
+    let start = Instant::now();
+    loop {
+        match post(socket, &path, body) {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, b)) => {
+                return Err(format!(
+                    "daemon refused ({status}): {}",
+                    String::from_utf8_lossy(&b)
+                ));
+            }
+            Err(e) if start.elapsed() >= REPORT_RETRY => return Err(e.to_string()),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// [`ask`], retried for up to [`REPORT_RETRY`] while the daemon does not answer (it is
+/// restarting: the command waits for it rather than run outside a call cgroup). Returns the
+/// answer and whether an earlier attempt failed.
+fn ask_retrying(socket: &str, cmd: &str) -> Result<(ShimAnswer, bool), String> {
+    let start = Instant::now();
+    let mut retried = false;
+    loop {
+        match ask(socket, cmd) {
+            Ok(a) => return Ok((a, retried)),
+            Err(AskError::Refused(e)) => return Err(e),
+            Err(AskError::Io(e)) if start.elapsed() >= REPORT_RETRY => return Err(e),
+            Err(AskError::Io(_)) => {
+                retried = true;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -75,9 +146,11 @@ fn main() -> ExitCode {
         eprintln!("agentd-shim: exec {shell}: {e}");
         return ExitCode::from(127);
     };
-    let n = match ask(&socket, &cmd) {
-        Ok(a) if a.nested => None,
-        Ok(a) => a.n,
+    let n = match ask_retrying(&socket, &cmd) {
+        // Already in a call: a nested shell runs in place and reports nothing, unless our
+        // own earlier request moved us there and its answer was lost to a daemon restart.
+        Ok((a, retried)) if a.nested => a.n.filter(|_| retried),
+        Ok((a, _)) => a.n,
         Err(e) => {
             // Run anyway, where we are: the agent's leaf limits apply.
             eprintln!("agentd-shim: no call cgroup for this command: {e}");
@@ -96,7 +169,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     if let Some(n) = n
         && let Ok(body) = serde_json::to_vec(&ShimExit { code })
-        && let Err(e) = post(&socket, &format!("/v1/shim/calls/{n}/exit"), &body)
+        && let Err(e) = report_exit(&socket, n, &body)
     {
         eprintln!("agentd-shim: reporting the exit status of call {n}: {e}");
     }

@@ -6,6 +6,7 @@
 
 mod cgroup;
 mod host;
+mod landlock;
 mod probes;
 
 use serde::Serialize;

@@ -1,5 +1,5 @@
-//! Every doctor row except cgroups: namespaces, seccomp, overlayfs, Landlock, sched_ext, BPF,
-//! BPF LSM, memcg BPF struct_ops, PSI, clone3 CLONE_INTO_CGROUP.
+//! Every doctor row except cgroups and Landlock: namespaces, seccomp, overlayfs, sched_ext,
+//! BPF, BPF LSM, memcg BPF struct_ops, PSI, clone3 CLONE_INTO_CGROUP.
 
 use std::path::Path;
 
@@ -16,7 +16,7 @@ pub(super) fn all(host: &dyn Host) -> Vec<Check> {
         cgroup::check(host),
         clone_into_cgroup(host),
         overlayfs(host),
-        landlock(host),
+        super::landlock::check(host.landlock_abi()),
         psi(host),
         sched_ext(host),
         bpf(host),
@@ -25,7 +25,7 @@ pub(super) fn all(host: &dyn Host) -> Vec<Check> {
     ]
 }
 
-fn row(mechanism: &'static str, required: bool) -> Check {
+pub(super) fn row(mechanism: &'static str, required: bool) -> Check {
     Check {
         mechanism,
         status: Status::Available,
@@ -36,14 +36,14 @@ fn row(mechanism: &'static str, required: bool) -> Check {
     }
 }
 
-fn missing(mut c: Check, detail: String, fix: &str) -> Check {
+pub(super) fn missing(mut c: Check, detail: String, fix: &str) -> Check {
     c.status = Status::Missing;
     c.detail = detail;
     c.fix = Some(fix.into());
     c
 }
 
-fn degraded(mut c: Check, detail: String, fallback: &str, fix: &str) -> Check {
+pub(super) fn degraded(mut c: Check, detail: String, fallback: &str, fix: &str) -> Check {
     c.status = Status::Degraded;
     c.detail = detail;
     c.fallback = Some(fallback.into());
@@ -171,22 +171,6 @@ fn overlayfs(host: &dyn Host) -> Check {
             c,
             "overlayfs is neither registered in /proc/filesystems nor available as a module".into(),
             "use a kernel with CONFIG_OVERLAY_FS (or install its modules package)",
-        ),
-    }
-}
-
-fn landlock(host: &dyn Host) -> Check {
-    let c = row("landlock", false);
-    match host.landlock_abi() {
-        Ok(abi) => Check {
-            detail: format!("Landlock ABI {abi}"),
-            ..c
-        },
-        Err(e) => degraded(
-            c,
-            format!("Landlock unavailable: {e}"),
-            "filesystem rights from the mount layout only",
-            "use Linux 5.13+ with CONFIG_SECURITY_LANDLOCK and landlock in lsm=",
         ),
     }
 }

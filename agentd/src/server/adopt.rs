@@ -96,6 +96,8 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
         info: Mutex::new(s.clone()),
         shim_exits: Mutex::new(std::collections::HashMap::new()),
         done: done_rx,
+        // The previous daemon held the stdin pipe's write end: the agent has read its end.
+        stdin: Mutex::new(None),
     });
     d.live
         .lock()
@@ -103,7 +105,7 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
         .insert(s.id.clone(), live.clone());
     // The shim socket is rebound at the same path (the agent's environment names it).
     if let Err(e) = super::shim::listen(d, &live, pid) {
-        eprintln!("agentd: session {}: {e}", s.id);
+        super::log::warn(&format!("session {}: {e}", s.id));
     }
     for c in calls.into_iter().filter(|c| c.state == CallState::Running) {
         live.inflight.fetch_add(1, Ordering::SeqCst);
@@ -124,12 +126,12 @@ pub fn readopt(d: &Arc<Daemon>) -> Result<Vec<String>, ServeError> {
     for s in rows {
         match adopt_one(d, &s) {
             Ok(()) => {
-                eprintln!("agentd: re-adopted session {}", s.id);
+                super::log::info(&format!("re-adopted session {}", s.id));
                 adopted.push(s.id);
             }
             Err(e) => {
                 let why = format!("lost across a daemon restart: {e}");
-                eprintln!("agentd: session {}: {why}", s.id);
+                super::log::warn(&format!("session {}: {why}", s.id));
                 let j = d.journal.lock().unwrap_or_else(|p| p.into_inner());
                 j.mark_lost(s, &why)?;
             }
@@ -214,7 +216,17 @@ async fn resume_call(d: Arc<Daemon>, live: Arc<Live>, mut c: CallInfo) {
         if c.state == CallState::Running {
             c.state = CallState::Exited;
         }
-        if c.error.is_none() {
+        // A shim call's shim reports its status to the new daemon (it retries while the
+        // socket is down); a call from outside lost the process that waited for it.
+        c.exit_code = live
+            .shim_exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&c.n);
+        if c.exit_code.is_none() && c.oom_killed {
+            c.exit_code = Some(137);
+        }
+        if c.exit_code.is_none() && c.error.is_none() {
             c.error =
                 Some("the daemon restarted during the call: its exit status is unknown".into());
         }

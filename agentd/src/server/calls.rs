@@ -14,12 +14,17 @@ use std::time::Duration;
 use agentd_policy::{CallPlan, CpuClass};
 use axum::Json;
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{Path as UrlPath, State as AxState};
+use axum::extract::{Path as UrlPath, Query, State as AxState};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
 
 use super::sessions::{Live, visible};
+use super::stream::{Ndjson, Utf8Carry};
 use super::systemd::RemoveSystemdEnv as _;
 use super::{ApiError, Peer, State};
-use crate::api::{CallInfo, CallLimits, CallRequest, CallState, SessionState, now};
+use crate::api::{
+    CallInfo, CallLimits, CallRequest, CallState, SessionState, StreamEvent, StreamQuery, now,
+};
 
 /// Output kept per stream in the answer; the rest is cut (the call is not slowed).
 const OUTPUT_CAP: usize = 1 << 20;
@@ -131,18 +136,19 @@ fn check_request(live: &Live, req: &CallRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn cut(mut b: Vec<u8>) -> String {
-    b.truncate(OUTPUT_CAP);
-    String::from_utf8_lossy(&b).into_owned()
-}
+/// Where a call's output goes as it comes: the stream of a `?stream=true` request.
+type Events = Option<mpsc::Sender<StreamEvent>>;
 
-/// `POST /v1/sessions/{id}/calls`.
+/// `POST /v1/sessions/{id}/calls`: answers with the finished call; with `?stream=true`, an
+/// NDJSON stream of its output as it comes, then the finished call (`{"call":…}`). The call
+/// runs to its end and is journalled even if the client goes away.
 pub async fn create(
     AxState(d): AxState<State>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath(id): UrlPath<String>,
+    Query(q): Query<StreamQuery>,
     Json(req): Json<CallRequest>,
-) -> Result<Json<CallInfo>, ApiError> {
+) -> Result<Response, ApiError> {
     let s = visible(&d, &peer, &id)?;
     let live = match d.live(&id) {
         Some(l) if l.info().state == SessionState::Running => l,
@@ -158,9 +164,31 @@ pub async fn create(
     let (view, cg_limits) = call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
     live.inflight.fetch_add(1, Ordering::SeqCst);
-    let r = run_call(&d, &live, n, &req, view, &cg_limits).await;
-    live.inflight.fetch_sub(1, Ordering::SeqCst);
-    r.map(Json)
+    if !q.stream {
+        let r = run_call(&d, &live, n, &req, view, &cg_limits, None).await;
+        live.inflight.fetch_sub(1, Ordering::SeqCst);
+        return r.map(|c| Json(c).into_response());
+    }
+    let (etx, mut erx) = mpsc::channel::<StreamEvent>(64);
+    let (mut out, resp) = Ndjson::new();
+    tokio::spawn(async move {
+        let r = run_call(&d, &live, n, &req, view, &cg_limits, Some(etx.clone())).await;
+        live.inflight.fetch_sub(1, Ordering::SeqCst);
+        let last = match r {
+            Ok(c) => StreamEvent::Call(Box::new(c)),
+            Err(e) => StreamEvent::Error(e.to_string()),
+        };
+        let _ = etx.send(last).await;
+    });
+    tokio::spawn(async move {
+        while let Some(ev) = erx.recv().await {
+            if !out.send(&ev).await {
+                // The client went away; the call goes on (its senders see a closed channel).
+                return;
+            }
+        }
+    });
+    Ok(resp)
 }
 
 async fn run_call(
@@ -170,6 +198,7 @@ async fn run_call(
     req: &CallRequest,
     view: CallLimits,
     cg_limits: &cgctl::Limits,
+    events: Events,
 ) -> Result<CallInfo, ApiError> {
     let mut info = CallInfo::running(&live.id, n, &req.argv, req.intent.clone(), view);
     d.journal(|j| j.put_call(&info))?;
@@ -184,7 +213,15 @@ async fn run_call(
             return Err(ApiError::Internal(format!("call {n}: cgroup: {e}")));
         }
     };
-    let outcome = exec(d, live, call.cgroup().path(), req, info.limits.timeout_s).await;
+    let outcome = exec(
+        d,
+        live,
+        call.cgroup().path(),
+        req,
+        info.limits.timeout_s,
+        events,
+    )
+    .await;
     // Kill leftovers, read the report, remove calls/<n> (blocking cgroupfs work).
     let report = tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await;
     match report {
@@ -225,8 +262,9 @@ async fn exec(
     cgroup: &Path,
     req: &CallRequest,
     timeout_s: u64,
+    events: Events,
 ) -> Result<Outcome, String> {
-    let child = tokio::process::Command::new(&d.cfg.sandbox_bin)
+    let mut child = tokio::process::Command::new(&d.cfg.sandbox_bin)
         .arg("exec")
         .arg("--state")
         .arg(&live.sandbox_state)
@@ -242,10 +280,14 @@ async fn exec(
         .kill_on_drop(false)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", d.cfg.sandbox_bin.display()))?;
-    let waiting = child.wait_with_output();
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let waiting = async {
+        let kept = pump(stdout, stderr, events).await;
+        (kept, child.wait().await)
+    };
     tokio::pin!(waiting);
     let timeout = Duration::from_secs(timeout_s.max(1));
-    let (out, timed_out) = tokio::select! {
+    let ((kept, status), timed_out) = tokio::select! {
         o = &mut waiting => (o, false),
         () = tokio::time::sleep(timeout) => {
             // The timeout kills the call's cgroup (everything the call started); the exec
@@ -254,17 +296,66 @@ async fn exec(
             ((&mut waiting).await, true)
         }
     };
-    let out = out.map_err(|e| format!("waiting for the call: {e}"))?;
+    let status = status.map_err(|e| format!("waiting for the call: {e}"))?;
     use std::os::unix::process::ExitStatusExt;
     Ok(Outcome {
-        code: out
-            .status
-            .code()
-            .or_else(|| out.status.signal().map(|s| 128 + s)),
+        code: status.code().or_else(|| status.signal().map(|s| 128 + s)),
         timed_out,
-        stdout: cut(out.stdout),
-        stderr: cut(out.stderr),
+        stdout: String::from_utf8_lossy(&kept[0]).into_owned(),
+        stderr: String::from_utf8_lossy(&kept[1]).into_owned(),
     })
+}
+
+/// Reads the call's stdout and stderr until both end: forwards each piece as it comes to
+/// `events` (while its receiver listens) and keeps the first [`OUTPUT_CAP`] bytes of each
+/// for the answer (the call is never slowed by the cap).
+async fn pump(
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+    mut events: Events,
+) -> [Vec<u8>; 2] {
+    use tokio::io::AsyncReadExt;
+    let mut kept = [Vec::new(), Vec::new()];
+    let mut carry = [Utf8Carry::default(), Utf8Carry::default()];
+    let (mut out, mut err) = (stdout, stderr);
+    let (mut a, mut b) = ([0u8; 8192], [0u8; 8192]);
+    while out.is_some() || err.is_some() {
+        let (i, r) = tokio::select! {
+            r = async { out.as_mut()?.read(&mut a).await.ok() }, if out.is_some() => (0, r),
+            r = async { err.as_mut()?.read(&mut b).await.ok() }, if err.is_some() => (1, r),
+        };
+        let data = match r {
+            Some(n) if n > 0 => {
+                if i == 0 {
+                    &a[..n]
+                } else {
+                    &b[..n]
+                }
+            }
+            _ => {
+                if i == 0 {
+                    out = None
+                } else {
+                    err = None
+                }
+                continue;
+            }
+        };
+        let room = OUTPUT_CAP.saturating_sub(kept[i].len());
+        kept[i].extend_from_slice(&data[..data.len().min(room)]);
+        if let Some(tx) = &events {
+            let text = carry[i].push(data);
+            let ev = if i == 0 {
+                StreamEvent::Stdout(text)
+            } else {
+                StreamEvent::Stderr(text)
+            };
+            if tx.send(ev).await.is_err() {
+                events = None;
+            }
+        }
+    }
+    kept
 }
 
 /// `GET /v1/sessions/{id}/calls`: the calls with their reports.

@@ -7,8 +7,13 @@
 
 pub mod adopt;
 pub mod calls;
+mod errors;
+pub mod leaf;
+pub mod log;
 pub mod sessions;
 pub mod shim;
+pub mod stats;
+pub mod stream;
 pub mod systemd;
 
 use std::collections::HashMap;
@@ -216,11 +221,15 @@ pub fn router(state: State) -> Router {
         .route(&format!("{p}/sessions/{{id}}/kill"), post(sessions::kill))
         .route(&format!("{p}/sessions/{{id}}/wait"), post(sessions::wait))
         .route(&format!("{p}/sessions/{{id}}/logs"), get(sessions::logs))
+        .route(&format!("{p}/sessions/{{id}}/stdin"), post(stream::stdin))
+        .route(&format!("{p}/sessions/{{id}}/stats"), get(stats::one))
+        .route(&format!("{p}/stats"), get(stats::all))
         .route(
             &format!("{p}/sessions/{{id}}/calls"),
             get(calls::list).post(calls::create),
         )
         .with_state(state)
+        .layer(axum::middleware::map_response(errors::json_errors))
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -230,7 +239,9 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Ser
 
 /// Sets up the state dir, journal and cgroup root; re-adopts the sessions a previous daemon
 /// left running (see [`adopt`]) and sweeps every other session cgroup.
-pub fn open(cfg: Config) -> Result<State, ServeError> {
+pub fn open(mut cfg: Config) -> Result<State, ServeError> {
+    // Fail closed: without the shim, agents' shell commands would get no call cgroups.
+    cfg.shim_bin = resolve_bin(&cfg.shim_bin).map_err(io_err("the shim binary", &cfg.shim_bin))?;
     // 0711: the container's root (an unprivileged host uid) must traverse to its session's
     // state dir under `sessions/` to mount the overlay, but nobody may list them. Logs and
     // the journal are root's alone.
@@ -255,6 +266,18 @@ pub fn open(cfg: Config) -> Result<State, ServeError> {
             .map_err(io_err("create", &db))?;
     }
     let journal = Journal::open(&db)?;
+    // Before enabling controllers under our own cgroup (a systemd-delegated subtree).
+    match leaf::move_self_if_needed(&cfg.cgroup_root) {
+        Ok(Some(l)) => log::info(&format!("moved into its own leaf {}", l.display())),
+        Ok(None) => {}
+        Err(source) => {
+            return Err(ServeError::Io {
+                what: "moving the daemon into its own leaf cgroup under the parent of",
+                path: cfg.cgroup_root.clone(),
+                source,
+            });
+        }
+    }
     let backend: Arc<dyn cgctl::fs::Backend> = Arc::new(cgctl::fs::Kernel);
     let cg_err = |source| ServeError::Cgroup {
         path: cfg.cgroup_root.clone(),
@@ -311,6 +334,47 @@ pub fn bind(cfg: &Config) -> Result<(UnixListener, bool), ServeError> {
 /// Serves until SIGINT/SIGTERM. Sessions keep running (the next daemon re-adopts them);
 /// requests still pending after a short grace period are dropped.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    serve_until(cfg, shutdown_signal()).await
+}
+
+/// `given`, else `name` next to the running binary, else `name` (looked up on PATH).
+pub fn sibling_bin(given: Option<PathBuf>, name: &str) -> PathBuf {
+    if let Some(p) = given {
+        return p;
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(name)));
+    match sibling {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from(name),
+    }
+}
+
+/// `bin` as an absolute path with its symlinks resolved (a bare name is looked up on PATH):
+/// the sandbox binds it into containers by its host path.
+pub fn resolve_bin(bin: &Path) -> std::io::Result<PathBuf> {
+    if bin.components().count() > 1 || bin.is_absolute() {
+        return bin.canonicalize();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not found next to agentd or on PATH",
+            )
+        })?
+        .canonicalize()
+}
+
+/// Serves until `stop` completes (see [`serve`]).
+pub async fn serve_until(
+    cfg: Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
     let state = open(cfg.clone())?;
     let (listener, activated) = bind(&cfg)?;
     let status = format!(
@@ -321,8 +385,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         cfg.state_dir.display(),
         state.live.lock().map(|l| l.len()).unwrap_or(0)
     );
-    eprintln!("agentd: {status}");
+    log::info(&status);
     systemd::notify(&format!("READY=1\nSTATUS={status}"));
+    tokio::spawn(stream::bound_logs_forever(state.clone()));
     let app = router(state).into_make_service_with_connect_info::<Peer>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
@@ -333,7 +398,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             .into_future(),
     );
     tokio::select! {
-        () = shutdown_signal() => {}
+        () = stop => {}
         r = &mut server => {
             if !activated {
                 let _ = std::fs::remove_file(&cfg.socket);
@@ -369,7 +434,7 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    eprintln!("agentd: shutting down");
+    log::info("shutting down");
 }
 
 #[cfg(test)]

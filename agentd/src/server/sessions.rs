@@ -19,13 +19,14 @@ use std::time::Duration;
 use agentd_policy::{LoadOptions, Plan};
 use axum::Json;
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{Path as UrlPath, State as AxState};
+use axum::extract::{Path as UrlPath, Query, State as AxState};
+use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 
 use super::systemd::RemoveSystemdEnv as _;
 use super::{ApiError, Daemon, Peer, State};
 use crate::api::{
-    CreateSession, Logs, PolicySource, SessionInfo, SessionLimits, SessionState, now,
+    CreateSession, Logs, PolicySource, SessionInfo, SessionLimits, SessionState, StreamQuery, now,
 };
 
 /// How long a container may take to come up (TCG VMs are slow: several seconds).
@@ -52,6 +53,8 @@ pub struct Live {
     pub shim_exits: Mutex<HashMap<u64, i32>>,
     /// Becomes true when the agent has exited and the row is final.
     pub done: watch::Receiver<bool>,
+    /// The write end of the agent's stdin, until `POST …/stdin` takes it (attached runs).
+    pub stdin: Mutex<Option<tokio::net::unix::pipe::Sender>>,
 }
 
 impl Live {
@@ -159,13 +162,38 @@ fn new_id() -> Result<String, ApiError> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// The agent leaf's CPU bandwidth: at most one CPU (and never more than the session's).
+const AGENT_CPU_MILLIS: u64 = 1000;
+
+/// The limits of the agent's own leaf (`session-<id>/agent`): what the agent forks without
+/// the shim stays there, so it gets no more than a call with the policy's defaults would
+/// (memory.max and pids.max of `resources.call`), the batch CPU weight (never the latency
+/// class's priority) and at most one CPU. So skipping the shim gains nothing.
+pub fn agent_limits(plan: &Plan, session_cpu_millis: u64) -> (u64, u32, u64, cgctl::Limits) {
+    let memory = plan.call_defaults.memory.value.0;
+    let pids = plan.call_defaults.pids.value;
+    let cpu = AGENT_CPU_MILLIS.min(session_cpu_millis);
+    let cg = cgctl::Limits {
+        memory_max: Some(cgctl::Max::Limit(memory)),
+        pids_max: Some(cgctl::Max::Limit(u64::from(pids))),
+        cpu_weight: Some(super::calls::cpu_weight(agentd_policy::CpuClass::Batch)),
+        cpu_max: Some(cgctl::CpuMax::cpus(cpu as f64 / 1000.0)),
+        ..cgctl::Limits::default()
+    };
+    (memory, pids, cpu, cg)
+}
+
 fn session_limits(plan: &Plan) -> (SessionLimits, cgctl::Limits) {
     let s = &plan.session;
+    let (agent_memory, agent_pids, agent_cpu_millis, _) = agent_limits(plan, s.cpu.value.0);
     let lim = SessionLimits {
         memory: s.memory.value.0,
         cpu_millis: s.cpu.value.0,
         pids: s.pids.value,
         timeout_s: s.timeout.value.0,
+        agent_memory,
+        agent_cpu_millis,
+        agent_pids,
     };
     let cg = cgctl::Limits {
         memory_max: Some(cgctl::Max::Limit(lim.memory)),
@@ -231,6 +259,12 @@ pub async fn create(
         .root
         .create_session(&id, &cg_limits)
         .map_err(|e| ApiError::Internal(format!("session cgroup: {e}")))?;
+    // Fail closed: an agent leaf without its limits would let the agent skip the shim.
+    let (.., agent_cg) = agent_limits(&plan, limits.cpu_millis);
+    if let Err(e) = cg.agent().set_limits(&agent_cg) {
+        let _ = d.root.remove_session(&id, Duration::from_secs(5));
+        return Err(ApiError::Internal(format!("limits of the agent leaf: {e}")));
+    }
     let sessions = d.cfg.state_dir.join("sessions");
     let sandbox_state = sessions.join(&id);
     let info = SessionInfo {
@@ -251,6 +285,18 @@ pub async fn create(
         j.put_session(&info)?;
         j.put_policy(&id, req.policy.as_ref())
     })?;
+    let logs = d.cfg.state_dir.join("logs");
+    let (agent_stdin, stdin_writer) = if req.stdin {
+        match super::stream::stdin_pipe(&logs, &id) {
+            Ok((r, w)) => (Stdio::from(r), Some(w)),
+            Err(e) => {
+                let _ = d.root.remove_session(&id, Duration::from_secs(5));
+                return Err(ApiError::Internal(format!("the agent's stdin pipe: {e}")));
+            }
+        }
+    } else {
+        (Stdio::null(), None)
+    };
     let (done_tx, done_rx) = watch::channel(false);
     let live = Arc::new(Live {
         id: id.clone(),
@@ -265,13 +311,14 @@ pub async fn create(
         info: Mutex::new(info),
         shim_exits: Mutex::new(HashMap::new()),
         done: done_rx,
+        stdin: Mutex::new(stdin_writer),
     });
     // The agent's $SHELL is the shim; it reaches the daemon through a socket the daemon binds
     // inside the container once it is up, so the agent first waits (bounded) for it.
     let mut argv = vec![
         "/usr/bin/env".to_string(),
         "--".to_string(),
-        format!("SHELL={}", d.cfg.shim_bin.display()),
+        format!("SHELL={}", super::shim::SHIM_IN_CONTAINER),
         format!("AGENTD_SHIM_SOCKET={}", super::shim::SOCKET_IN_CONTAINER),
         "/bin/sh".to_string(),
         "-c".to_string(),
@@ -281,8 +328,7 @@ pub async fn create(
         "agentd-agent".to_string(),
     ];
     argv.extend(req.argv.iter().cloned());
-    let logs = d.cfg.state_dir.join("logs");
-    let started = start_container(&d, &live, &workspace, &argv, &logs).await;
+    let started = start_container(&d, &live, &workspace, &argv, &logs, agent_stdin).await;
     let mut child = match started {
         Ok(c) => c,
         Err(e) => {
@@ -339,6 +385,7 @@ async fn start_container(
     workspace: &Path,
     argv: &[String],
     logs: &Path,
+    stdin: Stdio,
 ) -> Result<tokio::process::Child, ApiError> {
     let open = |ext: &str| {
         let p = logs.join(format!("{}.{ext}", live.id));
@@ -354,10 +401,18 @@ async fn start_container(
         .arg(&live.sandbox_state)
         .arg("--cgroup")
         .arg(live.cg.agent().path())
+        // The shim at one fixed path in every container: a host path under /tmp, /run or a
+        // home would be invisible inside (the session has its own).
+        .arg("--bind-ro")
+        .arg(format!(
+            "{}:{}",
+            d.cfg.shim_bin.display(),
+            super::shim::SHIM_IN_CONTAINER
+        ))
         .arg("--")
         .args(argv)
         .envs_remove_systemd()
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(out)
         .stderr(err)
         // The runtime outlives the daemon (restart, crash): the next daemon re-adopts the
@@ -386,8 +441,8 @@ async fn remove_cgroups(d: &Arc<Daemon>, id: &str) {
             .await;
     match r {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("agentd: removing the cgroups of session {id}: {e}"),
-        Err(e) => eprintln!("agentd: removing the cgroups of session {id}: {e}"),
+        Ok(Err(e)) => super::log::error(&format!("removing the cgroups of session {id}: {e}")),
+        Err(e) => super::log::error(&format!("removing the cgroups of session {id}: {e}")),
     }
 }
 
@@ -509,20 +564,24 @@ pub async fn wait(
     Ok(Json(visible(&d, &peer, &id)?))
 }
 
-/// `GET /v1/sessions/{id}/logs`.
+/// `GET /v1/sessions/{id}/logs`: the kept output (the last `LOG_KEEP` bytes of each
+/// stream); with `?follow=true` an NDJSON stream (see [`super::stream::follow`]).
 pub async fn logs(
     AxState(d): AxState<State>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath(id): UrlPath<String>,
-) -> Result<Json<Logs>, ApiError> {
+    Query(q): Query<StreamQuery>,
+) -> Result<Response, ApiError> {
     visible(&d, &peer, &id)?;
-    let dir = d.cfg.state_dir.join("logs");
-    let read =
-        |ext: &str| std::fs::read_to_string(dir.join(format!("{id}.{ext}"))).unwrap_or_default();
+    if q.follow {
+        return Ok(super::stream::follow(d, id, peer));
+    }
+    let read = |ext: &str| super::stream::read_kept(&super::stream::log_path(&d, &id, ext));
     Ok(Json(Logs {
         stdout: read("out"),
         stderr: read("err"),
-    }))
+    })
+    .into_response())
 }
 
 pub fn kill_live(live: &Live) -> Result<(), ApiError> {

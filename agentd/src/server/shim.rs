@@ -60,7 +60,8 @@ struct ShimState {
 /// Where the caller's process is in the session.
 enum Place {
     Agent,
-    Call,
+    /// Inside `calls/<n>` (the number when the path names one).
+    Call(Option<u64>),
 }
 
 /// The session cgroup as /proc/<pid>/cgroup spells it (relative to the cgroup2 mount).
@@ -82,8 +83,10 @@ fn place(live: &Live, peer: &Peer) -> Result<Place, ApiError> {
     let sess = session_cgroup_name(live);
     if cg == format!("{sess}/agent") {
         Ok(Place::Agent)
-    } else if cg.starts_with(&format!("{sess}/calls/")) {
-        Ok(Place::Call)
+    } else if let Some(rest) = cg.strip_prefix(&format!("{sess}/calls/")) {
+        Ok(Place::Call(
+            rest.split('/').next().and_then(|n| n.parse().ok()),
+        ))
     } else {
         Err(ApiError::Forbidden(format!(
             "process {pid} is not in session {} (cgroup {cg:?}): a session's socket acts only \
@@ -105,9 +108,11 @@ async fn shim_call(
             live.id
         )));
     }
-    if let Place::Call = place(live, &peer)? {
+    if let Place::Call(n) = place(live, &peer)? {
         return Ok(Json(ShimAnswer {
-            n: None,
+            // The call it is in: a shim whose first request was cut by a daemon restart
+            // (after the move, before the answer) learns its call number from this.
+            n,
             nested: true,
             limits: None,
         }));
@@ -205,6 +210,9 @@ async fn shim_exit(
         .insert(n, req.code);
     Ok(Json(req))
 }
+
+/// Where the shim binary is bound (read-only) in every container: the agent's `$SHELL`.
+pub const SHIM_IN_CONTAINER: &str = "/run/agentd/bin/agentd-shim";
 
 /// The shim socket's path as the agent sees it (`$AGENTD_SHIM_SOCKET`).
 pub const SOCKET_IN_CONTAINER: &str = "/run/agentd-shim.sock";

@@ -50,7 +50,7 @@ pub fn notify(state: &str) {
     };
     let sent = addr.and_then(|a| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &a));
     if let Err(e) = sent {
-        eprintln!("agentd: notifying systemd at {path}: {e}");
+        super::log::warn(&format!("notifying systemd at {path}: {e}"));
     }
 }
 

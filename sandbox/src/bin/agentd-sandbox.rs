@@ -40,6 +40,19 @@ struct SessionArgs {
     /// Allow io_uring in the seccomp filter.
     #[arg(long)]
     allow_io_uring: bool,
+    /// A Landlock right the session requires even though the plan's default marks it
+    /// optional (e.g. `resolve_unix`), or `all`; repeatable.
+    #[arg(long = "landlock-require", value_name = "RIGHT")]
+    landlock_require: Vec<String>,
+    /// Use an OCI bundle as the root: DIR/config.json (read with oci-spec) and its rootfs,
+    /// bound read-only; the workspace appears at /workspace. The command defaults to
+    /// process.args. Fields that would weaken or change confinement are refused.
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
+    /// Bind a host file or directory read-only (nosuid, nodev) into the container at
+    /// CONTAINER (created when under /tmp, /run or /home); repeatable.
+    #[arg(long = "bind-ro", value_name = "HOST:CONTAINER")]
+    bind_ro: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,8 +67,8 @@ enum Cmd {
         /// Start the container inside this cgroup directory (clone3 CLONE_INTO_CGROUP).
         #[arg(long)]
         cgroup: Option<PathBuf>,
-        /// The command.
-        #[arg(last = true, required = true)]
+        /// The command (with --bundle: default process.args).
+        #[arg(last = true)]
         cmd: Vec<String>,
     },
     /// Print the plan (JSON) and its mount steps without running anything.
@@ -115,7 +128,26 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
     }
 }
 
-fn build_plan(a: &SessionArgs) -> Result<SessionPlan, String> {
+/// `HOST:CONTAINER`; the host side is made absolute and its symlinks resolved (a missing
+/// source is an error here, naming it).
+fn parse_bind(spec: &str) -> Result<agentd_sandbox::plan::BindRo, String> {
+    let (host, inside) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("--bind-ro {spec:?}: expected HOST:CONTAINER"))?;
+    if host.is_empty() || inside.is_empty() {
+        return Err(format!("--bind-ro {spec:?}: expected HOST:CONTAINER"));
+    }
+    let source = Path::new(host)
+        .canonicalize()
+        .map_err(|e| format!("--bind-ro {spec:?}: source {host}: {e}"))?;
+    Ok(agentd_sandbox::plan::BindRo {
+        source,
+        target: PathBuf::from(inside),
+    })
+}
+
+/// The plan and, with `--bundle`, the bundle's command.
+fn build_plan(a: &SessionArgs) -> Result<(SessionPlan, Option<Vec<String>>), String> {
     let repo = a
         .workspace
         .canonicalize()
@@ -127,14 +159,41 @@ fn build_plan(a: &SessionArgs) -> Result<SessionPlan, String> {
     };
     let mut plan = SessionPlan::new(&repo, &state, parse_size(&a.disk_size)?, owner, a.root_uid);
     plan.namespaces.net = !a.host_net;
+    for name in &a.landlock_require {
+        if name == "all" {
+            plan.landlock.optional_rights.clear();
+            continue;
+        }
+        let right = agentd_sandbox::plan::FsRight::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = agentd_sandbox::plan::FsRight::ALL
+                .iter()
+                .map(|r| r.name())
+                .collect();
+            format!(
+                "--landlock-require {name:?}: unknown right (known: all, {})",
+                known.join(", ")
+            )
+        })?;
+        plan.landlock.optional_rights.retain(|r| *r != right);
+    }
+    for spec in &a.bind_ro {
+        plan.bind_ro.push(parse_bind(spec)?);
+    }
     plan.seccomp.allow_io_uring = a.allow_io_uring;
     for name in agentd_sandbox::plan::ENV_PASSTHROUGH {
         if let Ok(v) = std::env::var(name) {
             plan.env.insert((*name).to_owned(), v);
         }
     }
+    let bundle_cmd = match &a.bundle {
+        Some(dir) => Some(
+            agentd_sandbox::oci::apply_bundle(&absolute(dir)?, &mut plan)
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     plan.validate()?;
-    Ok(plan)
+    Ok((plan, bundle_cmd))
 }
 
 fn run(
@@ -143,7 +202,13 @@ fn run(
     cgroup: Option<&Path>,
     cmd: &[String],
 ) -> Result<i32, String> {
-    let plan = build_plan(session)?;
+    let (plan, bundle_cmd) = build_plan(session)?;
+    let cmd = match (cmd.is_empty(), bundle_cmd) {
+        (false, _) => cmd.to_vec(),
+        (true, Some(args)) => args,
+        (true, None) => return Err("no command: give one after `--`".into()),
+    };
+    let cmd = cmd.as_slice();
     let cg = match cgroup {
         Some(p) => Some(std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => None,
@@ -162,10 +227,14 @@ fn start_and_wait(
     cmd: &[String],
 ) -> Result<i32, String> {
     let c = container::start(plan, cmd, cgroup).map_err(|e| e.to_string())?;
+    if let Some(gap) = c.landlock.gap() {
+        eprintln!("agentd-sandbox: warning: {gap}");
+    }
     // For `exec` into this session while it runs.
     agentd_sandbox::exec::write_record(&agentd_sandbox::exec::SessionRecord {
         plan: plan.clone(),
         init_pid: c.pid.as_raw(),
+        landlock: Some(c.landlock.clone()),
     })
     .map_err(|e| e.to_string())?;
     container::wait_forwarding_signals(&c).map_err(|e| e.to_string())
@@ -180,7 +249,7 @@ fn main() -> ExitCode {
             cgroup,
             cmd,
         } => run(session, *keep_state, cgroup.as_deref(), cmd),
-        Cmd::Plan { session } => build_plan(session).and_then(|p| {
+        Cmd::Plan { session } => build_plan(session).and_then(|(p, _)| {
             let json = serde_json::to_string_pretty(&p).map_err(|e| e.to_string())?;
             println!("{json}");
             for s in p.mount_steps() {
