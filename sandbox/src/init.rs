@@ -130,7 +130,7 @@ pub fn run_launch(launch: Launch) -> Result<i32, Error> {
     cmd.args(&argv[1..])
         .env_clear()
         .envs(&plan.env)
-        .current_dir(&plan.workspace.mount_at);
+        .current_dir(plan.cwd.as_ref().unwrap_or(&plan.workspace.mount_at));
     // SAFETY: the init is single-threaded, so the child may allocate; `apply` only changes
     // the child's own credentials, limits and filters before exec.
     unsafe {

@@ -13,6 +13,7 @@ pub mod exec;
 pub mod fsrules;
 pub mod init;
 pub mod mounts;
+pub mod oci;
 pub mod plan;
 pub mod pty;
 pub mod seccomp;

@@ -30,8 +30,8 @@ fn apply_one(sys: &dyn Sys, step: &Step) -> std::io::Result<()> {
             MsFlags::MS_REC | MsFlags::MS_PRIVATE,
             None,
         ),
-        Step::BindRoot { target } => sys.mount(
-            Some(Path::new("/")),
+        Step::BindRoot { source, target } => sys.mount(
+            Some(source),
             target,
             None,
             MsFlags::MS_BIND | MsFlags::MS_REC,

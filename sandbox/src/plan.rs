@@ -297,6 +297,13 @@ pub struct SessionPlan {
     /// Host files and directories bound read-only into the container.
     #[serde(default)]
     pub bind_ro: Vec<BindRo>,
+    /// The root: `None` is the host root (read-only); `Some(dir)` an OCI bundle's rootfs,
+    /// bound read-only in its place ([`crate::oci`]).
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// The agent's working directory (default: the workspace).
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
     /// The environment of the agent: exactly these variables.
     pub env: BTreeMap<String, String>,
     /// Resource limits by name.
@@ -406,6 +413,8 @@ impl SessionPlan {
             masked: OCI_MASKED.iter().map(PathBuf::from).collect(),
             read_only: OCI_READ_ONLY.iter().map(PathBuf::from).collect(),
             bind_ro: Vec::new(),
+            root: None,
+            cwd: None,
             env,
             rlimits,
             seccomp: Seccomp {
@@ -451,6 +460,22 @@ impl SessionPlan {
             if !p.is_absolute() {
                 return Err(format!("{} is not absolute", p.display()));
             }
+        }
+        for p in self.root.iter().chain(self.cwd.iter()) {
+            if !p.is_absolute() {
+                return Err(format!("{} is not absolute", p.display()));
+            }
+        }
+        if let Some(r) = &self.root
+            && (r == Path::new("/")
+                || r.starts_with(&self.workspace.state)
+                || r.starts_with(&self.workspace.repo))
+        {
+            return Err(format!(
+                "root {} must be a directory outside the workspace and the state dir (the \
+                 host root is the default, not a bundle)",
+                r.display()
+            ));
         }
         if self.workspace.size_bytes < 1024 * 1024 {
             return Err("workspace size cap below 1 MiB".into());
@@ -566,6 +591,7 @@ impl SessionPlan {
         let mut steps = vec![
             Step::MakePrivate,
             Step::BindRoot {
+                source: self.root.clone().unwrap_or_else(|| PathBuf::from("/")),
                 target: root.clone(),
             },
             Step::ReadOnly {
@@ -677,8 +703,10 @@ impl SessionPlan {
 pub enum Step {
     /// `mount --make-rprivate /`.
     MakePrivate,
-    /// `mount --rbind / target`.
+    /// `mount --rbind source target`.
     BindRoot {
+        /// The root to bind: `/` (the host root) or a bundle's rootfs.
+        source: PathBuf,
         /// Mount point (the rootfs dir).
         target: PathBuf,
     },
@@ -772,7 +800,9 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::MakePrivate => write!(f, "make-rprivate /"),
-            Step::BindRoot { target } => write!(f, "rbind / {}", target.display()),
+            Step::BindRoot { source, target } => {
+                write!(f, "rbind {} {}", source.display(), target.display())
+            }
             Step::ReadOnly { target, recursive } => write!(
                 f,
                 "read-only{} {}",

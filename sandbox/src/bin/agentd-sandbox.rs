@@ -44,6 +44,11 @@ struct SessionArgs {
     /// optional (e.g. `resolve_unix`), or `all`; repeatable.
     #[arg(long = "landlock-require", value_name = "RIGHT")]
     landlock_require: Vec<String>,
+    /// Use an OCI bundle as the root: DIR/config.json (read with oci-spec) and its rootfs,
+    /// bound read-only; the workspace appears at /workspace. The command defaults to
+    /// process.args. Fields that would weaken or change confinement are refused.
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
     /// Bind a host file or directory read-only (nosuid, nodev) into the container at
     /// CONTAINER (created when under /tmp, /run or /home); repeatable.
     #[arg(long = "bind-ro", value_name = "HOST:CONTAINER")]
@@ -62,8 +67,8 @@ enum Cmd {
         /// Start the container inside this cgroup directory (clone3 CLONE_INTO_CGROUP).
         #[arg(long)]
         cgroup: Option<PathBuf>,
-        /// The command.
-        #[arg(last = true, required = true)]
+        /// The command (with --bundle: default process.args).
+        #[arg(last = true)]
         cmd: Vec<String>,
     },
     /// Print the plan (JSON) and its mount steps without running anything.
@@ -141,7 +146,8 @@ fn parse_bind(spec: &str) -> Result<agentd_sandbox::plan::BindRo, String> {
     })
 }
 
-fn build_plan(a: &SessionArgs) -> Result<SessionPlan, String> {
+/// The plan and, with `--bundle`, the bundle's command.
+fn build_plan(a: &SessionArgs) -> Result<(SessionPlan, Option<Vec<String>>), String> {
     let repo = a
         .workspace
         .canonicalize()
@@ -179,8 +185,15 @@ fn build_plan(a: &SessionArgs) -> Result<SessionPlan, String> {
             plan.env.insert((*name).to_owned(), v);
         }
     }
+    let bundle_cmd = match &a.bundle {
+        Some(dir) => Some(
+            agentd_sandbox::oci::apply_bundle(&absolute(dir)?, &mut plan)
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     plan.validate()?;
-    Ok(plan)
+    Ok((plan, bundle_cmd))
 }
 
 fn run(
@@ -189,7 +202,13 @@ fn run(
     cgroup: Option<&Path>,
     cmd: &[String],
 ) -> Result<i32, String> {
-    let plan = build_plan(session)?;
+    let (plan, bundle_cmd) = build_plan(session)?;
+    let cmd = match (cmd.is_empty(), bundle_cmd) {
+        (false, _) => cmd.to_vec(),
+        (true, Some(args)) => args,
+        (true, None) => return Err("no command: give one after `--`".into()),
+    };
+    let cmd = cmd.as_slice();
     let cg = match cgroup {
         Some(p) => Some(std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => None,
@@ -230,7 +249,7 @@ fn main() -> ExitCode {
             cgroup,
             cmd,
         } => run(session, *keep_state, cgroup.as_deref(), cmd),
-        Cmd::Plan { session } => build_plan(session).and_then(|p| {
+        Cmd::Plan { session } => build_plan(session).and_then(|(p, _)| {
             let json = serde_json::to_string_pretty(&p).map_err(|e| e.to_string())?;
             println!("{json}");
             for s in p.mount_steps() {
