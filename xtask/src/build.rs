@@ -33,7 +33,7 @@ pub fn privileged_tests() -> Result<Vec<PathBuf>> {
     executables(&["test", "-p", PRIVILEGED_TESTS_PACKAGE, "--no-run"], true)
 }
 
-fn executables(args: &[&str], tests: bool) -> Result<Vec<PathBuf>> {
+pub(crate) fn executables(args: &[&str], tests: bool) -> Result<Vec<PathBuf>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
     if let Some(dir) = vm_visible_target_dir() {

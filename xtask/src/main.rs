@@ -2,6 +2,7 @@
 //! tests in a QEMU VM on a real Debian kernel, run any command in that VM, run every test.
 
 mod apt;
+mod bench;
 mod build;
 mod deps;
 mod initramfs;
@@ -55,6 +56,22 @@ enum Cmd {
         /// VM settings for both boots.
         #[command(flatten)]
         vm: VmArgs,
+    },
+    /// Run the benchmarks (docs/benchmarks.md) in the VM; print and write the report.
+    Bench {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Small run counts (CI): under 5 minutes including the VM boot.
+        #[arg(long)]
+        quick: bool,
+        /// Measure the debug build (default with --quick: CI has it built already).
+        #[arg(long, conflicts_with = "release")]
+        dev: bool,
+        /// Measure the release build (default without --quick).
+        #[arg(long)]
+        release: bool,
+        /// Only these benchmarks: calls, lifecycle, footprint, replay.
+        names: Vec<String>,
     },
     /// Build (release) and install the binaries, systemd units, the `agentd` group,
     /// completions and man pages.
@@ -139,6 +156,25 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         }
         Cmd::VmRun { vm, command } => vm_run(&ws, &vm, &command).map(exit_byte),
         Cmd::Test { vm } => test_all(&ws, &vm),
+        Cmd::Bench {
+            vm,
+            quick,
+            dev,
+            release,
+            names,
+        } => {
+            // --quick measures the debug build CI has already built, unless --release.
+            let dev = dev || (quick && !release);
+            bench::run(
+                &ws,
+                &vm,
+                &bench::BenchArgs {
+                    quick,
+                    dev,
+                    names: &names,
+                },
+            )
+        }
         Cmd::Install {
             prefix,
             destdir,
