@@ -81,22 +81,7 @@ impl Client {
             path: path.to_string(),
             detail,
         };
-        let mut sender = self.connect::<Full<Bytes>>(http).await?;
-        let bytes = match body {
-            Some(b) => serde_json::to_vec(b).map_err(|e| http(e.to_string()))?,
-            None => Vec::new(),
-        };
-        let req = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header("host", "agentd")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| http(e.to_string()))?;
+        let resp = self.send_json(&method, path, body, http).await?;
         let status = resp.status();
         let data = resp
             .into_body()
@@ -110,10 +95,36 @@ impl Client {
         serde_json::from_slice(&data).map_err(|e| http(format!("bad answer: {e}")))
     }
 
+    /// Sends `body` (if any) as JSON on a new connection; returns the answer's head and body.
+    async fn send_json<B: Serialize>(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&B>,
+        http: impl Fn(String) -> ClientError,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| http(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let mut sender = self.connect::<Full<Bytes>>(&http).await?;
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header("host", "agentd")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| http(e.to_string()))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| http(e.to_string()))
+    }
+
     /// Opens one HTTP/1.1 connection to the daemon.
     async fn connect<B>(
         &self,
-        http: impl Fn(String) -> ClientError,
+        http: &impl Fn(String) -> ClientError,
     ) -> Result<hyper::client::conn::http1::SendRequest<B>, ClientError>
     where
         B: hyper::body::Body + Send + 'static,
@@ -155,22 +166,7 @@ impl Client {
             path: path.to_string(),
             detail,
         };
-        let mut sender = self.connect::<Full<Bytes>>(http).await?;
-        let bytes = match body {
-            Some(b) => serde_json::to_vec(b).map_err(|e| http(e.to_string()))?,
-            None => Vec::new(),
-        };
-        let req = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header("host", "agentd")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| http(e.to_string()))?;
+        let resp = self.send_json(&method, path, body, http).await?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
@@ -214,7 +210,7 @@ impl Client {
             detail,
         };
         type Chan = http_body_util::channel::Channel<Bytes, std::convert::Infallible>;
-        let mut sender = self.connect::<Chan>(http).await?;
+        let mut sender = self.connect::<Chan>(&http).await?;
         let (mut tx, body) = Chan::new(4);
         let req = Request::builder()
             .method(Method::POST)

@@ -313,6 +313,12 @@ impl Api {
         a
     }
 
+    /// feedStdin with `bytes`.
+    fn feed_stdin(&mut self, id: &str, bytes: &str) -> Answer {
+        let body = Some(("application/octet-stream", bytes));
+        self.call(None, "POST", "/sessions/{id}/stdin", id, "", body)
+    }
+
     /// [`Api::call`] with a JSON body or none.
     fn json(
         &mut self,
@@ -488,14 +494,7 @@ fn api_every_documented_operation_answers_as_documented() {
     let s2 = api.json(None, "POST", "/sessions", "", Some(&create.to_string()));
     assert_eq!(s2.status, 200, "{}", s2.body);
     let id2 = s2.body["id"].as_str().unwrap().to_string();
-    let a = api.call(
-        None,
-        "POST",
-        "/sessions/{id}/stdin",
-        &id2,
-        "",
-        Some(("application/octet-stream", "hello\n")),
-    );
+    let a = api.feed_stdin(&id2, "hello\n");
     assert_eq!((a.status, &a.body["bytes"]), (200, &json!(6)), "{}", a.body);
     let f = api.call(
         None,
@@ -509,14 +508,7 @@ fn api_every_documented_operation_answers_as_documented() {
     assert_eq!(out, "got:hello\n", "{}", f.body);
     assert_eq!(last["session"]["state"], "exited", "{}", f.body);
     assert_eq!(streamed(&f, "stderr").0, "note\n");
-    let a = api.call(
-        None,
-        "POST",
-        "/sessions/{id}/stdin",
-        &id2,
-        "",
-        Some(("application/octet-stream", "more")),
-    );
+    let a = api.feed_stdin(&id2, "more");
     assert_eq!(a.status, 409, "stdin of an exited session: {}", a.body);
     let a = api.json(None, "GET", "/sessions/{id}/stats", &id2, None);
     assert_eq!(a.status, 409, "stats of an exited session: {}", a.body);

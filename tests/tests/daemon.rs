@@ -285,18 +285,7 @@ fn daemon_kill_9_during_a_call_readopts_the_session_and_records_the_call() {
     assert_eq!(s["state"], "running", "{s}");
     assert!(scg.join("agent").is_dir());
     // The interrupted call's report is recorded when it ends.
-    let t = Instant::now();
-    let c1 = loop {
-        let calls = d.json(&["calls", &id]);
-        if calls[0]["state"] != "running" {
-            break calls[0].clone();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "call 1 never recorded"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let c1 = d.first_call_once_ended(&id);
     assert_eq!(c1["state"], "exited", "{c1}");
     assert!(c1["report"]["wall_ms"].as_u64().is_some(), "{c1}");
     assert!(!scg.join("calls/1").exists());

@@ -355,18 +355,7 @@ fn daemon_kill_9_while_a_shim_call_runs_keeps_its_exit_status() {
     }
     d.crash();
     d.spawn();
-    let t = Instant::now();
-    let c = loop {
-        let calls = d.json(&["calls", &id]);
-        if calls[0]["state"] != "running" {
-            break calls[0].clone();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "call 1 never recorded"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let c = d.first_call_once_ended(&id);
     // The agent's output (the shim's complaints, if any) for the log.
     d.run(&["logs", &id]);
     assert_eq!(c["state"], "exited", "{c}");

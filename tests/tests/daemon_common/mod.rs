@@ -224,6 +224,23 @@ impl Daemon {
         id
     }
 
+    /// The session's first call once it is no longer running (its report recorded), waiting
+    /// up to 90 s: after a daemon restart, the new daemon records it when it ends.
+    pub fn first_call_once_ended(&self, id: &str) -> Value {
+        let t = Instant::now();
+        loop {
+            let calls = self.json(&["calls", id]);
+            if calls[0]["state"] != "running" {
+                return calls[0].clone();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(90),
+                "call 1 never recorded"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     pub fn session_cgroup(&self, id: &str) -> PathBuf {
         self.cgroup_root.join(format!("session-{id}"))
     }
