@@ -158,6 +158,7 @@ fn suite(
             );
         }
     }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
     let machine = Machine {
         host_cpu,
