@@ -16,7 +16,9 @@ pub mod mounts;
 pub mod oci;
 pub mod plan;
 pub mod pty;
+pub mod rights;
 pub mod seccomp;
+pub mod step;
 pub mod sys;
 
 pub use plan::{SessionPlan, Step};
