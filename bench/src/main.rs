@@ -56,6 +56,9 @@ enum Cmd {
         /// The recorded agent tasks the replay follows.
         #[arg(long)]
         trace: Option<PathBuf>,
+        /// Replay these session counts instead of the default sweep (e.g. `12,14,16`).
+        #[arg(long, value_delimiter = ',')]
+        replay_sessions: Vec<usize>,
         /// The cargo profile the binaries were built with.
         #[arg(long, default_value = "unknown")]
         profile: String,
@@ -110,7 +113,15 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             accel,
             profile,
             trace,
-        } => suite(quick, &names, &out, host_cpu, accel, profile, trace),
+            replay_sessions,
+        } => suite(
+            quick,
+            &names,
+            &out,
+            (host_cpu, accel, profile),
+            trace,
+            &replay_sessions,
+        ),
         Cmd::ShimAgent { n, warmup } => calls::shim_agent(n, warmup),
         Cmd::ReplayAgent { plan, calls } => replay::agent::run(&plan, &calls),
         Cmd::ReplayCall { steps, end_ms } => replay::agent::call(&steps, end_ms),
@@ -134,10 +145,9 @@ fn suite(
     quick: bool,
     names: &[String],
     out: &std::path::Path,
-    host_cpu: String,
-    accel: String,
-    profile: String,
+    (host_cpu, accel, profile): (String, String, String),
     trace: Option<PathBuf>,
+    replay_sessions: &[usize],
 ) -> Result<()> {
     require_vm()?;
     for n in names {
@@ -148,6 +158,7 @@ fn suite(
             );
         }
     }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
     let machine = Machine {
         host_cpu,
@@ -182,7 +193,7 @@ fn suite(
             "lifecycle" => lifecycle::run(quick),
             "footprint" => footprint::run(quick),
             _ => match &trace {
-                Some(t) => replay::run(quick, out, t),
+                Some(t) => replay::run(quick, out, t, replay_sessions),
                 None => Err(anyhow::anyhow!("the replay needs --trace FILE")),
             },
         }

@@ -99,9 +99,9 @@ struct RunResult {
     series: Vec<(u64, f64)>,
 }
 
-pub fn run(quick: bool, out: &Path, trace: &Path) -> Result<Section> {
+pub fn run(quick: bool, out: &Path, trace: &Path, sessions: &[usize]) -> Result<Section> {
     let started = Instant::now();
-    let cfg = if quick {
+    let mut cfg = if quick {
         Config {
             scale: Scale {
                 time: 20.0,
@@ -124,6 +124,9 @@ pub fn run(quick: bool, out: &Path, trace: &Path) -> Result<Section> {
             start_spread_ms: 2000,
         }
     };
+    if !sessions.is_empty() {
+        cfg.sessions = sessions.to_vec();
+    }
     let tasks = plan::load(trace)?;
     let mut pool: Vec<&plan::Task> = tasks
         .iter()
