@@ -291,16 +291,7 @@ fn section(
             }
             None => {
                 let why = failed.clone().unwrap_or_else(|| "no samples".into());
-                t.row(vec![
-                    format!("`{name}`"),
-                    format!("{what} — did not run: {why}"),
-                    "0".into(),
-                    "–".into(),
-                    "–".into(),
-                    "–".into(),
-                    "–".into(),
-                    "–".into(),
-                ]);
+                t.not_run(name, what, &why);
                 data.insert(name.to_string(), json!({"error": why}));
             }
         }

@@ -166,15 +166,7 @@ fn section(
             data.insert(name.clone(), json!(s));
         } else {
             let why = failed.clone().unwrap_or_else(|| "no samples".into());
-            t.row(vec![
-                format!("`{name}`"),
-                format!("{what} — did not run: {why}"),
-                "0".into(),
-                "–".into(),
-                "–".into(),
-                "–".into(),
-                "–".into(),
-            ]);
+            t.not_run(name, what, &why);
             data.insert(name.clone(), json!({"error": why}));
         }
     }

@@ -65,6 +65,18 @@ impl Table {
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
+
+    /// The row of a variant that produced no samples: its name, why, n = 0, and a dash in
+    /// every figure column.
+    pub fn not_run(&mut self, name: &str, what: &str, why: &str) {
+        let mut cells = vec![
+            format!("`{name}`"),
+            format!("{what} — did not run: {why}"),
+            "0".into(),
+        ];
+        cells.resize(self.headers.len().max(cells.len()), "–".into());
+        self.rows.push(cells);
+    }
 }
 
 /// A target from issue 7 and whether this run met it.
@@ -163,6 +175,22 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_variant_that_did_not_run_fills_every_figure_column_with_a_dash() {
+        let mut t = Table::new("c", &["variant", "what", "n", "median", "p95"]);
+        t.not_run("bwrap", "a new bwrap", "not installed");
+        assert_eq!(
+            t.rows[0],
+            vec![
+                "`bwrap`",
+                "a new bwrap — did not run: not installed",
+                "0",
+                "–",
+                "–"
+            ]
+        );
+    }
 
     #[test]
     fn markdown_has_machine_tables_targets_and_notes() {
