@@ -82,17 +82,7 @@ impl Client {
             detail,
         };
         let resp = self.send_json(&method, path, body, http).await?;
-        let status = resp.status();
-        let data = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| http(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(api_error(status, &data));
-        }
-        serde_json::from_slice(&data).map_err(|e| http(format!("bad answer: {e}")))
+        decode(resp, &http).await
     }
 
     /// Sends `body` (if any) as JSON on a new connection; returns the answer's head and body.
@@ -230,17 +220,7 @@ impl Client {
             .send_request(req)
             .await
             .map_err(|e| http(e.to_string()))?;
-        let status = resp.status();
-        let data = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| http(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(api_error(status, &data));
-        }
-        serde_json::from_slice(&data).map_err(|e| http(format!("bad answer: {e}")))
+        decode(resp, &http).await
     }
 
     /// GET.
@@ -261,4 +241,22 @@ impl Client {
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call::<(), T>(Method::DELETE, path, None).await
     }
+}
+
+/// A whole answer: a 2xx body decoded as `T`, anything else as [`ClientError::Api`].
+async fn decode<T: DeserializeOwned>(
+    resp: hyper::Response<hyper::body::Incoming>,
+    http: &impl Fn(String) -> ClientError,
+) -> Result<T, ClientError> {
+    let status = resp.status();
+    let data = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| http(e.to_string()))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(api_error(status, &data));
+    }
+    serde_json::from_slice(&data).map_err(|e| http(format!("bad answer: {e}")))
 }
