@@ -38,7 +38,7 @@ fn print_event(ev: &StreamEvent, json: bool) {
             let _ = e.flush();
         }
         StreamEvent::Error(e) => eprintln!("agentctl: {e}"),
-        StreamEvent::Call(_) | StreamEvent::Session(_) => {}
+        StreamEvent::Started(_) | StreamEvent::Call(_) | StreamEvent::Session(_) => {}
     }
 }
 
