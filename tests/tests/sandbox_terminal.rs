@@ -9,8 +9,6 @@
 
 mod sandbox_common;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,73 +34,12 @@ print("linux_own=" + res(lambda: fcntl.ioctl(s, 0x541C, b"\x00")))
 print("probe-done")
 "#;
 
-/// A new pty: (controlling side, terminal side).
-fn pty() -> (OwnedFd, OwnedFd) {
-    let (mut m, mut s) = (-1, -1);
-    // SAFETY: openpty writes two descriptors; name, termios and winsize are NULL.
-    let r = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
-}
-
-/// Runs `cmd` with the terminal side of a new pty as stdio AND as its controlling terminal
-/// (what `sudo agentctl run` from a shell gives the runtime); returns what the terminal
-/// showed until the probe ended, and the exit status.
-fn on_terminal(mut cmd: Command) -> (String, i32) {
-    let (m, s) = pty();
-    cmd.stdin(Stdio::from(s.try_clone().unwrap()))
-        .stdout(Stdio::from(s.try_clone().unwrap()))
-        .stderr(Stdio::from(s.try_clone().unwrap()));
-    // SAFETY: setsid and TIOCSCTTY act on the child only, before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    drop(s);
-    let mut out = String::new();
-    let t = Instant::now();
-    loop {
-        let mut p = libc::pollfd {
-            fd: m.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll on one live pollfd.
-        let ready = unsafe { libc::poll(&mut p, 1, 200) };
-        if ready > 0 {
-            let mut buf = [0u8; 4096];
-            // SAFETY: read into a live buffer.
-            let n = unsafe { libc::read(m.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break; // EIO: every terminal side is closed
-            }
-            out.push_str(&String::from_utf8_lossy(&buf[..n as usize]));
-        }
-        if let Some(st) = child.try_wait().unwrap()
-            && ready <= 0
-        {
-            eprintln!("--- terminal\n{out}");
-            return (out, st.code().unwrap_or(-1));
-        }
-        assert!(t.elapsed() < Duration::from_secs(120), "no end: {out:?}");
-    }
-    let st = child.wait().unwrap();
-    eprintln!("--- terminal\n{out}");
-    (out, st.code().unwrap_or(-1))
+fn on_terminal(cmd: Command) -> (String, i32) {
+    let (out, st) = agentd_tests::pty::run_on_terminal(cmd);
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        st.code().unwrap_or(-1),
+    )
 }
 
 fn field<'a>(out: &'a str, name: &str) -> &'a str {
