@@ -56,7 +56,10 @@ fn check_server(name: &str, command: Option<&str>, args: &[String], url: Option<
         return;
     }
     assert_eq!(command, Some("agentctl"), "{name}");
-    let mcp = args.iter().position(|a| a == "mcp").expect("the mcp subcommand");
+    let mcp = args
+        .iter()
+        .position(|a| a == "mcp")
+        .expect("the mcp subcommand");
     let help = Command::new(agentd_tests::project_binary("agentctl"))
         .args(["mcp", "--help"])
         .output()
@@ -102,7 +105,10 @@ fn mcp_doc_snippets_for_claude_code_and_codex_parse_and_name_real_flags() {
         }
     }
     let toml_blocks = blocks("toml");
-    assert!(!toml_blocks.is_empty(), "docs/mcp.md has the Codex snippets");
+    assert!(
+        !toml_blocks.is_empty(),
+        "docs/mcp.md has the Codex snippets"
+    );
     for b in &toml_blocks {
         let v: toml::Table = toml::from_str(b).unwrap_or_else(|e| panic!("{e}:\n{b}"));
         let servers = v["mcp_servers"].as_table().expect("[mcp_servers.NAME]");
@@ -149,7 +155,11 @@ fn mcp_a_real_client_runs_exec_files_oom_and_cancel_through_agentctl_mcp() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("client stderr:\n{stderr}");
-    assert!(out.status.success(), "the MCP client failed: {}", out.status);
+    assert!(
+        out.status.success(),
+        "the MCP client failed: {}",
+        out.status
+    );
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("client saw: {}", serde_json::to_string_pretty(&r).unwrap());
 
@@ -168,7 +178,10 @@ fn mcp_a_real_client_runs_exec_files_oom_and_cancel_through_agentctl_mcp() {
     for (i, e) in execs.iter().enumerate() {
         assert_eq!(e["stdout"], format!("call-{i}\n"), "{e}");
         assert_eq!(e["stderr"], format!("err-{i}\n"), "{e}");
-        assert_eq!((e["exit"].as_i64(), e["is_error"].as_bool()), (Some(0), Some(false)));
+        assert_eq!(
+            (e["exit"].as_i64(), e["is_error"].as_bool()),
+            (Some(0), Some(false))
+        );
     }
     ns.dedup();
     assert_eq!(ns.len(), 20, "20 separate calls: {ns:?}");
@@ -196,18 +209,36 @@ fn mcp_a_real_client_runs_exec_files_oom_and_cancel_through_agentctl_mcp() {
     // Bounded output, the cut said.
     let b = &r["bounded"];
     assert_eq!(b["sc"]["truncated"], true, "{b}");
-    assert_eq!(b["sc"]["stdout_bytes"], 588895, "seq 1 100000 writes 588895 bytes");
+    assert_eq!(
+        b["sc"]["stdout_bytes"], 588895,
+        "seq 1 100000 writes 588895 bytes"
+    );
     assert!(b["text"].as_str().unwrap().contains("bytes cut"), "{b}");
-    assert!(b["sc"]["stdout"].as_str().unwrap().ends_with("99999\n100000\n"));
+    assert!(
+        b["sc"]["stdout"]
+            .as_str()
+            .unwrap()
+            .ends_with("99999\n100000\n")
+    );
 
     // Files through the sandbox; outside the workspace refused, the host unchanged.
-    assert_eq!(r["write_inside"]["is_error"], false, "{}", r["write_inside"]);
+    assert_eq!(
+        r["write_inside"]["is_error"], false,
+        "{}",
+        r["write_inside"]
+    );
     assert_eq!(r["read_inside"]["text"], "hello from mcp\n");
     let list = r["list"]["text"].as_str().unwrap();
-    assert!(list.contains("f 12 README\n") && list.contains(" notes\n"), "{list}");
+    assert!(
+        list.contains("f 12 README\n") && list.contains(" notes\n"),
+        "{list}"
+    );
     assert_eq!(r["write_etc"]["is_error"], true, "{}", r["write_etc"]);
     assert!(
-        r["write_etc"]["text"].as_str().unwrap().contains("refused or failed inside the sandbox"),
+        r["write_etc"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("refused or failed inside the sandbox"),
         "{}",
         r["write_etc"]
     );
@@ -216,16 +247,34 @@ fn mcp_a_real_client_runs_exec_files_oom_and_cancel_through_agentctl_mcp() {
 
     // Schema violations and hidden tools are JSON-RPC errors with the reason.
     assert_eq!(r["invalid"]["code"], -32602, "{}", r["invalid"]);
-    assert!(r["invalid"]["message"].as_str().unwrap().contains("exec: invalid type"));
-    assert!(r["approve"]["message"].as_str().unwrap().contains("unknown tool"));
-    assert!(r["status"]["text"].as_str().unwrap().contains(&format!("session {id}")));
+    assert!(
+        r["invalid"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exec: invalid type")
+    );
+    assert!(
+        r["approve"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown tool")
+    );
+    assert!(
+        r["status"]["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("session {id}"))
+    );
 
     // Cancel: the call's cgroup was killed (137), well before its 300 s, and the session
     // went on.
     let c = &r["cancelled_call"];
     assert_eq!(c["argv"], serde_json::json!(["sleep", "300"]), "{c}");
     assert_eq!(c["exit_code"], 137, "{c}");
-    assert!(c["ended_at"].as_u64().unwrap() - c["started_at"].as_u64().unwrap() < 60, "{c}");
+    assert!(
+        c["ended_at"].as_u64().unwrap() - c["started_at"].as_u64().unwrap() < 60,
+        "{c}"
+    );
     assert_eq!(r["after_cancel"], "alive\n");
 
     // Every tool call was a call of the session, visible to `agentctl calls`: the 20 execs,
@@ -235,7 +284,13 @@ fn mcp_a_real_client_runs_exec_files_oom_and_cancel_through_agentctl_mcp() {
     for n in &ns {
         let c = calls.iter().find(|c| c["n"] == *n).unwrap();
         assert_eq!(c["exit_code"], 0, "{c}");
-        assert!(c["report"]["path"].as_str().unwrap().ends_with(&format!("calls/{n}")), "{c}");
+        assert!(
+            c["report"]["path"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("calls/{n}")),
+            "{c}"
+        );
     }
     // The session agentctl mcp created was killed when the client went away.
     assert_eq!(d.json(&["inspect", &id])["state"], "killed");

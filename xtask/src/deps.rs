@@ -169,8 +169,15 @@ fn install_mcp_client(workspace: &Path) -> Result<()> {
         println!("deps: python mcp      present    ({})", dir.display());
         return Ok(());
     }
-    println!("deps: python mcp      installing (PyPI mcp=={PYTHON_MCP_VERSION} into {})", dir.display());
-    status(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&dir))?;
+    println!(
+        "deps: python mcp      installing (PyPI mcp=={PYTHON_MCP_VERSION} into {})",
+        dir.display()
+    );
+    status(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&dir),
+    )?;
     status(Command::new(dir.join("bin/pip")).args([
         "install",
         "--quiet",

@@ -152,7 +152,10 @@ pub async fn guard_http(req: Request, next: Next) -> Response {
         }
     };
     match screen::screen(&bytes) {
-        Verdict::Pass => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Verdict::Pass => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
         Verdict::Skip => json_answer(
             axum::http::StatusCode::BAD_REQUEST,
             screen::error_response(

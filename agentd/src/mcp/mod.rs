@@ -200,8 +200,7 @@ pub async fn serve_http<B: backend::Backend>(
     let svc = StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default()
-            .with_max_request_body_bytes(screen::MAX_MESSAGE),
+        StreamableHttpServerConfig::default().with_max_request_body_bytes(screen::MAX_MESSAGE),
     );
     let app = axum::Router::new()
         .route_service("/mcp", svc)
@@ -221,7 +220,10 @@ pub async fn serve_http<B: backend::Backend>(
             // Only its user may connect: the socket steers the session.
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| format!("chmod 0600 {}: {e}", path.display()))?;
-            eprintln!("agentctl mcp: Streamable HTTP on unix:{} at /mcp", path.display());
+            eprintln!(
+                "agentctl mcp: Streamable HTTP on unix:{} at /mcp",
+                path.display()
+            );
             let r = axum::serve(l, app).with_graceful_shutdown(stop).await;
             let _ = std::fs::remove_file(&path);
             r.map_err(|e| format!("serving {}: {e}", path.display()))

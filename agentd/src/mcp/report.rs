@@ -284,9 +284,24 @@ mod tests {
         let ContentBlock::Text(t) = &r.content[0] else {
             panic!("text")
         };
-        assert!(t.text.starts_with("OOM: the call used all of its memory.max 64"), "{}", t.text);
-        assert_eq!(reason(&call(CallState::TimedOut, Some(137), false), false).unwrap().0, "timeout");
-        assert_eq!(reason(&call(CallState::Failed, None, false), false).unwrap().0, "failed");
+        assert!(
+            t.text
+                .starts_with("OOM: the call used all of its memory.max 64"),
+            "{}",
+            t.text
+        );
+        assert_eq!(
+            reason(&call(CallState::TimedOut, Some(137), false), false)
+                .unwrap()
+                .0,
+            "timeout"
+        );
+        assert_eq!(
+            reason(&call(CallState::Failed, None, false), false)
+                .unwrap()
+                .0,
+            "failed"
+        );
         assert_eq!(reason(&oom, true).unwrap().0, "cancelled");
         let mut forked = call(CallState::Exited, Some(1), false);
         forked.report = Some(json!({"stats": {"pids": {"peak": 16}}}));

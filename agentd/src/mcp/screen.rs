@@ -128,8 +128,8 @@ fn envelope(v: &Value) -> Result<(), Refusal> {
         )),
         None => {
             // A response to a request of ours (e.g. ping): it needs an id and one outcome.
-            let outcomes = usize::from(obj.contains_key("result"))
-                + usize::from(obj.contains_key("error"));
+            let outcomes =
+                usize::from(obj.contains_key("result")) + usize::from(obj.contains_key("error"));
             if id.is_none() || outcomes != 1 {
                 return Err(invalid(
                     answer_id,

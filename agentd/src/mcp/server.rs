@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     InitializeResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig,
+    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Resource, ResourceContents, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -193,7 +193,10 @@ impl<B: Backend> McpServer<B> {
             .map_err(|e| McpError::invalid_params(format!("exec: {e}"), None))?;
         let max = a.max_output();
         Ok(
-            match self.run(req, Capture::new(max), Capture::new(max), ctx).await {
+            match self
+                .run(req, Capture::new(max), Capture::new(max), ctx)
+                .await
+            {
                 Ok(r) => report::exec_result(&r.call, &r.out, &r.err, r.cancelled),
                 Err(e) => report::refused("exec", &e),
             },

@@ -114,7 +114,10 @@ impl Wire {
         loop {
             let mut l = String::new();
             let read = tokio::time::timeout(Duration::from_secs(10), self.rx.read_line(&mut l));
-            assert!(read.await.expect("an answer within 10 s").unwrap() > 0, "EOF");
+            assert!(
+                read.await.expect("an answer within 10 s").unwrap() > 0,
+                "EOF"
+            );
             let v: Value = serde_json::from_str(&l).unwrap();
             if v.get("method").is_some() && v.get("id").is_none() {
                 self.notes.push(v);
@@ -164,12 +167,19 @@ async fn malformed_unknown_and_oversized_messages_get_json_rpc_errors() {
     let (mut w, _) = start().await;
     w.send_raw(b"{not json").await;
     assert_eq!(w.answer().await["error"]["code"], screen::PARSE_ERROR);
-    w.send_raw(br#"{"jsonrpc":"1.0","id":7,"method":"ping"}"#).await;
+    w.send_raw(br#"{"jsonrpc":"1.0","id":7,"method":"ping"}"#)
+        .await;
     let a = w.answer().await;
-    assert_eq!((a["id"].clone(), a["error"]["code"].clone()), (json!(7), json!(-32600)));
+    assert_eq!(
+        (a["id"].clone(), a["error"]["code"].clone()),
+        (json!(7), json!(-32600))
+    );
     w.send_raw(&vec![b' '; screen::MAX_MESSAGE + 1]).await;
     let a = w.answer().await;
-    assert!(a["error"]["message"].as_str().unwrap().contains("exceeds"), "{a}");
+    assert!(
+        a["error"]["message"].as_str().unwrap().contains("exceeds"),
+        "{a}"
+    );
     let a = w.request(8, "no/such/method", json!({})).await;
     assert_eq!(a["error"]["code"], -32601, "{a}");
     // Still serving after all that.
@@ -187,14 +197,30 @@ async fn malformed_unknown_and_oversized_messages_get_json_rpc_errors() {
 async fn invalid_tool_input_is_an_invalid_params_error_with_the_reason() {
     let (mut w, fake) = start().await;
     let a = w
-        .request(1, "tools/call", json!({"name": "exec", "arguments": {"argv": "ls"}}))
+        .request(
+            1,
+            "tools/call",
+            json!({"name": "exec", "arguments": {"argv": "ls"}}),
+        )
         .await;
     assert_eq!(a["error"]["code"], -32602, "{a}");
-    assert!(a["error"]["message"].as_str().unwrap().starts_with("exec: invalid type"), "{a}");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("exec: invalid type"),
+        "{a}"
+    );
     let a = w
         .request(2, "tools/call", json!({"name": "commit", "arguments": {}}))
         .await;
-    assert!(a["error"]["message"].as_str().unwrap().contains("unknown tool"), "{a}");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown tool"),
+        "{a}"
+    );
     assert!(fake.ran.lock().unwrap().is_empty());
 }
 
@@ -213,13 +239,19 @@ async fn exec_answers_output_and_report_with_progress_notes() {
     assert_eq!(r["isError"], false, "{a}");
     assert_eq!(r["structuredContent"]["stdout"], "hello\n");
     assert_eq!(r["structuredContent"]["exit_code"], 0);
-    assert!(r["content"][0]["text"].as_str().unwrap().starts_with("call 1: exit 0 · wall 5ms"));
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("call 1: exit 0 · wall 5ms")
+    );
     let req = fake.ran.lock().unwrap()[0].clone();
     assert_eq!(req.argv, ["sh", "-c", "echo hello"]);
     assert_eq!(req.cwd.unwrap(), std::path::Path::new("/work/repo/src"));
     assert!(
-        w.notes.iter().any(|n| n["method"] == "notifications/progress"
-            && n["params"]["progressToken"] == "p1"),
+        w.notes.iter().any(
+            |n| n["method"] == "notifications/progress" && n["params"]["progressToken"] == "p1"
+        ),
         "{:?}",
         w.notes
     );
@@ -238,9 +270,11 @@ async fn cancelling_a_call_kills_its_cgroup() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    w.send(json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
-                  "params": {"requestId": 5, "reason": "user"}}))
-        .await;
+    w.send(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                  "params": {"requestId": 5, "reason": "user"}}),
+    )
+    .await;
     for _ in 0..500 {
         if !fake.killed.lock().unwrap().is_empty() {
             break;

@@ -417,12 +417,30 @@ mod tests {
             (json!({"argv": ["ls"], "command": "ls"}), "not both"),
             (json!({"argv": []}), "argv is empty"),
             (json!({"argv": "ls"}), "invalid type"),
-            (json!({"argv": ["ls"], "shell": true}), "unknown field `shell`"),
-            (json!({"command": "ls", "intent": {"memory": "lots"}}), "memory"),
-            (json!({"command": "ls", "intent": {"cpu": "fast"}}), "unknown variant"),
-            (json!({"command": "ls", "max_output_bytes": 0}), "max_output_bytes"),
-            (json!({"command": "ls", "max_output_bytes": 2000000}), "max_output_bytes"),
-            (json!({"command": "ls", "intent": {"timeout": -1}}), "invalid value"),
+            (
+                json!({"argv": ["ls"], "shell": true}),
+                "unknown field `shell`",
+            ),
+            (
+                json!({"command": "ls", "intent": {"memory": "lots"}}),
+                "memory",
+            ),
+            (
+                json!({"command": "ls", "intent": {"cpu": "fast"}}),
+                "unknown variant",
+            ),
+            (
+                json!({"command": "ls", "max_output_bytes": 0}),
+                "max_output_bytes",
+            ),
+            (
+                json!({"command": "ls", "max_output_bytes": 2000000}),
+                "max_output_bytes",
+            ),
+            (
+                json!({"command": "ls", "intent": {"timeout": -1}}),
+                "invalid value",
+            ),
         ] {
             let e = parse::<ExecArgs>("exec", args(bad.clone())).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
@@ -445,7 +463,10 @@ mod tests {
         assert_eq!(r.intent.timeout.unwrap().0, 30);
         let a: ExecArgs = parse("exec", args(json!({"argv": ["true"], "cwd": "/tmp"}))).unwrap();
         let r = a.request(Path::new("/w")).unwrap();
-        assert_eq!((r.argv, r.cwd.unwrap()), (vec!["true".to_string()], "/tmp".into()));
+        assert_eq!(
+            (r.argv, r.cwd.unwrap()),
+            (vec!["true".to_string()], "/tmp".into())
+        );
     }
 
     #[test]
@@ -464,8 +485,11 @@ mod tests {
         assert!(e.contains("limit"), "{e}");
         let e = parse::<ReadFileArgs>("read_file", args(json!({"path": ""}))).unwrap_err();
         assert!(e.contains("empty"), "{e}");
-        let r: ReadFileArgs =
-            parse("read_file", args(json!({"path": "f", "offset": 10, "max_bytes": 5}))).unwrap();
+        let r: ReadFileArgs = parse(
+            "read_file",
+            args(json!({"path": "f", "offset": 10, "max_bytes": 5})),
+        )
+        .unwrap();
         assert_eq!(&r.argv()[4..], ["f", "11", "6"]);
         let e = parse::<ListArgs>("list", args(json!({"depth": 9}))).unwrap_err();
         assert!(e.contains("depth"), "{e}");

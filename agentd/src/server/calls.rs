@@ -23,7 +23,8 @@ use super::stream::{Ndjson, Utf8Carry};
 use super::systemd::RemoveSystemdEnv as _;
 use super::{ApiError, Peer, State};
 use crate::api::{
-    CallInfo, CallKilled, CallLimits, CallRequest, CallState, SessionState, StreamEvent, StreamQuery, now,
+    CallInfo, CallKilled, CallLimits, CallRequest, CallState, SessionState, StreamEvent,
+    StreamQuery, now,
 };
 
 /// Output kept per stream in the answer; the rest is cut (the call is not slowed).
