@@ -5,7 +5,7 @@
 //! HTTP/JSON types shared by daemon and client), [`journal`] (SQLite), [`server`]
 //! (`agentd serve`: sessions and tool calls), [`client`] (HTTP over the Unix socket),
 //! [`ctl`] (`agentctl`'s commands and their output), [`attach`] (its live commands and
-//! the in-process daemon).
+//! the in-process daemon), [`top`] (`agentctl top`'s live view).
 
 pub mod api;
 pub mod attach;
@@ -14,3 +14,4 @@ pub mod ctl;
 pub mod doctor;
 pub mod journal;
 pub mod server;
+pub mod top;

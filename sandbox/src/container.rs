@@ -28,7 +28,9 @@ use cgctl::clone3::{CLONE_INTO_CGROUP, CloneArgs};
 pub const PLAN_FD: RawFd = 3;
 
 /// Creates the state dir: a tmpfs of `size_bytes` (the session's disk quota) with
-/// `upper/` (owned like the repo's root so the merged workspace looks like the repo),
+/// `upper/` (owned by the agent's host uid with the repo root's group and mode, so the
+/// merged workspace looks like the repo; the agent's uid is the repo's owner unless the
+/// caller chose another one for a root-owned repo, whose root the agent can then write),
 /// `work/` and `rootfs/` (owned by container root, which mounts the overlay).
 pub fn prepare_state(plan: &SessionPlan) -> Result<(), Error> {
     let ws = &plan.workspace;
@@ -52,7 +54,7 @@ pub fn prepare_state(plan: &SessionPlan) -> Result<(), Error> {
     for (dir, owner, gid, mode) in [
         (
             plan.upper_dir(),
-            repo_meta.uid(),
+            plan.ids.agent_host_id,
             repo_meta.gid(),
             repo_meta.mode() & 0o7777,
         ),
