@@ -98,11 +98,10 @@ pub fn render(rows: &[TopRow]) -> String {
     let sessions = rows.iter().filter(|r| r.what == "session").count();
     let calls = rows.iter().filter(|r| r.what.starts_with("call ")).count();
     let mut out = format!("agentd: {sessions} sessions running, {calls} calls running\n");
-    let _ = writeln!(
-        out,
-        "{:<14} {:<10} {:>6} {:>9} {:>9} {:>5} {:>4}  {}",
+    out.push_str(&format!(
+        "{:<14} {:<10} {:>6} {:>9} {:>9} {:>5} {:>4}  {}\n",
         "SESSION", "WHAT", "CPU%", "MEM", "MEM.PEAK", "PIDS", "OOM", "COMMAND"
-    );
+    ));
     let opt = |v: Option<u64>| v.map_or("-".to_string(), bytes);
     for r in rows {
         let _ = writeln!(

@@ -3,6 +3,8 @@
 //! unprivileged uid; `ps` lists running sessions and `ps --all` the ended ones too;
 //! `agentctl top` shows running sessions, their agent leaf and their running calls.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;
@@ -47,12 +49,23 @@ fn daemon_root_owned_workspace_user_flag_ps_all_and_top() {
     let script = "id -u; echo made > new && echo created; \
                   (echo x >> README) 2>/dev/null && echo wrote-readme || echo readme-readonly";
     let out = d.run(&[
-        "run", "--user", "1000", "--workspace", ws, "--", "/bin/sh", "-c", script,
+        "run",
+        "--user",
+        "1000",
+        "--workspace",
+        ws,
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let o = text(&out.stdout);
     assert!(o.starts_with("1000\n"), "{o}");
-    assert!(o.contains("created") && o.contains("readme-readonly"), "{o}");
+    assert!(
+        o.contains("created") && o.contains("readme-readonly"),
+        "{o}"
+    );
     // The repo itself is untouched (the writes are in the session's upper layer).
     assert!(!rootrepo.join("new").exists());
     assert_eq!(
@@ -116,7 +129,10 @@ fn daemon_root_owned_workspace_user_flag_ps_all_and_top() {
     assert!(call_row["cpu_pct"].as_f64().is_some(), "{call_row}");
     let table = d.run(&["top", "-n", "1", "--delay", "0.3"]);
     let tt = text(&table.stdout);
-    assert!(tt.contains("sessions running") && tt.contains(&live), "{tt}");
+    assert!(
+        tt.contains("sessions running") && tt.contains(&live),
+        "{tt}"
+    );
     assert!(tt.contains("agent") && tt.contains("sleep 20"), "{tt}");
     let _ = call.kill();
     let _ = call.wait();

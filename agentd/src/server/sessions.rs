@@ -206,11 +206,7 @@ fn session_limits(plan: &Plan) -> (SessionLimits, cgctl::Limits) {
 
 /// Checks the workspace and decides the agent's host uid: the workspace's owner, or
 /// `user` when a root caller names one (never 0: the agent never runs as root on the host).
-fn check_workspace(
-    peer: &Peer,
-    ws: &Path,
-    user: Option<u32>,
-) -> Result<(PathBuf, u32), ApiError> {
+fn check_workspace(peer: &Peer, ws: &Path, user: Option<u32>) -> Result<(PathBuf, u32), ApiError> {
     if !ws.is_absolute() {
         return Err(ApiError::BadRequest(format!(
             "workspace {} must be an absolute path",
@@ -232,12 +228,7 @@ fn check_workspace(
 }
 
 /// The agent's host uid for a workspace owned by `owner` (pure: unit-tested).
-pub fn agent_uid(
-    peer: &Peer,
-    ws: &Path,
-    owner: u32,
-    user: Option<u32>,
-) -> Result<u32, ApiError> {
+pub fn agent_uid(peer: &Peer, ws: &Path, owner: u32, user: Option<u32>) -> Result<u32, ApiError> {
     match user {
         Some(0) => Err(ApiError::BadRequest(
             "user 0: the agent never runs as root on the host; name an unprivileged uid \
@@ -679,7 +670,10 @@ mod agent_uid_tests {
     fn a_root_owned_workspace_names_the_way_forward_and_user_never_maps_to_root() {
         let ws = Path::new("/srv/repo");
         let e = agent_uid(&peer(0), ws, 0, None).unwrap_err().to_string();
-        assert!(e.contains("--user UID") && e.contains("chown -R UID /srv/repo"), "{e}");
+        assert!(
+            e.contains("--user UID") && e.contains("chown -R UID /srv/repo"),
+            "{e}"
+        );
         assert_eq!(agent_uid(&peer(0), ws, 0, Some(1000)).unwrap(), 1000);
         let e = agent_uid(&peer(0), ws, 0, Some(0)).unwrap_err().to_string();
         assert!(e.contains("never runs as root"), "{e}");
