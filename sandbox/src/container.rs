@@ -55,7 +55,14 @@ pub fn prepare_state(plan: &SessionPlan) -> Result<(), Error> {
         (
             plan.upper_dir(),
             plan.ids.agent_host_id,
-            repo_meta.gid(),
+            // Another uid than the repo's owner (a root-owned repo): the repo's group is not
+            // mapped in the container, and overlayfs checks writes to the upper dir with the
+            // mounter's (container root's) creds, whose DAC override needs both ids mapped.
+            if repo_meta.uid() == plan.ids.agent_host_id {
+                repo_meta.gid()
+            } else {
+                plan.ids.agent_host_id
+            },
             repo_meta.mode() & 0o7777,
         ),
         (plan.work_dir(), root, root, 0o700),

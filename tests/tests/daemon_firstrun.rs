@@ -110,7 +110,7 @@ fn daemon_root_owned_workspace_user_flag_ps_all_and_top() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|r| r["what"] == "call 1")
+            .any(|r| r["what"] == "call 1" && r["cpu_pct"].is_number())
         {
             break rows;
         }
