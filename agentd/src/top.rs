@@ -142,7 +142,8 @@ pub async fn run(c: &Client, o: &TopOpts) -> Result<(), String> {
     let sample = || async { c.get::<Vec<SessionStats>>(&path).await };
     let mut prev = sample().await.map_err(|e| e.to_string())?;
     let mut prev_at = Instant::now();
-    let interactive = o.iterations.is_none() && std::io::stdout().is_terminal();
+    let tty = std::io::stdout().is_terminal();
+    let interactive = o.iterations.is_none() && tty;
     let mut done = 0u64;
     while o.iterations.is_none_or(|n| done < n) {
         tokio::time::sleep(delay).await;
@@ -155,9 +156,16 @@ pub async fn run(c: &Client, o: &TopOpts) -> Result<(), String> {
                 .map_err(|e| e.to_string())
                 .and_then(|s| writeln!(out, "{s}").map_err(|e| e.to_string()))
         } else {
-            // Home + clear, like top: redraw in place.
+            // Home + clear, like top: redraw in place. The commands came from inside a
+            // sandbox: their control characters are escaped before a terminal sees them.
             let clear = if interactive { "\x1b[H\x1b[2J" } else { "" };
-            write!(out, "{clear}{}", render(&table)).map_err(|e| e.to_string())
+            let text = render(&table);
+            let text = if tty {
+                crate::term::escape_controls(&text)
+            } else {
+                text.into()
+            };
+            write!(out, "{clear}{text}").map_err(|e| e.to_string())
         };
         w.and_then(|()| out.flush().map_err(|e| e.to_string()))?;
         prev = now;
