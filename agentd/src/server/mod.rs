@@ -7,6 +7,7 @@
 
 pub mod adopt;
 pub mod calls;
+pub mod conn;
 mod errors;
 pub mod leaf;
 pub mod log;
@@ -17,7 +18,6 @@ pub mod stream;
 pub mod systemd;
 
 use std::collections::HashMap;
-use std::future::IntoFuture;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -127,7 +127,15 @@ const UNKNOWN_UID: u32 = u32::MAX;
 
 impl Connected<IncomingStream<'_, UnixListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
+        Peer::of(stream.io())
+    }
+}
+
+impl Peer {
+    /// The connected process as the kernel names it (SO_PEERCRED); an unknown uid that owns
+    /// nothing when the kernel would not say.
+    pub fn of(stream: &tokio::net::UnixStream) -> Self {
+        match stream.peer_cred() {
             Ok(c) => Peer {
                 uid: c.uid(),
                 gid: c.gid(),
@@ -392,25 +400,22 @@ pub async fn serve_until(
     log::info(&status);
     systemd::notify(&format!("READY=1\nSTATUS={status}"));
     tokio::spawn(stream::bound_logs_forever(state.clone()));
-    let app = router(state).into_make_service_with_connect_info::<Peer>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
-    );
+    let mut server = tokio::spawn(conn::serve(
+        listener,
+        router(state),
+        conn::API,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     tokio::select! {
         () = stop => {}
         r = &mut server => {
             if !activated {
                 let _ = std::fs::remove_file(&cfg.socket);
             }
-            return match r {
-                Ok(r) => r.map_err(io_err("serve", &cfg.socket)),
-                Err(e) => Err(io_err("serve", &cfg.socket)(std::io::Error::other(e))),
-            };
+            return r.map_err(|e| io_err("serve", &cfg.socket)(std::io::Error::other(e)));
         }
     }
     systemd::notify("STOPPING=1");

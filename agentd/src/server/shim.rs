@@ -282,16 +282,13 @@ pub fn listen(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<PathBu
         .with_state(ShimState {
             d: d.clone(),
             live: live.clone(),
-        })
-        .into_make_service_with_connect_info::<Peer>();
+        });
     let mut done = live.done.clone();
-    // The socket file dies with the container's /run; nothing to remove afterwards.
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app)
-            .with_graceful_shutdown(async move {
-                let _ = done.wait_for(|v| *v).await;
-            })
-            .await;
-    });
+    // The socket file dies with the container's /run; nothing to remove afterwards. The
+    // agent reaches this socket: it is served within the shim bounds (connections, header
+    // and lifetime timeouts), so it cannot exhaust the daemon's descriptors.
+    tokio::spawn(super::conn::serve(l, app, super::conn::SHIM, async move {
+        let _ = done.wait_for(|v| *v).await;
+    }));
     Ok(path)
 }
