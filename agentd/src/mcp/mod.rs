@@ -193,20 +193,25 @@ where
     end.map(|_| ()).map_err(|e| format!("MCP session: {e}"))
 }
 
+/// The Streamable HTTP service at `/mcp` (rmcp's, loopback `Host` only), behind the screen.
+pub fn http_app<B: backend::Backend>(server: McpServer<B>) -> axum::Router {
+    let svc = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default().with_max_request_body_bytes(screen::MAX_MESSAGE),
+    );
+    axum::Router::new()
+        .route_service("/mcp", svc)
+        .layer(axum::middleware::from_fn(frame::guard_http))
+}
+
 /// Streamable HTTP at `/mcp` on a Unix socket (mode 0600) or a loopback port, until
 /// SIGINT/SIGTERM.
 pub async fn serve_http<B: backend::Backend>(
     server: McpServer<B>,
     at: HttpAt,
 ) -> Result<(), String> {
-    let svc = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default().with_max_request_body_bytes(screen::MAX_MESSAGE),
-    );
-    let app = axum::Router::new()
-        .route_service("/mcp", svc)
-        .layer(axum::middleware::from_fn(frame::guard_http));
+    let app = http_app(server);
     let stop = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
