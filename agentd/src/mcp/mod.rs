@@ -6,7 +6,7 @@
 //!
 //! Submodules: [`screen`] (the JSON-RPC gate, fuzzed), [`frame`] (transports around the
 //! SDK), [`tools`] (inputs, schemas, validation), [`report`] (answers), [`backend`] (the
-//! daemon), [`server`] (the rmcp handler).
+//! daemon), [`server`] (the rmcp handler), [`undo`] (diff, checkpoints, undo).
 
 pub mod backend;
 pub mod frame;
@@ -14,6 +14,7 @@ pub mod report;
 pub mod screen;
 pub mod server;
 pub mod tools;
+pub mod undo;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -109,14 +110,14 @@ pub async fn run(o: Options) -> Result<(), String> {
             ""
         }
     );
-    let server = McpServer::new(
-        Daemon {
-            client: client.clone(),
-            session: session.id.clone(),
-        },
-        session.id.clone(),
-        session.workspace.clone(),
-    );
+    let daemon = Daemon {
+        client: client.clone(),
+        session: session.id.clone(),
+    };
+    // The undo tools only where the daemon serves their routes (issue 11).
+    let has_undo = backend::Backend::get(&daemon, "/checkpoints").await.is_ok();
+    let server =
+        McpServer::new(daemon, session.id.clone(), session.workspace.clone()).with_undo(has_undo);
     let served = match http {
         None => serve_stdio(server).await,
         Some(at) => serve_http(server, at).await,
