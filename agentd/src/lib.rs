@@ -15,3 +15,4 @@ pub mod doctor;
 pub mod journal;
 pub mod server;
 pub mod term;
+pub mod undo_cli;
