@@ -248,7 +248,10 @@ fn undo_routes() -> Router<State> {
         )
         .route(&format!("{p}/sessions/{{id}}/diff"), get(undo::diff))
         .route(&format!("{p}/sessions/{{id}}/undo"), post(undo::undo_route))
-        .route(&format!("{p}/sessions/{{id}}/commit"), post(undo::commit_route))
+        .route(
+            &format!("{p}/sessions/{{id}}/commit"),
+            post(undo::commit_route),
+        )
         .route(&format!("{p}/sessions/{{id}}/discard"), post(undo::discard))
 }
 

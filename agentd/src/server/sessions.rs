@@ -433,7 +433,11 @@ async fn fail(d: &Arc<Daemon>, live: &Live, why: &str) {
         i.ended_at = Some(now());
     });
     remove_cgroups(d, &live.id).await;
-    let (sd, id, ws) = (d.cfg.state_dir.clone(), live.id.clone(), live.info().workspace);
+    let (sd, id, ws) = (
+        d.cfg.state_dir.clone(),
+        live.id.clone(),
+        live.info().workspace,
+    );
     let _ = tokio::task::spawn_blocking(move || super::undo::session_ended(&sd, &id, &ws)).await;
 }
 
@@ -508,7 +512,11 @@ pub async fn finish(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     remove_cgroups(d, &live.id).await;
-    let (sd, id, ws) = (d.cfg.state_dir.clone(), live.id.clone(), live.info().workspace);
+    let (sd, id, ws) = (
+        d.cfg.state_dir.clone(),
+        live.id.clone(),
+        live.info().workspace,
+    );
     let _ = tokio::task::spawn_blocking(move || super::undo::session_ended(&sd, &id, &ws)).await;
     d.live
         .lock()

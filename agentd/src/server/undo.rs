@@ -232,7 +232,9 @@ impl Drop for Frozen<'_> {
 fn latest(store: &Store) -> Result<Checkpoint, ApiError> {
     let ids = store.ids().map_err(layer_err)?;
     let Some(id) = ids.last() else {
-        return Err(ApiError::Internal("the session's store has no checkpoint".into()));
+        return Err(ApiError::Internal(
+            "the session's store has no checkpoint".into(),
+        ));
     };
     store
         .load(*id)
@@ -268,7 +270,13 @@ fn layer_now(s: &Sess, store: &Store) -> Result<Manifest, ApiError> {
 }
 
 /// Saves `m` as the next checkpoint, records the bases of new paths, prunes.
-fn save(s: &Sess, store: &Store, m: Manifest, call: Option<u64>, reason: String) -> Result<Checkpoint, ApiError> {
+fn save(
+    s: &Sess,
+    store: &Store,
+    m: Manifest,
+    call: Option<u64>,
+    reason: String,
+) -> Result<Checkpoint, ApiError> {
     let id = store.next_id().map_err(layer_err)?;
     let (files, bytes) = m.totals();
     let mut bases: Bases = match std::fs::read(s.bases_path()) {
@@ -316,7 +324,10 @@ pub fn take(s: &Sess, call: Option<u64>, reason: String) -> Result<Checkpoint, A
 /// Runs `f` on a fresh thread whose filesystem ids are the owner's (writes through the
 /// merged view must create inodes whose ids the session's user namespace maps; the repo's
 /// new files belong to its owner). The thread ends with `f`, so no id leaks.
-fn as_owner<T: Send>(ids: (u32, u32), f: impl FnOnce() -> Result<T, ApiError> + Send) -> Result<T, ApiError> {
+fn as_owner<T: Send>(
+    ids: (u32, u32),
+    f: impl FnOnce() -> Result<T, ApiError> + Send,
+) -> Result<T, ApiError> {
     std::thread::scope(|sc| {
         sc.spawn(|| {
             // SAFETY: setfsgid/setfsuid take plain ids and only change this thread's
@@ -444,7 +455,10 @@ pub fn commit_session(s: &Sess, req: &CommitRequest) -> Result<CommitAnswer, Api
 }
 
 fn conflict_text(c: &[Conflict]) -> String {
-    let list: Vec<String> = c.iter().map(|c| format!("{}: {}", c.path, c.reason)).collect();
+    let list: Vec<String> = c
+        .iter()
+        .map(|c| format!("{}: {}", c.path, c.reason))
+        .collect();
     format!(
         "commit refused, {} conflicting path(s) (nothing was written): {}",
         c.len(),
@@ -475,7 +489,8 @@ pub async fn before_call(d: &State, live: &Arc<Live>, n: u64) {
     let workspace = live.info().workspace;
     let mut s = Sess::of(d, &live.id, &workspace);
     s.live = Some(live.clone());
-    let r = tokio::task::spawn_blocking(move || take(&s, Some(n), format!("before call {n}"))).await;
+    let r =
+        tokio::task::spawn_blocking(move || take(&s, Some(n), format!("before call {n}"))).await;
     match r {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => super::log::error(&format!("checkpoint before call {n} of {}: {e}", live.id)),
@@ -537,8 +552,13 @@ pub fn recover_all(d: &Daemon, live: &[String]) {
                 std::fs::remove_file(s.intent_path()).map_err(|e| ApiError::Internal(e.to_string()))
             });
             match r {
-                Ok(()) => super::log::info(&format!("finished the interrupted commit of session {}", row.id)),
-                Err(e) => super::log::error(&format!("interrupted commit of session {}: {e}", row.id)),
+                Ok(()) => super::log::info(&format!(
+                    "finished the interrupted commit of session {}",
+                    row.id
+                )),
+                Err(e) => {
+                    super::log::error(&format!("interrupted commit of session {}: {e}", row.id))
+                }
             }
         }
         if !live.contains(&row.id) && s.upper.is_dir() {
@@ -556,8 +576,16 @@ pub struct RemoveQuery {
 
 /// Refuses (409) to remove a session with uncommitted changes unless `force`; with
 /// `force`, its store goes too.
-pub async fn check_removable(d: &State, row: &crate::api::SessionInfo, force: bool) -> Result<(), ApiError> {
-    let (sd, id, ws) = (d.cfg.state_dir.clone(), row.id.clone(), row.workspace.clone());
+pub async fn check_removable(
+    d: &State,
+    row: &crate::api::SessionInfo,
+    force: bool,
+) -> Result<(), ApiError> {
+    let (sd, id, ws) = (
+        d.cfg.state_dir.clone(),
+        row.id.clone(),
+        row.workspace.clone(),
+    );
     if force {
         return blocking(move || {
             let dir = store_dir(&sd, &id);
@@ -585,7 +613,9 @@ fn sess_for(d: &Daemon, peer: &Peer, id: &str) -> Result<Sess, ApiError> {
     Ok(Sess::of(d, id, &row.workspace))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -651,7 +681,9 @@ pub async fn diff(
                 let mut found = None;
                 let mut next = None;
                 for i in ids {
-                    let Some(c) = store.load(i).map_err(layer_err)? else { continue };
+                    let Some(c) = store.load(i).map_err(layer_err)? else {
+                        continue;
+                    };
                     if found.is_some() {
                         next = Some(i);
                         break;
