@@ -5,7 +5,8 @@
 //! HTTP/JSON types shared by daemon and client), [`journal`] (SQLite), [`server`]
 //! (`agentd serve`: sessions and tool calls), [`client`] (HTTP over the Unix socket),
 //! [`ctl`] (`agentctl`'s commands and their output), [`attach`] (its live commands and
-//! the in-process daemon), [`term`] (sandbox-originated text escaped before a terminal).
+//! the in-process daemon), [`term`] (sandbox-originated text escaped before a terminal),
+//! [`top`] (`agentctl top`'s live view).
 
 pub mod api;
 pub mod attach;
@@ -16,3 +17,4 @@ pub mod journal;
 pub mod server;
 pub mod term;
 pub mod undo_cli;
+pub mod top;

@@ -53,6 +53,10 @@ enum Cmd {
         /// Return once the session runs; print its id.
         #[arg(long, short)]
         detach: bool,
+        /// Run the agent as this host uid instead of the workspace's owner (root only; never
+        /// 0): the way to run on a root-owned workspace.
+        #[arg(long, value_name = "UID")]
+        user: Option<u32>,
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
@@ -71,8 +75,24 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// List sessions (yours; all for root).
-    Ps,
+    /// List running sessions (yours; all for root); --all adds ended ones.
+    Ps {
+        /// Also list sessions that have ended (exited, killed, failed).
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// A live, refreshing view of running sessions and their calls (CPU%, memory, pids).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, short, default_value_t = 2.0)]
+        delay: f64,
+        /// Stop after N refreshes (default: until interrupted).
+        #[arg(long, short = 'n')]
+        iterations: Option<u64>,
+        /// One refresh, then exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Live memory, CPU, pids and IO of running sessions (or one) and their running calls.
     Stats { session: Option<String> },
     /// A session's tool calls with their reports.
@@ -192,6 +212,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             policy,
             workspace,
             detach,
+            user,
             cmd,
         } => {
             let ws = match workspace {
@@ -218,6 +239,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 policy,
                 argv: cmd,
                 stdin: !detach,
+                user,
             };
             let path = format!("{}/sessions", api::PREFIX);
             let first = c.post::<_, SessionInfo>(&path, &req).await;
@@ -309,16 +331,32 @@ async fn run(cli: Cli) -> Result<u8, String> {
             };
             Ok(call.exit_code.unwrap_or(125).clamp(0, 255) as u8)
         }
-        Cmd::Ps => {
-            let list: Vec<SessionInfo> = c
+        Cmd::Ps { all } => {
+            let mut list: Vec<SessionInfo> = c
                 .get(&format!("{}/sessions", api::PREFIX))
                 .await
                 .map_err(e)?;
+            if !all {
+                list.retain(|s| !s.state.ended());
+            }
             if json {
                 print_json(&list)?;
             } else {
                 agentd::term::out(&ctl::sessions_table(&list));
             }
+            Ok(0)
+        }
+        Cmd::Top {
+            delay,
+            iterations,
+            once,
+        } => {
+            let o = agentd::top::TopOpts {
+                delay,
+                iterations: if once { Some(1) } else { iterations },
+                json,
+            };
+            agentd::top::run(&c, &o).await?;
             Ok(0)
         }
         Cmd::Calls { session } => {

@@ -388,7 +388,9 @@ pub fn undo(s: &Sess, to: u64, reason: &str) -> Result<UndoAnswer, ApiError> {
     match &s.live {
         Some(live) if s.upper.is_dir() => {
             let merged = s.merged(live)?;
-            let ids = s.owner_ids()?;
+            // The agent's host id (uid and gid maps are the same): the only one besides
+            // container root that the session's user namespace maps.
+            let ids = (live.agent_uid, live.agent_uid);
             as_owner(ids, || {
                 let view = Root::open(&merged).map_err(layer_err)?;
                 let src = RootReads {

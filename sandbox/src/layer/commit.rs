@@ -242,7 +242,13 @@ pub fn read_intent(intent: &Path) -> Result<Option<Intent>, LayerError> {
 }
 
 /// Applies `plan` (with no conflicts) to `repo` under the intent journal at `intent`.
-pub fn apply(plan: &Plan, repo: &Root, store: &Store, intent: &Path, tick: Tick) -> Result<(), LayerError> {
+pub fn apply(
+    plan: &Plan,
+    repo: &Root,
+    store: &Store,
+    intent: &Path,
+    tick: Tick,
+) -> Result<(), LayerError> {
     tick()?;
     write_intent(plan, intent)?;
     let src = StoreSource {
