@@ -16,5 +16,5 @@ pub mod doctor;
 pub mod journal;
 pub mod server;
 pub mod term;
-pub mod undo_cli;
 pub mod top;
+pub mod undo_cli;

@@ -450,6 +450,13 @@ pub fn commit_session(s: &Sess, req: &CommitRequest) -> Result<CommitAnswer, Api
     })?;
     std::fs::remove_file(s.intent_path())
         .map_err(|e| ApiError::Internal(format!("remove {}: {e}", s.intent_path().display())))?;
+    // What was committed is the repo's state now: the base of a later commit.
+    let mut bases = bases;
+    for c in &plan.ops {
+        bases.insert(c.path.clone(), c.new.clone());
+    }
+    let json = serde_json::to_vec(&bases).map_err(|e| ApiError::Internal(e.to_string()))?;
+    write_durably(&s.bases_path(), &json).map_err(layer_err)?;
     Ok(CommitAnswer {
         checkpoint: cp.id,
         paths: plan.ops.iter().map(|c| c.path.clone()).collect(),
