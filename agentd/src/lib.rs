@@ -13,4 +13,5 @@ pub mod client;
 pub mod ctl;
 pub mod doctor;
 pub mod journal;
+pub mod mem;
 pub mod server;
