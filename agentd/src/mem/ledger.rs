@@ -21,13 +21,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Bytes.
 pub type Bytes = u64;
 
 /// A session's claim on the pool: served first when the pool is short, frozen last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Low,
@@ -77,7 +77,7 @@ pub struct PoolConfig {
 }
 
 /// Where a call is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CallState {
     Queued,
@@ -137,7 +137,7 @@ struct Agent {
 }
 
 /// A call as `agentctl top` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallView {
     pub session: String,
     pub n: u64,
@@ -151,7 +151,7 @@ pub struct CallView {
 }
 
 /// The pool as a whole.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolView {
     pub capacity: Bytes,
     pub limit: Bytes,
@@ -180,7 +180,14 @@ pub struct Ledger {
     thaws: u64,
     loans_made: u64,
     kills: u64,
+    /// Pressure events in a row in which the first starved call could get nothing.
+    stuck: u32,
 }
+
+/// Pressure events in a row without any progress (no loan, no call ended) after which the
+/// newest frozen call is killed: freezing stops growth but frees nothing without swap, so
+/// when every other call is frozen or starved, only a kill lets the oldest one finish.
+pub const STUCK_LIMIT: u32 = 5;
 
 /// Serving order: higher priority first, then older.
 fn serve_order(c: &Call) -> (std::cmp::Reverse<Priority>, u64) {
@@ -203,6 +210,7 @@ impl Ledger {
             thaws: 0,
             loans_made: 0,
             kills: 0,
+            stuck: 0,
         }
     }
 
@@ -237,7 +245,7 @@ impl Ledger {
     pub fn remove_session(&mut self, id: &str) -> Vec<Action> {
         self.agents.remove(id);
         self.calls.retain(|k, _| k.session != id);
-        self.settle()
+        self.settle_with(true)
     }
 
     /// The agent leaf's measured usage (and a new baseline, if the loop measured one).
@@ -300,15 +308,17 @@ impl Ledger {
     /// while a newer or lower-priority call runs, the first victim is frozen and its unused
     /// headroom goes to the pool; then loans are made in serving order.
     pub fn pressure(&mut self) -> Vec<Action> {
-        let Some(first) = self
+        let Some((first_key, first)) = self
             .calls
-            .values()
-            .filter(|c| c.state == CallState::Running && c.starved)
-            .min_by_key(|c| serve_order(c))
-            .cloned()
+            .iter()
+            .filter(|(_, c)| c.state == CallState::Running && c.starved)
+            .min_by_key(|(_, c)| serve_order(c))
+            .map(|(k, c)| (k.clone(), c.clone()))
         else {
+            self.stuck = 0;
             return self.settle();
         };
+        let (first_session, first_n) = (first_key.session.clone(), first_key.n);
         let victim = self
             .calls
             .iter()
@@ -329,8 +339,45 @@ impl Ledger {
             c.starved = false;
             self.freezes += 1;
             out.push(Action::Freeze { key: k });
+        } else {
+            self.stuck += 1;
         }
+        let loans_before = self.loans_made;
         out.extend(self.settle());
+        if self.loans_made > loans_before {
+            self.stuck = 0;
+        }
+        if self.stuck >= STUCK_LIMIT {
+            // Last resort: the newest frozen call of the lowest priority, never a call
+            // served before the starved one.
+            let victim = self
+                .calls
+                .iter()
+                .filter(|(_, c)| c.state == CallState::Frozen && c.prio <= first.prio)
+                .min_by_key(|(_, c)| victim_order(c))
+                .map(|(k, _)| k.clone());
+            if let Some(k) = victim
+                && let Some(c) = self.calls.get_mut(&k)
+            {
+                c.state = CallState::Killed;
+                self.kills += 1;
+                self.stuck = 0;
+                out.push(Action::Kill {
+                    reason: format!(
+                        "agentd memory pool: killed {k} as the last resort: it was frozen to \
+                         let older calls finish, but the oldest ({first_key}) stayed starved \
+                         for {STUCK_LIMIT} pressure windows with nothing left to freeze and \
+                         nothing returned to the pool (capacity {} MiB)",
+                        self.cfg.capacity >> 20,
+                        first_key = CallKey {
+                            session: first_session.clone(),
+                            n: first_n
+                        },
+                    ),
+                    key: k,
+                });
+            }
+        }
         out
     }
 
@@ -373,7 +420,8 @@ impl Ledger {
     /// made and queued calls admitted.
     pub fn finish(&mut self, key: &CallKey) -> Vec<Action> {
         self.calls.remove(key);
-        self.settle()
+        self.stuck = 0;
+        self.settle_with(true)
     }
 
     /// Whether the call is admitted (running or frozen).
@@ -386,10 +434,14 @@ impl Ledger {
         self.calls.get(key).map(|c| c.high)
     }
 
+    fn settle(&mut self) -> Vec<Action> {
+        self.settle_with(false)
+    }
+
     /// Brings the pool back in balance: cut unused headroom while over-committed, then lend
     /// to starved calls, thaw frozen ones and admit queued ones, each in serving order and
     /// each only with what is free.
-    fn settle(&mut self) -> Vec<Action> {
+    fn settle_with(&mut self, thaw: bool) -> Vec<Action> {
         let mut out = Vec::new();
         // 1. Over-committed (agents grew): cut running calls' unused headroom, victims first.
         let mut deficit = -self.free();
@@ -448,7 +500,14 @@ impl Ledger {
                 high: c.high,
             });
         }
-        // 3. Thaw frozen calls in order (each with one step of room to go on).
+        // 3. Thaw frozen calls in order (each with one step of room to go on) — only when
+        //    memory came back (a call ended, or nothing is starved any more): thawing right
+        //    after a freeze would hand the victim back what the freeze was for.
+        let thaw = thaw
+            || !self
+                .calls
+                .values()
+                .any(|c| c.state == CallState::Running && (c.starved || c.loan() > 0));
         let mut frozen: Vec<(CallKey, (std::cmp::Reverse<Priority>, u64))> = self
             .calls
             .iter()
@@ -456,7 +515,7 @@ impl Ledger {
             .map(|(k, c)| (k.clone(), serve_order(c)))
             .collect();
         frozen.sort_by_key(|o| o.1);
-        for (k, _) in frozen {
+        for (k, _) in frozen.into_iter().filter(|_| thaw) {
             let free = self.free();
             let Some(c) = self.calls.get_mut(&k) else {
                 continue;

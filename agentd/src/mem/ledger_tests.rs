@@ -301,3 +301,59 @@ proptest! {
         prop_assert!(l.calls.is_empty(), "{:?}", l.view());
     }
 }
+
+#[test]
+fn a_frozen_call_is_killed_only_when_the_oldest_stays_starved_with_nothing_to_free() {
+    let mut l = Ledger::new(cfg(96));
+    l.add_session("a", Priority::Normal, 0);
+    l.add_session("b", Priority::Normal, 0);
+    l.request(key("a", 1), 48 * M);
+    l.request(key("b", 1), 48 * M);
+    l.high_event(&key("a", 1), 48 * M);
+    l.high_event(&key("b", 1), 48 * M);
+    // b is frozen (nothing of it returns: it used its whole grant); a stays starved.
+    assert_eq!(l.pressure(), vec![Action::Freeze { key: key("b", 1) }]);
+    for _ in 1..STUCK_LIMIT {
+        l.high_event(&key("a", 1), 48 * M);
+        assert!(l.pressure().is_empty());
+    }
+    l.high_event(&key("a", 1), 48 * M);
+    let a = l.pressure();
+    match a.as_slice() {
+        [Action::Kill { key: k, reason }] => {
+            assert_eq!(k, &key("b", 1));
+            assert!(reason.contains("frozen to let older calls finish"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_frozen_call_stays_frozen_while_older_calls_borrow() {
+    let mut l = Ledger::new(cfg(128));
+    l.add_session("a", Priority::Normal, 0);
+    l.add_session("b", Priority::Normal, 0);
+    l.request(key("a", 1), 40 * M);
+    l.request(key("b", 1), 80 * M);
+    l.call_usage(&key("b", 1), 10 * M);
+    // 8 MiB free, less than one 16 MiB loan: a stays starved at its grant.
+    l.high_event(&key("a", 1), 40 * M);
+    assert_eq!(l.free(), 8 * M as i64);
+    let a = l.pressure();
+    // b is frozen; its 70 MiB of headroom goes to a, step by step, and b is NOT thawed.
+    assert_eq!(a[0], Action::Freeze { key: key("b", 1) });
+    assert!(!a.iter().any(|x| matches!(x, Action::Thaw { .. })), "{a:?}");
+    for u in [56, 64, 72] {
+        let a = l.high_event(&key("a", 1), u * M);
+        assert!(!a.iter().any(|x| matches!(x, Action::Thaw { .. })), "{a:?}");
+    }
+    assert_eq!(l.state(&key("b", 1)), Some(CallState::Frozen));
+    let a = l.finish(&key("a", 1));
+    assert_eq!(
+        a,
+        vec![Action::Thaw {
+            key: key("b", 1),
+            high: 26 * M
+        }]
+    );
+}

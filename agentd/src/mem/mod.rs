@@ -8,6 +8,7 @@
 
 pub mod ledger;
 pub mod pool;
+pub mod table;
 
 pub use ledger::{CallKey, Priority};
 pub use pool::{MemPool, PoolSettings, PoolStatus};

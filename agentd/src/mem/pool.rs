@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::ledger::{Action, Bytes, CallKey, CallState, Ledger, PoolConfig, PoolView, Priority};
@@ -50,8 +50,8 @@ pub enum PoolError {
     TooSmall { limit: Bytes, reserve: Bytes },
 }
 
-/// What `agentctl top` and `GET /v1/pool` show.
-#[derive(Debug, Clone, Serialize)]
+/// What `agentctl pool` and `GET /v1/pool` show.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoolStatus {
     #[serde(flatten)]
     pub view: PoolView,
