@@ -5,7 +5,7 @@
 //! HTTP/JSON types shared by daemon and client), [`journal`] (SQLite), [`server`]
 //! (`agentd serve`: sessions and tool calls), [`client`] (HTTP over the Unix socket),
 //! [`ctl`] (`agentctl`'s commands and their output), [`attach`] (its live commands and
-//! the in-process daemon).
+//! the in-process daemon), [`term`] (sandbox-originated text escaped before a terminal).
 
 pub mod api;
 pub mod attach;
@@ -15,3 +15,4 @@ pub mod doctor;
 pub mod journal;
 pub mod mem;
 pub mod server;
+pub mod term;

@@ -28,6 +28,10 @@ struct Cli {
     /// Machine-readable output (the API's JSON).
     #[arg(long, global = true)]
     json: bool,
+    /// Print control characters from inside the sandbox (agent output, call argv) as they
+    /// are even to a terminal; by default they are shown escaped (`\x1b`) there.
+    #[arg(long, global = true)]
+    raw: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -134,14 +138,15 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
 }
 
 fn policy_output(o: agentd_policy::cli::Output) -> Result<u8, String> {
-    print!("{}", o.stdout);
-    eprint!("{}", o.stderr);
+    agentd::term::out(&o.stdout);
+    agentd::term::err(&o.stderr);
     Ok(o.code.clamp(0, 255) as u8)
 }
 
 async fn run(cli: Cli) -> Result<u8, String> {
     let c = Client::new(&cli.socket);
     let json = cli.json;
+    agentd::term::set_raw(cli.raw);
     let e = |e: agentd::client::ClientError| e.to_string();
     match cli.cmd {
         Cmd::Completions { shell } => {
@@ -186,7 +191,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             if json {
                 print_json(&list)?;
             } else {
-                print!("{}", ctl::stats_table(&list));
+                agentd::term::out(&ctl::stats_table(&list));
             }
             Ok(0)
         }
@@ -262,7 +267,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
                             .await
                     {
                         // Nothing will be left to ask afterwards: show the calls now.
-                        eprint!("{}", ctl::calls_table(&calls));
+                        agentd::term::err(&ctl::calls_table(&calls));
                     }
                     code
                 }
@@ -306,7 +311,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
                     .await
                     .map_err(e)?
                     .ok_or("the daemon's stream ended before the call's report")?;
-                eprint!("{}", ctl::call_report(&call));
+                agentd::term::err(&ctl::call_report(&call));
                 call
             };
             Ok(call.exit_code.unwrap_or(125).clamp(0, 255) as u8)
@@ -319,7 +324,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             if json {
                 print_json(&list)?;
             } else {
-                print!("{}", ctl::sessions_table(&list));
+                agentd::term::out(&ctl::sessions_table(&list));
             }
             Ok(0)
         }
@@ -331,7 +336,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             if json {
                 print_json(&list)?;
             } else {
-                print!("{}", ctl::calls_table(&list));
+                agentd::term::out(&ctl::calls_table(&list));
             }
             Ok(0)
         }
@@ -372,8 +377,8 @@ async fn run(cli: Cli) -> Result<u8, String> {
             if json {
                 print_json(&l)?;
             } else {
-                print!("{}", l.stdout);
-                eprint!("{}", l.stderr);
+                agentd::term::out(&l.stdout);
+                agentd::term::err(&l.stderr);
             }
             Ok(0)
         }
@@ -415,7 +420,7 @@ fn show_session(s: &SessionInfo, json: bool) -> Result<u8, String> {
     if json {
         print_json(s)?;
     } else {
-        print!("{}", ctl::sessions_table(std::slice::from_ref(s)));
+        agentd::term::out(&ctl::sessions_table(std::slice::from_ref(s)));
     }
     Ok(0)
 }
@@ -440,7 +445,8 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => ExitCode::from(code),
         Err(msg) => {
-            eprintln!("agentctl: {msg}");
+            // A daemon's reason may quote the session's stderr.
+            agentd::term::err(&format!("agentctl: {msg}\n"));
             ExitCode::from(2)
         }
     }
