@@ -570,7 +570,13 @@ fn check_pool(cx: &mut Cx, p: &schema::Pool) -> crate::layer::PoolLayer {
         if let Some(l) = v
             && l.get().0 == 0
         {
-            cx.err(K::Invalid, l.span(), key, format!("`{key}` must be above 0"), None);
+            cx.err(
+                K::Invalid,
+                l.span(),
+                key,
+                format!("`{key}` must be above 0"),
+                None,
+            );
         }
     }
     if let (Some(r), Some(l)) = (&p.reserve, &p.limit)

@@ -27,7 +27,10 @@ fn a_repo_sets_its_priority_within_the_host_cap() {
     let p = plan("version = 1\n[resources]\npriority = \"high\"\n");
     assert_eq!(p.session.priority.map(|l| l.value), Some(Priority::High));
     let host = "version = 1\n[resources.max]\npriority = \"normal\"\n";
-    let d = errors(Some(host), "version = 1\n[resources]\npriority = \"high\"\n");
+    let d = errors(
+        Some(host),
+        "version = 1\n[resources]\npriority = \"high\"\n",
+    );
     assert_eq!(d.len(), 1, "{d:#?}");
     assert_diag(
         &d[0],
@@ -35,14 +38,25 @@ fn a_repo_sets_its_priority_within_the_host_cap() {
         ".agentd/policy.toml:3:12",
         "`resources.priority = high` exceeds the host cap",
     );
-    let p = load(Some(host), "version = 1\n[resources]\npriority = \"low\"\n", &[], &[]).unwrap();
+    let p = load(
+        Some(host),
+        "version = 1\n[resources]\npriority = \"low\"\n",
+        &[],
+        &[],
+    )
+    .unwrap();
     assert_eq!(p.session.priority.map(|l| l.value), Some(Priority::Low));
 }
 
 #[test]
 fn a_bad_priority_points_at_its_value() {
     let d = one_error("version = 1\n[resources]\npriority = \"urgent\"\n");
-    assert_diag(&d, K::Parse, ".agentd/policy.toml:3:12", "unknown variant `urgent`");
+    assert_diag(
+        &d,
+        K::Parse,
+        ".agentd/policy.toml:3:12",
+        "unknown variant `urgent`",
+    );
 }
 
 #[test]
@@ -61,7 +75,12 @@ fn pool_values_are_checked_where_they_are_written() {
     let host = "version = 1\n[resources.pool]\nenabled = true\npressure_stall_ms = 5000\n";
     let d = errors(Some(host), "version = 1\n");
     assert_eq!(d.len(), 1, "{d:#?}");
-    assert_diag(&d[0], K::Invalid, "/etc/agentd/policy.toml:4:21", "outside 1 to 1000");
+    assert_diag(
+        &d[0],
+        K::Invalid,
+        "/etc/agentd/policy.toml:4:21",
+        "outside 1 to 1000",
+    );
     let host = "version = 1\n[resources.pool]\nlimit = \"64MiB\"\nreserve = \"64MiB\"\n";
     let d = errors(Some(host), "version = 1\n");
     assert_eq!(d.len(), 1, "{d:#?}");

@@ -52,7 +52,11 @@ fn capped(cap_mib: u64, pool: &str) -> Capped {
         "{}-cap",
         d.cgroup_root.display().to_string().trim_end_matches('/')
     ));
-    fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +cpu +pids").unwrap();
+    fs::write(
+        "/sys/fs/cgroup/cgroup.subtree_control",
+        "+memory +cpu +pids",
+    )
+    .unwrap();
     fs::create_dir(&cap).unwrap();
     fs::write(cap.join("memory.max"), format!("{}", cap_mib * MIB)).unwrap();
     fs::write(cap.join("memory.swap.max"), "0").ok();
@@ -89,7 +93,9 @@ fn call(
         "--intent",
         intent,
         "--",
-        agentd_tests::project_binary("agentd-bench").to_str().unwrap(),
+        agentd_tests::project_binary("agentd-bench")
+            .to_str()
+            .unwrap(),
         "replay-call",
         "--steps",
         &steps,

@@ -179,7 +179,9 @@ async fn run(cli: Cli) -> Result<u8, String> {
             } else if let Some(p) = &p.pool {
                 print!("{}", agentd::mem::table::pool_table(p));
             } else {
-                println!("no memory pool: the host policy has no `[resources.pool] enabled = true`");
+                println!(
+                    "no memory pool: the host policy has no `[resources.pool] enabled = true`"
+                );
             }
             Ok(0)
         }

@@ -189,13 +189,18 @@ pub struct Ledger {
 /// when every other call is frozen or starved, only a kill lets the oldest one finish.
 pub const STUCK_LIMIT: u32 = 5;
 
+/// Sort key of [`serve_order`].
+type ServeKey = (std::cmp::Reverse<Priority>, u64);
+/// Sort key of [`victim_order`].
+type VictimKey = (Priority, bool, std::cmp::Reverse<u64>);
+
 /// Serving order: higher priority first, then older.
-fn serve_order(c: &Call) -> (std::cmp::Reverse<Priority>, u64) {
+fn serve_order(c: &Call) -> ServeKey {
     (std::cmp::Reverse(c.prio), c.seq)
 }
 
 /// Victim order: lower priority first, borrowers before non-borrowers, then newer.
-fn victim_order(c: &Call) -> (Priority, bool, std::cmp::Reverse<u64>) {
+fn victim_order(c: &Call) -> VictimKey {
     (c.prio, c.loan() == 0, std::cmp::Reverse(c.seq))
 }
 
@@ -446,7 +451,7 @@ impl Ledger {
         // 1. Over-committed (agents grew): cut running calls' unused headroom, victims first.
         let mut deficit = -self.free();
         if deficit > 0 {
-            let mut order: Vec<(CallKey, (Priority, bool, std::cmp::Reverse<u64>))> = self
+            let mut order: Vec<(CallKey, VictimKey)> = self
                 .calls
                 .iter()
                 .filter(|(_, c)| c.state == CallState::Running)
@@ -475,7 +480,7 @@ impl Ledger {
         }
         // 2. Loans to starved calls, in serving order.
         let step = self.cfg.loan_step;
-        let mut starved: Vec<(CallKey, (std::cmp::Reverse<Priority>, u64))> = self
+        let mut starved: Vec<(CallKey, ServeKey)> = self
             .calls
             .iter()
             .filter(|(_, c)| c.state == CallState::Running && c.starved)
@@ -508,7 +513,7 @@ impl Ledger {
                 .calls
                 .values()
                 .any(|c| c.state == CallState::Running && (c.starved || c.loan() > 0));
-        let mut frozen: Vec<(CallKey, (std::cmp::Reverse<Priority>, u64))> = self
+        let mut frozen: Vec<(CallKey, ServeKey)> = self
             .calls
             .iter()
             .filter(|(_, c)| c.state == CallState::Frozen)
@@ -532,7 +537,7 @@ impl Ledger {
         }
         // 4. Admit queued calls, in serving order; the head blocks the rest (no starvation
         //    of big calls). With nothing else admitted, the head starts with what is free.
-        let mut queued: Vec<(CallKey, (std::cmp::Reverse<Priority>, u64))> = self
+        let mut queued: Vec<(CallKey, ServeKey)> = self
             .calls
             .iter()
             .filter(|(_, c)| c.state == CallState::Queued)

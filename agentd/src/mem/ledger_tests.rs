@@ -322,7 +322,10 @@ fn a_frozen_call_is_killed_only_when_the_oldest_stays_starved_with_nothing_to_fr
     match a.as_slice() {
         [Action::Kill { key: k, reason }] => {
             assert_eq!(k, &key("b", 1));
-            assert!(reason.contains("frozen to let older calls finish"), "{reason}");
+            assert!(
+                reason.contains("frozen to let older calls finish"),
+                "{reason}"
+            );
         }
         other => panic!("{other:?}"),
     }

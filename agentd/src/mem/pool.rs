@@ -152,7 +152,9 @@ pub fn pool_config(s: &PoolSettings, limit: Bytes) -> Result<PoolConfig, PoolErr
     if reserve >= limit {
         return Err(PoolError::TooSmall { limit, reserve });
     }
-    let loan_step = s.loan_step.unwrap_or((limit / 32).clamp(4 * MIB, 256 * MIB));
+    let loan_step = s
+        .loan_step
+        .unwrap_or((limit / 32).clamp(4 * MIB, 256 * MIB));
     Ok(PoolConfig {
         capacity: limit - reserve,
         limit,
@@ -399,8 +401,13 @@ impl MemPool {
             // per sample): reclaim by the limit's pressure never takes the agent's pages.
             let want = agent.next_multiple_of(4 << 20);
             if want != a.protected {
-                let ok = a.agent.write_nonblock("memory.min", &want.to_string()).is_ok()
-                    && a.agent.write_nonblock("memory.low", &want.to_string()).is_ok();
+                let ok = a
+                    .agent
+                    .write_nonblock("memory.min", &want.to_string())
+                    .is_ok()
+                    && a.agent
+                        .write_nonblock("memory.low", &want.to_string())
+                        .is_ok();
                 if ok {
                     a.protected = want;
                 }

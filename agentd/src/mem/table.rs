@@ -34,8 +34,7 @@ pub fn pool_table(s: &PoolStatus) -> String {
         v.kills,
         s.pressure_trigger,
         s.pressure_events,
-        s.pressure_avg10
-            .map_or("-".into(), |a| format!("{a:.2}%")),
+        s.pressure_avg10.map_or("-".into(), |a| format!("{a:.2}%")),
     );
     out.push_str(&format!(
         "{:<14} {:>5} {:<7} {:<8} {:>7} {:>7} {:>7} {:>7}\n",
@@ -56,7 +55,11 @@ pub fn pool_table(s: &PoolStatus) -> String {
         };
         out.push_str(&format!(
             "{:<14} {:>5} {:<7} {:<8} {:>7} {:>7} {:>7} {:>7}\n",
-            if c.session.is_empty() { "-" } else { &c.session },
+            if c.session.is_empty() {
+                "-"
+            } else {
+                &c.session
+            },
             c.n,
             prio,
             state,

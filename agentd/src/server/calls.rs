@@ -174,7 +174,17 @@ pub async fn create(
     let (etx, mut erx) = mpsc::channel::<StreamEvent>(64);
     let (mut out, resp) = Ndjson::new();
     tokio::spawn(async move {
-        let r = run_call(&d, &live, n, &req, view, &cg_limits, grant, Some(etx.clone())).await;
+        let r = run_call(
+            &d,
+            &live,
+            n,
+            &req,
+            view,
+            &cg_limits,
+            grant,
+            Some(etx.clone()),
+        )
+        .await;
         live.inflight.fetch_sub(1, Ordering::SeqCst);
         let last = match r {
             Ok(c) => StreamEvent::Call(Box::new(c)),
