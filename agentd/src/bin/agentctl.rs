@@ -53,6 +53,10 @@ enum Cmd {
         /// Return once the session runs; print its id.
         #[arg(long, short)]
         detach: bool,
+        /// Run the agent as this host uid instead of the workspace's owner (root only; never
+        /// 0): the way to run on a root-owned workspace.
+        #[arg(long, value_name = "UID")]
+        user: Option<u32>,
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
@@ -71,8 +75,24 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// List sessions (yours; all for root).
-    Ps,
+    /// List running sessions (yours; all for root); --all adds ended ones.
+    Ps {
+        /// Also list sessions that have ended (exited, killed, failed).
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// A live, refreshing view of running sessions and their calls (CPU%, memory, pids).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, short, default_value_t = 2.0)]
+        delay: f64,
+        /// Stop after N refreshes (default: until interrupted).
+        #[arg(long, short = 'n')]
+        iterations: Option<u64>,
+        /// One refresh, then exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Live memory, CPU, pids and IO of running sessions (or one) and their running calls.
     Stats { session: Option<String> },
     /// The host's memory pool: grants, loans, queued and frozen calls, pressure (root).
@@ -98,6 +118,26 @@ enum Cmd {
     Man {
         #[arg(default_value = ".")]
         dir: PathBuf,
+    },
+    /// Serve the Model Context Protocol (stdio, or Streamable HTTP with --http) so an agent
+    /// outside runs its tool calls in a session: exec, read_file, write_file, list, status
+    /// (docs/mcp.md). Attaches to --session, or creates a session on --workspace.
+    Mcp {
+        /// Attach to this running session.
+        #[arg(long, conflicts_with_all = ["workspace", "policy", "keep"])]
+        session: Option<String>,
+        /// Create a session on this repo (default: the current directory).
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+        /// Its repo policy (default: .agentd/policy.toml in the workspace if present).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Serve Streamable HTTP at /mcp on `unix:PATH` (mode 0600) or a loopback IP:PORT.
+        #[arg(long, value_name = "unix:PATH|IP:PORT")]
+        http: Option<String>,
+        /// Leave the created session running when this server exits.
+        #[arg(long)]
+        keep: bool,
     },
     /// Probe this host: which mechanism runs in which mode.
     Doctor,
@@ -201,6 +241,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             policy,
             workspace,
             detach,
+            user,
             cmd,
         } => {
             let ws = match workspace {
@@ -227,6 +268,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 policy,
                 argv: cmd,
                 stdin: !detach,
+                user,
             };
             let path = format!("{}/sessions", api::PREFIX);
             let first = c.post::<_, SessionInfo>(&path, &req).await;
@@ -318,16 +360,32 @@ async fn run(cli: Cli) -> Result<u8, String> {
             };
             Ok(call.exit_code.unwrap_or(125).clamp(0, 255) as u8)
         }
-        Cmd::Ps => {
-            let list: Vec<SessionInfo> = c
+        Cmd::Ps { all } => {
+            let mut list: Vec<SessionInfo> = c
                 .get(&format!("{}/sessions", api::PREFIX))
                 .await
                 .map_err(e)?;
+            if !all {
+                list.retain(|s| !s.state.ended());
+            }
             if json {
                 print_json(&list)?;
             } else {
                 agentd::term::out(&ctl::sessions_table(&list));
             }
+            Ok(0)
+        }
+        Cmd::Top {
+            delay,
+            iterations,
+            once,
+        } => {
+            let o = agentd::top::TopOpts {
+                delay,
+                iterations: if once { Some(1) } else { iterations },
+                json,
+            };
+            agentd::top::run(&c, &o).await?;
             Ok(0)
         }
         Cmd::Calls { session } => {
@@ -383,6 +441,23 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 agentd::term::err(&l.stderr);
             }
             Ok(0)
+        }
+        Cmd::Mcp {
+            session,
+            workspace,
+            policy,
+            http,
+            keep,
+        } => {
+            let o = agentd::mcp::Options {
+                socket: cli.socket.clone(),
+                session,
+                workspace,
+                policy,
+                http,
+                keep,
+            };
+            agentd::mcp::run(o).await.map(|()| 0)
         }
         Cmd::Doctor => {
             let report = agentd::doctor::run(&agentd::doctor::RealHost::new());
