@@ -164,6 +164,7 @@ pub async fn create(
     let plan = live.plan.call(&req.argv, &req.intent);
     let (view, mut cg_limits) = call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
+    super::undo::before_call(&d, &live, n).await;
     live.inflight.fetch_add(1, Ordering::SeqCst);
     // The memory pool's admission: waits while the call's grant does not fit.
     let grant = super::mempool::admit(&d, &live, n, &plan, &mut cg_limits).await;
