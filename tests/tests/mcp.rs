@@ -166,7 +166,16 @@ fn mcp_a_real_client_runs_exec_files_oom_and_cancel_through_agentctl_mcp() {
     assert_eq!(r["server"], "agentd");
     assert_eq!(
         r["tools"],
-        serde_json::json!(["exec", "list", "read_file", "status", "write_file"])
+        serde_json::json!([
+            "checkpoints",
+            "diff",
+            "exec",
+            "list",
+            "read_file",
+            "status",
+            "undo",
+            "write_file"
+        ])
     );
     assert_eq!(r["schemas"]["exec"]["additionalProperties"], false);
     let id = r["session"].as_str().unwrap().to_string();
@@ -228,6 +237,18 @@ fn mcp_a_real_client_runs_exec_files_oom_and_cancel_through_agentctl_mcp() {
         r["write_inside"]
     );
     assert_eq!(r["read_inside"]["text"], "hello from mcp\n");
+    // Undo: the call that changed the file shows in its diff; restoring the checkpoint taken
+    // before it brings the old content back.
+    let files = r["diff"]["sc"]["files"].as_array().unwrap();
+    assert!(
+        files
+            .iter()
+            .any(|f| f["path"] == "notes/hello.txt" && f["change"] == "modified"),
+        "{}",
+        r["diff"]
+    );
+    assert_eq!(r["undo"]["is_error"], false, "{}", r["undo"]);
+    assert_eq!(r["after_undo"], "hello from mcp\n", "{}", r["undo"]);
     let list = r["list"]["text"].as_str().unwrap();
     assert!(
         list.contains("f 12 README\n") && list.contains(" notes\n"),

@@ -85,6 +85,18 @@ async def main():
             out["write_inside"] = {"is_error": r.is_error, "text": text(r)}
             r = await s.call_tool("read_file", {"path": "notes/hello.txt"})
             out["read_inside"] = {"is_error": r.is_error, "text": text(r)}
+            # Undo restores a file: change it, then restore the checkpoint taken before that call.
+            r = await s.call_tool("write_file", {"path": "notes/hello.txt", "content": "changed\n"})
+            changed_by = r.structured_content["call"]
+            r = await s.call_tool("diff", {"call": changed_by})
+            out["diff"] = {"is_error": r.is_error, "sc": r.structured_content}
+            r = await s.call_tool("checkpoints", {})
+            cps = r.structured_content["checkpoints"]
+            before = next(c["id"] for c in cps if c["call"] == changed_by)
+            r = await s.call_tool("undo", {"to": before})
+            out["undo"] = {"is_error": r.is_error, "text": text(r)}
+            r = await s.call_tool("read_file", {"path": "notes/hello.txt"})
+            out["after_undo"] = text(r)
             r = await s.call_tool("list", {"path": "."})
             out["list"] = {"is_error": r.is_error, "text": text(r)}
             r = await s.call_tool("write_file", {"path": "/etc/agentd-mcp-escape.txt", "content": "x"})
