@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod doctor;
 pub mod journal;
 pub mod mcp;
+pub mod mem;
 pub mod server;
 pub mod term;
 pub mod top;

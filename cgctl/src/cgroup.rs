@@ -110,6 +110,29 @@ impl Cgroup {
             })
     }
 
+    /// Writes an interface file opened with O_NONBLOCK (see [`Backend::write_nonblock`]):
+    /// the memory pool moves memory.high without stalling in reclaim.
+    pub fn write_nonblock(&self, file: &str, value: &str) -> Result<()> {
+        self.backend
+            .write_nonblock(self.fd(), file, value)
+            .map_err(|source| Error::Write {
+                path: self.path.join(file),
+                value: value.to_string(),
+                source,
+            })
+    }
+
+    /// Starts freezing the subtree without waiting for `frozen 1` (the pool's loop must not
+    /// block; cgroup.events tells when it is done).
+    pub fn freeze_nowait(&self) -> Result<()> {
+        self.write_knob("cgroup.freeze", "1")
+    }
+
+    /// Starts thawing the subtree without waiting.
+    pub fn thaw_nowait(&self) -> Result<()> {
+        self.write_knob("cgroup.freeze", "0")
+    }
+
     /// Whether this cgroup has the interface file `file`.
     pub fn has(&self, file: &str) -> bool {
         fs::has_file(self.fd(), file)

@@ -18,6 +18,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Writes `value` to the interface file `file` of the cgroup `dir`, in one write(2)
     /// (cgroupfs parses each write as a whole).
     fn write(&self, dir: BorrowedFd<'_>, file: &str, value: &str) -> io::Result<()>;
+    /// Like [`Backend::write`], opened with O_NONBLOCK: a memory.high/max write then does not
+    /// reclaim synchronously in the writer (kernels with the non-blocking limit option; older
+    /// kernels ignore the flag, and raising a limit never reclaims anyway).
+    fn write_nonblock(&self, dir: BorrowedFd<'_>, file: &str, value: &str) -> io::Result<()> {
+        self.write(dir, file, value)
+    }
     /// True for the fake: waits that need the kernel to act (kill, freeze) are emulated.
     fn is_fake(&self) -> bool {
         false
@@ -41,6 +47,16 @@ impl Backend for Kernel {
 
     fn write(&self, dir: BorrowedFd<'_>, file: &str, value: &str) -> io::Result<()> {
         let fd = rustix::fs::openat(dir, file, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+        write_all_once(&fd, value)
+    }
+
+    fn write_nonblock(&self, dir: BorrowedFd<'_>, file: &str, value: &str) -> io::Result<()> {
+        let fd = rustix::fs::openat(
+            dir,
+            file,
+            OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )?;
         write_all_once(&fd, value)
     }
 }

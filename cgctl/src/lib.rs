@@ -57,6 +57,7 @@ pub mod error;
 pub mod events;
 pub mod fs;
 pub mod limits;
+pub mod psi;
 pub mod spawn;
 pub mod stats;
 pub mod tree;

@@ -71,6 +71,9 @@ pub struct Limits {
     pub memory_max: Option<Max>,
     /// `memory.high`: throttle-and-reclaim threshold (never kills).
     pub memory_high: Option<Max>,
+    /// `memory.min`: hard protection from reclaim, in bytes (the agent leaf's baseline).
+    #[serde(default)]
+    pub memory_min: Option<u64>,
     /// `memory.low`: best-effort protection from reclaim, in bytes.
     pub memory_low: Option<u64>,
     /// `memory.swap.max`.
@@ -116,6 +119,9 @@ impl Limits {
                 value,
             })
         };
+        if let Some(v) = self.memory_min {
+            k("memory", "memory.min", v.to_string());
+        }
         if let Some(v) = self.memory_low {
             k("memory", "memory.low", v.to_string());
         }

@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use globset::{Glob, GlobMatcher};
 use serde::Serialize;
 
-use crate::schema::CpuClass;
+use crate::schema::{CpuClass, Priority};
 use crate::units::{Cpu, Duration, Size};
 
 /// Where a layer sits in the stack (host → profile → repo → command line).
@@ -223,6 +223,17 @@ pub struct Caps {
     pub session_timeout: Option<Val<Duration>>,
     pub network_enabled: Option<Val<bool>>,
     pub network_allow: Option<Val<Vec<String>>>,
+    pub priority: Option<Val<Priority>>,
+}
+
+/// `[resources.pool]` as the host states it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct PoolLayer {
+    pub enabled: Option<Val<bool>>,
+    pub limit: Option<Val<Size>>,
+    pub reserve: Option<Val<Size>>,
+    pub loan_step: Option<Val<Size>>,
+    pub pressure_stall_ms: Option<Val<u32>>,
 }
 
 /// An intent rule: commands → intent.
@@ -245,6 +256,8 @@ pub struct Layer {
     pub cpu: Option<Val<Cpu>>,
     pub pids: Option<Val<u32>>,
     pub call: CallLayer,
+    pub priority: Option<Val<Priority>>,
+    pub pool: PoolLayer,
     pub caps: Caps,
     pub intents: Vec<Rule>,
     /// Network explicitly on (only ever true in a layer that was refused as not enforced;
@@ -287,6 +300,14 @@ pub fn merge(a: &Layer, b: &Layer) -> Layer {
         cpu: over(&a.cpu, &b.cpu),
         pids: over(&a.pids, &b.pids),
         call: merge_call(&a.call, &b.call),
+        priority: over(&a.priority, &b.priority),
+        pool: PoolLayer {
+            enabled: over(&a.pool.enabled, &b.pool.enabled),
+            limit: over(&a.pool.limit, &b.pool.limit),
+            reserve: over(&a.pool.reserve, &b.pool.reserve),
+            loan_step: over(&a.pool.loan_step, &b.pool.loan_step),
+            pressure_stall_ms: over(&a.pool.pressure_stall_ms, &b.pool.pressure_stall_ms),
+        },
         caps: Caps {
             memory: over(&a.caps.memory, &b.caps.memory),
             cpu: over(&a.caps.cpu, &b.caps.cpu),
@@ -296,6 +317,7 @@ pub fn merge(a: &Layer, b: &Layer) -> Layer {
             session_timeout: over(&a.caps.session_timeout, &b.caps.session_timeout),
             network_enabled: over(&a.caps.network_enabled, &b.caps.network_enabled),
             network_allow: over(&a.caps.network_allow, &b.caps.network_allow),
+            priority: over(&a.caps.priority, &b.caps.priority),
         },
         // Later layers' rules are tried first, so a repo can refine a profile's rule.
         intents: b.intents.iter().chain(&a.intents).cloned().collect(),

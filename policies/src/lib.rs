@@ -27,8 +27,8 @@ pub use load::{
     FileKind, Files, HOST_POLICY, LoadOptions, MemFs, PROFILES, REPO_POLICY, RealFs, Stack, load,
     load_stack, resolve_stack,
 };
-pub use plan::{CallLimit, CallPlan, CapRef, Decider, DeclaredIntent, Limit, Plan};
-pub use schema::{CpuClass, Effect, json_schema};
+pub use plan::{CallLimit, CallPlan, CapRef, Decider, DeclaredIntent, Limit, Plan, PoolPlan};
+pub use schema::{CpuClass, Effect, Priority, json_schema};
 pub use units::{Cpu, Duration, Size};
 pub use validate::validate;
 

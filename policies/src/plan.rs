@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Diagnostic, DiagnosticKind};
 use crate::layer::{ArgvPattern, CompiledPattern, Layer, LayerKind, Mechanism, Origin, Val};
 use crate::layer::{matcher, merge_all};
-use crate::schema::{CpuClass, Effect, WorkspaceMode};
+use crate::schema::{CpuClass, Effect, Priority, WorkspaceMode};
 use crate::units::{Cpu, Duration, Size};
 
 /// A cap that lowered a value: where it is set and its value.
@@ -84,6 +84,21 @@ pub struct SessionPlan {
     pub root: String,
     /// Always off in this build (the network proxy is not enforced yet).
     pub network: String,
+    /// The session's memory-pool priority (`resources.priority`), when a layer set one
+    /// (the pool treats an unset one as `normal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Limit<Priority>>,
+}
+
+/// `[resources.pool]` of the host policy, when enabled (sizes unset = derived by the
+/// daemon from the limit it finds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolPlan {
+    pub limit: Option<u64>,
+    pub reserve: Option<u64>,
+    pub loan_step: Option<u64>,
+    pub pressure_stall_ms: Option<u32>,
+    pub from: Origin,
 }
 
 /// Default limits of a call that no intent rule matches.
@@ -124,6 +139,9 @@ pub struct Plan {
     pub call_defaults: CallDefaults,
     /// Tried in order; the first match decides the call's intent.
     pub intents: Vec<RulePlan>,
+    /// The host's memory pool, when `[resources.pool] enabled = true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolPlan>,
 }
 
 /// What a caller declares about a tool call. Every field may only lower a limit.
@@ -404,7 +422,23 @@ pub fn resolve_layers(stack: &[StackLayer<'_>]) -> (Option<Plan>, Vec<Diagnostic
             workspace: WorkspaceMode::Overlay,
             root: "host".into(),
             network: "off".into(),
+            priority: all
+                .priority
+                .as_ref()
+                .map(|v| clamp(v, &[host_cap(&caps.priority)], &mut d)),
         },
+        pool: host
+            .pool
+            .enabled
+            .as_ref()
+            .filter(|e| e.value)
+            .map(|e| PoolPlan {
+                limit: host.pool.limit.as_ref().map(|v| v.value.0),
+                reserve: host.pool.reserve.as_ref().map(|v| v.value.0),
+                loan_step: host.pool.loan_step.as_ref().map(|v| v.value.0),
+                pressure_stall_ms: host.pool.pressure_stall_ms.as_ref().map(|v| v.value),
+                from: e.origin.clone(),
+            }),
         call_defaults,
         intents,
     };

@@ -131,8 +131,51 @@ pub struct Resources {
     pub disk: Option<L<Size>>,
     /// Default per-call limits, used when no intent rule matches.
     pub call: Option<L<CallLimits>>,
+    /// The session's claim on the host's memory pool (`low`, `normal`, `high`): served
+    /// first when the pool is short, frozen last.
+    pub priority: Option<L<Priority>>,
+    /// Host policy only: the memory pool shared by every session (docs/memory.md).
+    pub pool: Option<L<Pool>>,
     /// Host policy only: caps no lower layer may exceed.
     pub max: Option<L<Max>>,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        })
+    }
+}
+
+/// `[resources.pool]`: headroom sharing, admission, freeze instead of kill.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Turn the pool on (default off).
+    pub enabled: Option<L<bool>>,
+    /// Hard limit the pool lives under (default: the lowest memory.max above the daemon's
+    /// cgroup, else the host's memory).
+    pub limit: Option<L<Size>>,
+    /// Kept back from the limit for the kernel, the daemon and overshoot (default 1/16).
+    pub reserve: Option<L<Size>>,
+    /// One loan to a call at its memory.high (default 1/32 of the limit, 4 MiB–256 MiB).
+    pub loan_step: Option<L<Size>>,
+    /// PSI trigger: milliseconds of memory stall per 1 s window that freeze the newest
+    /// borrower (default 100; 1 to 1000).
+    pub pressure_stall_ms: Option<L<u32>>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -154,6 +197,8 @@ pub struct Max {
     pub call_memory: Option<L<Size>>,
     pub call_timeout: Option<L<Duration>>,
     pub session_timeout: Option<L<Duration>>,
+    /// The highest memory-pool priority a lower layer may give its session.
+    pub priority: Option<L<Priority>>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

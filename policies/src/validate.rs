@@ -465,6 +465,11 @@ fn check_resources(cx: &mut Cx, r: &schema::Resources, layer: &mut Layer) {
     if let Some(c) = &r.call {
         layer.call = check_call(cx, c.get(), "resources.call");
     }
+    layer.priority = cx.opt(&r.priority, "resources.priority");
+    if let Some(p) = &r.pool {
+        cx.host_only(p.span(), "resources.pool");
+        layer.pool = check_pool(cx, p.get());
+    }
     // Inside one file, a per-call default above the session cap is a contradiction.
     let pairs = [
         (
@@ -530,9 +535,66 @@ fn check_resources(cx: &mut Cx, r: &schema::Resources, layer: &mut Layer) {
             call_memory: cx.opt(&m.call_memory, "resources.max.call_memory"),
             call_timeout: cx.opt(&m.call_timeout, "resources.max.call_timeout"),
             session_timeout: cx.opt(&m.session_timeout, "resources.max.session_timeout"),
+            priority: cx.opt(&m.priority, "resources.max.priority"),
             ..layer.caps.clone()
         };
     }
+}
+
+fn check_pool(cx: &mut Cx, p: &schema::Pool) -> crate::layer::PoolLayer {
+    let out = crate::layer::PoolLayer {
+        enabled: cx.opt(&p.enabled, "resources.pool.enabled"),
+        limit: cx.opt(&p.limit, "resources.pool.limit"),
+        reserve: cx.opt(&p.reserve, "resources.pool.reserve"),
+        loan_step: cx.opt(&p.loan_step, "resources.pool.loan_step"),
+        pressure_stall_ms: cx.opt(&p.pressure_stall_ms, "resources.pool.pressure_stall_ms"),
+    };
+    if let Some(l) = &p.pressure_stall_ms
+        && !(1..=1000).contains(l.get())
+    {
+        cx.err(
+            K::Invalid,
+            l.span(),
+            "resources.pool.pressure_stall_ms",
+            format!(
+                "`resources.pool.pressure_stall_ms = {}` is outside 1 to 1000",
+                l.get()
+            ),
+            Some("the PSI trigger counts stall within a 1 s window".into()),
+        );
+    }
+    for (v, key) in [
+        (&p.loan_step, "resources.pool.loan_step"),
+        (&p.limit, "resources.pool.limit"),
+    ] {
+        if let Some(l) = v
+            && l.get().0 == 0
+        {
+            cx.err(
+                K::Invalid,
+                l.span(),
+                key,
+                format!("`{key}` must be above 0"),
+                None,
+            );
+        }
+    }
+    if let (Some(r), Some(l)) = (&p.reserve, &p.limit)
+        && r.get().0 >= l.get().0
+    {
+        cx.err(
+            K::Contradiction,
+            r.span(),
+            "resources.pool.reserve",
+            format!(
+                "`resources.pool.reserve = {}` leaves nothing of `resources.pool.limit = {}`",
+                r.get(),
+                l.get()
+            ),
+            Some("the reserve is kept back from the limit; make it smaller".into()),
+        );
+    }
+    out
 }
 
 fn check_rule(cx: &mut Cx, rule: &L<schema::IntentRule>) -> Option<Rule> {

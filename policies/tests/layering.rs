@@ -261,6 +261,8 @@ fn layer() -> impl Strategy<Value = Layer> {
                 cpu: None,
                 pids,
                 call,
+                priority: None,
+                pool: Default::default(),
                 caps: Caps {
                     memory: cap_mem,
                     pids: cap_pids,

@@ -538,6 +538,7 @@ fn api_every_documented_operation_answers_as_documented() {
     let st = api.json(None, "GET", "/sessions/{id}/stats", &id, None);
     assert_eq!(st.body["id"], id.as_str());
     let all = api.json(None, "GET", "/stats", "", None);
+    api.json(None, "GET", "/pool", "", None);
     assert!(lists(&all.body, &id));
     let all = api.json(Some(USER), "GET", "/stats", "", None);
     assert!(!lists(&all.body, &id));

@@ -95,6 +95,8 @@ enum Cmd {
     },
     /// Live memory, CPU, pids and IO of running sessions (or one) and their running calls.
     Stats { session: Option<String> },
+    /// The host's memory pool: grants, loans, queued and frozen calls, pressure (root).
+    Pool,
     /// A session's tool calls with their reports.
     Calls { session: String },
     /// Kill a session (the agent and every call).
@@ -213,6 +215,20 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 for p in written {
                     println!("{}", p.display());
                 }
+            }
+            Ok(0)
+        }
+        Cmd::Pool => {
+            let p: agentd::server::mempool::PoolAnswer =
+                c.get(&format!("{}/pool", api::PREFIX)).await.map_err(e)?;
+            if json {
+                print_json(&p)?;
+            } else if let Some(p) = &p.pool {
+                print!("{}", agentd::mem::table::pool_table(p));
+            } else {
+                println!(
+                    "no memory pool: the host policy has no `[resources.pool] enabled = true`"
+                );
             }
             Ok(0)
         }

@@ -162,19 +162,31 @@ pub async fn create(
     };
     check_request(&live, &req)?;
     let plan = live.plan.call(&req.argv, &req.intent);
-    let (view, cg_limits) = call_limits(&plan);
+    let (view, mut cg_limits) = call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
     super::undo::before_call(&d, &live, n).await;
     live.inflight.fetch_add(1, Ordering::SeqCst);
+    // The memory pool's admission: waits while the call's grant does not fit.
+    let grant = super::mempool::admit(&d, &live, n, &plan, &mut cg_limits).await;
     if !q.stream {
-        let r = run_call(&d, &live, n, &req, view, &cg_limits, None).await;
+        let r = run_call(&d, &live, n, &req, view, &cg_limits, grant, None).await;
         live.inflight.fetch_sub(1, Ordering::SeqCst);
         return r.map(|c| Json(c).into_response());
     }
     let (etx, mut erx) = mpsc::channel::<StreamEvent>(64);
     let (mut out, resp) = Ndjson::new();
     tokio::spawn(async move {
-        let r = run_call(&d, &live, n, &req, view, &cg_limits, Some(etx.clone())).await;
+        let r = run_call(
+            &d,
+            &live,
+            n,
+            &req,
+            view,
+            &cg_limits,
+            grant,
+            Some(etx.clone()),
+        )
+        .await;
         live.inflight.fetch_sub(1, Ordering::SeqCst);
         let last = match r {
             Ok(c) => StreamEvent::Call(Box::new(c)),
@@ -193,6 +205,7 @@ pub async fn create(
     Ok(resp)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_call(
     d: &State,
     live: &Arc<Live>,
@@ -200,6 +213,7 @@ async fn run_call(
     req: &CallRequest,
     view: CallLimits,
     cg_limits: &cgctl::Limits,
+    grant: Option<super::mempool::Grant>,
     events: Events,
 ) -> Result<CallInfo, ApiError> {
     let mut info = CallInfo::running(&live.id, n, &req.argv, req.intent.clone(), view);
@@ -211,10 +225,12 @@ async fn run_call(
             info.state = CallState::Failed;
             info.error = Some(format!("call cgroup: {e}"));
             info.ended_at = Some(now());
+            super::mempool::finish(grant, &mut info);
             d.journal(|j| j.put_call(&info))?;
             return Err(ApiError::Internal(format!("call {n}: cgroup: {e}")));
         }
     };
+    super::mempool::attach(&grant, call.cgroup());
     if let Some(tx) = &events {
         // The call's number, before any output: what a client needs to kill it.
         let _ = tx.send(StreamEvent::Started(Box::new(info.clone()))).await;
@@ -251,6 +267,7 @@ async fn run_call(
             info.error = Some(e);
         }
     }
+    super::mempool::finish(grant, &mut info);
     d.journal(|j| j.put_call(&info))?;
     Ok(info)
 }

@@ -10,6 +10,7 @@ pub mod calls;
 mod errors;
 pub mod leaf;
 pub mod log;
+pub mod mempool;
 pub mod sessions;
 pub mod shim;
 pub mod stats;
@@ -73,6 +74,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error("{0}")]
+    MemPool(String),
 }
 
 /// A request's error: a status and a reason, sent as [`ErrorBody`]. Never a panic.
@@ -174,6 +177,8 @@ pub struct Daemon {
     pub root: cgctl::Root,
     /// Sessions whose container this daemon started and still runs.
     pub live: Mutex<HashMap<String, Arc<sessions::Live>>>,
+    /// The host's memory pool (`[resources.pool]` of the host policy), if enabled.
+    pub mem: Option<Arc<crate::mem::MemPool>>,
 }
 
 /// Handler state.
@@ -229,6 +234,7 @@ pub fn router(state: State) -> Router {
         .route(&format!("{p}/sessions/{{id}}/stdin"), post(stream::stdin))
         .route(&format!("{p}/sessions/{{id}}/stats"), get(stats::one))
         .route(&format!("{p}/stats"), get(stats::all))
+        .route(&format!("{p}/pool"), get(mempool::status))
         .route(
             &format!("{p}/sessions/{{id}}/calls"),
             get(calls::list).post(calls::create),
@@ -311,11 +317,14 @@ pub fn open(mut cfg: Config) -> Result<State, ServeError> {
         source,
     };
     let root = cgctl::Root::create(&cfg.cgroup_root, backend).map_err(cg_err)?;
+    // Fail closed: a host policy that asks for the pool gets it or no daemon.
+    let mem = mempool::start(&cfg).map_err(|e| ServeError::MemPool(e.to_string()))?;
     let d = Arc::new(Daemon {
         cfg,
         journal: Mutex::new(journal),
         root,
         live: Mutex::new(HashMap::new()),
+        mem,
     });
     let adopted = adopt::readopt(&d)?;
     undo::recover_all(&d, &adopted);

@@ -393,6 +393,7 @@ pub async fn create(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, live.clone());
+    super::mempool::session_started(&d, &live);
     tokio::spawn(monitor(d.clone(), live.clone(), child, done_tx));
     Ok(Json(live.info()))
 }
@@ -532,6 +533,7 @@ pub async fn finish(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    super::mempool::session_ended(d, &live.id);
     remove_cgroups(d, &live.id).await;
     let (sd, id, ws) = (
         d.cfg.state_dir.clone(),

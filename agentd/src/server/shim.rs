@@ -123,7 +123,7 @@ async fn shim_call(
     let intent = crate::ctl::parse_intent(&req.intent)
         .map_err(|e| ApiError::BadRequest(format!("AGENTD_INTENT: {e}")))?;
     let plan = live.plan.call(&req.argv, &intent);
-    let (view, cg_limits) = call_limits(&plan);
+    let (view, mut cg_limits) = call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
     super::undo::before_call(&s.d, live, n).await;
     let mut info = CallInfo::running(&live.id, n, &req.argv, intent, view.clone());
@@ -136,17 +136,25 @@ async fn shim_call(
         let _ = s.d.journal(|j| j.put_call(info));
         ApiError::Internal(e)
     };
-    let call = live
-        .cg
-        .create_call(n, &cg_limits)
-        .map_err(|e| fail(&mut info, format!("call {n}: cgroup: {e}")))?;
+    // The memory pool's admission: the shim (and so the agent's command) waits here while
+    // the call's grant does not fit.
+    let grant = super::mempool::admit(&s.d, live, n, &plan, &mut cg_limits).await;
+    let call = match live.cg.create_call(n, &cg_limits) {
+        Ok(c) => c,
+        Err(e) => {
+            super::mempool::finish(grant, &mut info);
+            return Err(fail(&mut info, format!("call {n}: cgroup: {e}")));
+        }
+    };
+    super::mempool::attach(&grant, call.cgroup());
     let pid = peer.pid.unwrap_or_default();
     if let Err(e) = call.cgroup().add_pid(pid as u32) {
         let _ = call.finish(Duration::from_secs(5));
+        super::mempool::finish(grant, &mut info);
         return Err(fail(&mut info, format!("call {n}: moving pid {pid}: {e}")));
     }
     live.inflight.fetch_add(1, Ordering::SeqCst);
-    tokio::spawn(watch_call(s.d.clone(), live.clone(), call, info));
+    tokio::spawn(watch_call(s.d.clone(), live.clone(), call, info, grant));
     Ok(Json(ShimAnswer {
         n: Some(n),
         nested: false,
@@ -155,7 +163,13 @@ async fn shim_call(
 }
 
 /// Waits until the call's cgroup is empty (or its timeout kills it), then records it.
-async fn watch_call(d: Arc<Daemon>, live: Arc<Live>, call: cgctl::Call, mut info: CallInfo) {
+async fn watch_call(
+    d: Arc<Daemon>,
+    live: Arc<Live>,
+    call: cgctl::Call,
+    mut info: CallInfo,
+    grant: Option<super::mempool::Grant>,
+) {
     let deadline = info.started_at + info.limits.timeout_s;
     while call.cgroup().populated().unwrap_or(false) {
         if now() >= deadline {
@@ -180,6 +194,7 @@ async fn watch_call(d: Arc<Daemon>, live: Arc<Live>, call: cgctl::Call, mut info
     if info.exit_code.is_none() && info.oom_killed {
         info.exit_code = Some(137);
     }
+    super::mempool::finish(grant, &mut info);
     info.ended_at = Some(now());
     let _ = d.journal(|j| j.put_call(&info));
     live.inflight.fetch_sub(1, Ordering::SeqCst);

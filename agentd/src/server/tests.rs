@@ -45,6 +45,7 @@ fn fixture() -> Fixture {
         journal: Mutex::new(Journal::open(&state.join("journal.db")).unwrap()),
         root,
         live: Mutex::new(HashMap::new()),
+        mem: None,
     });
     Fixture { _dir: dir, daemon }
 }
