@@ -17,7 +17,8 @@ agentd serve --socket "$work/agentd.sock" --state-dir "$work/state" \
     --cgroup-root /sys/fs/cgroup/agentd-demo.slice > "$work/agentd.log" 2>&1 &
 daemon=$!
 trap 'kill $daemon 2>/dev/null || true' EXIT
-for _ in $(seq 100); do [ -S "$work/agentd.sock" ] && break; sleep 0.1; done
+# Up to 60 s: under emulation on a loaded host the daemon can take more than 10 s to bind.
+for _ in $(seq 600); do [ -S "$work/agentd.sock" ] && break; sleep 0.1; done
 export AGENTD_SOCKET="$work/agentd.sock"
 echo "== agentctl run (the scripted agent, default profile)"
 agentctl run --workspace "$work/repo" -- sh ./agent.sh

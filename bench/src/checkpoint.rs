@@ -4,6 +4,7 @@
 //! the object store, the manifest written durably), `git add -A && git commit` of the same
 //! change, and a full-tree hash walk (every file of the tree read and hashed, as a snapshot
 //! tool without an upper layer must). The point: ours grows with the change, not the repo.
+//! Scratch trees live on the VM's /tmp (tmpfs: whiteouts need mknod, which /var/tmp refuses).
 
 use std::fs;
 use std::path::Path;
@@ -132,11 +133,12 @@ fn ms(s: f64) -> String {
 fn measure(n: usize, runs: usize) -> Result<(f64, f64, f64)> {
     let scratch = tempfile::Builder::new()
         .prefix("agentd-bench-cp-")
-        .tempdir_in("/var/tmp")?;
-    let lower = scratch.path().join("lower");
-    make_tree(&lower, n)?;
+        .tempdir_in("/tmp")?;
+    // One tree (the VM's /tmp is RAM): the committed git work tree is also the overlay's
+    // lower dir; each round's upper is made from it before the change is applied to it.
     let work = scratch.path().join("git");
     make_tree(&work, n)?;
+    let lower = work.clone();
     git(&work, &["init", "-q"])?;
     git(&work, &["add", "-A"])?;
     git(&work, &["commit", "-q", "-m", "base"])?;
