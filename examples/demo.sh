@@ -22,7 +22,8 @@ for _ in $(seq 600); do [ -S "$work/agentd.sock" ] && break; sleep 0.1; done
 export AGENTD_SOCKET="$work/agentd.sock"
 echo "== agentctl run (the scripted agent, default profile)"
 agentctl run --workspace "$work/repo" -- sh ./agent.sh
-id=$(agentctl --json ps | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
+# `ps --all`: the session has ended by now (plain `ps` lists running ones).
+id=$(agentctl --json ps --all | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
 echo "== agentctl calls $id"
 agentctl calls "$id"
 echo "== the repo itself is untouched (the agent wrote to its overlay):"
