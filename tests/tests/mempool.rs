@@ -118,14 +118,16 @@ fn pool(d: &Daemon) -> Value {
     d.json(&["pool"])
 }
 
-/// Samples `frozen` of each cgroup.events file every 20 ms until stopped; returns, per
-/// file, whether it was ever seen frozen.
+/// Samples each cgroup's own `cgroup.freeze` knob every 20 ms until stopped; returns, per
+/// file, whether it was ever seen set. The knob, not `cgroup.events`' `frozen`: a checkpoint
+/// freezes the whole session for a moment (undo, docs/undo.md), which every leaf inherits;
+/// what is asserted here is whom the pool itself froze.
 fn watch_frozen(files: Vec<PathBuf>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<bool>> {
     std::thread::spawn(move || {
         let mut seen = vec![false; files.len()];
         while !stop.load(Ordering::Relaxed) {
             for (i, f) in files.iter().enumerate() {
-                if read(f).is_some_and(|t| t.lines().any(|l| l == "frozen 1")) {
+                if read(f).is_some_and(|t| t.trim() == "1") {
                     seen[i] = true;
                 }
             }
@@ -150,9 +152,9 @@ fn mempool_lends_freezes_the_newest_call_instead_of_killing_and_thaws_it() {
     assert_eq!(p["capacity"].as_u64(), Some(184 * MIB), "{p}");
     let stop = Arc::new(AtomicBool::new(false));
     let watched = vec![
-        d.session_cgroup(&b).join("calls/1/cgroup.events"),
-        d.session_cgroup(&a).join("agent/cgroup.events"),
-        d.session_cgroup(&b).join("agent/cgroup.events"),
+        d.session_cgroup(&b).join("calls/1/cgroup.freeze"),
+        d.session_cgroup(&a).join("agent/cgroup.freeze"),
+        d.session_cgroup(&b).join("agent/cgroup.freeze"),
     ];
     let watcher = watch_frozen(watched, stop.clone());
     // A: grant 40 MiB, grows fast to 100 MiB (needs loans). B, just after: grant 90 MiB,
