@@ -8,17 +8,18 @@
 //! status is unknown (the process that waited for them died with the old daemon).
 
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+use super::apply::Exit;
 use super::sessions::{self, Live};
 use super::{Daemon, ServeError};
-use crate::api::{CallInfo, CallState, SessionInfo, now};
+use crate::api::{CallInfo, CallState, SessionInfo};
 
 /// Why a session could not be re-adopted.
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +48,12 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
 /// pid is never adopted). The pidfd is opened first: after that the pid cannot be reused.
 fn open_init(d: &Daemon, s: &SessionInfo) -> Result<(i32, OwnedFd), AdoptError> {
     let state = d.cfg.state_dir.join("sessions").join(&s.id);
-    let pid = sessions::read_init_pid(&state).map_err(|e| AdoptError::Record {
-        path: state.display().to_string(),
-        detail: e.to_string(),
-    })?;
+    let pid = sessions::read_record(&state)
+        .map_err(|e| AdoptError::Record {
+            path: state.display().to_string(),
+            detail: e.to_string(),
+        })?
+        .init_pid;
     let fd = pidfd_open(pid).map_err(|e| AdoptError::Init {
         pid,
         detail: e.to_string(),
@@ -80,8 +83,7 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
     let calls = d
         .journal(|j| j.calls(&s.id))
         .map_err(|e| AdoptError::Policy(e.to_string()))?;
-    let (done_tx, done_rx) = watch::channel(false);
-    let live = Arc::new(Live {
+    let (live, done_tx) = Live::new(sessions::NewLive {
         id: s.id.clone(),
         owner: s.owner_uid,
         agent_uid: std::fs::metadata(&s.workspace)
@@ -90,14 +92,10 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
         plan,
         cg,
         sandbox_state: d.cfg.state_dir.join("sessions").join(&s.id),
-        next_call: AtomicU64::new(calls.iter().map(|c| c.n).max().unwrap_or(0)),
-        inflight: AtomicU64::new(0),
-        killed: AtomicBool::new(false),
-        info: Mutex::new(s.clone()),
-        shim_exits: Mutex::new(std::collections::HashMap::new()),
-        done: done_rx,
+        info: s.clone(),
+        last_call: calls.iter().map(|c| c.n).max().unwrap_or(0),
         // The previous daemon held the stdin pipe's write end: the agent has read its end.
-        stdin: Mutex::new(None),
+        stdin: None,
     });
     d.live
         .lock()
@@ -179,61 +177,23 @@ async fn watch_init(
 }
 
 /// Finishes a call that was running when the previous daemon died: waits until its cgroup
-/// is empty (or its timeout), then records its report.
-async fn resume_call(d: Arc<Daemon>, live: Arc<Live>, mut c: CallInfo) {
+/// is empty (or its timeout), then records its report. A shim call's shim reports its
+/// status to the new daemon (it retries while the socket is down); a call from outside
+/// lost the process that waited for it.
+async fn resume_call(d: Arc<Daemon>, live: Arc<Live>, c: CallInfo) {
     let deadline = c.started_at + c.limits.timeout_s;
-    let call = match live.cg.call(c.n) {
-        Ok(call) => Some(call),
+    match live.cg.call(c.n) {
+        Ok(call) => {
+            let timed_out =
+                super::calls::wait_empty(&call, deadline, Duration::from_millis(250)).await;
+            let code = live.take_shim_exit(c.n);
+            let exit = Exit::Orphaned(code);
+            let _ = super::calls::finish(&d, Some(call), c, exit, timed_out).await;
+        }
         Err(e) => {
-            c.error = Some(format!("call cgroup gone across a daemon restart: {e}"));
-            None
+            let why = format!("call cgroup gone across a daemon restart: {e}");
+            let _ = super::calls::finish(&d, None, c, Exit::Failed(why), false).await;
         }
-    };
-    if let Some(call) = call {
-        loop {
-            let populated = call.cgroup().populated().unwrap_or(false);
-            if !populated {
-                break;
-            }
-            if now() >= deadline {
-                c.state = CallState::TimedOut;
-                let _ = call.cgroup().kill();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        match tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await {
-            Ok(Ok(r)) => {
-                c.oom_killed = r
-                    .stats
-                    .memory
-                    .is_some_and(|m| m.events.oom_kill > 0 || m.events.oom_group_kill > 0);
-                c.report = serde_json::to_value(&r).ok();
-            }
-            Ok(Err(e)) => c.error = Some(format!("report: {e}")),
-            Err(e) => c.error = Some(format!("report: {e}")),
-        }
-        if c.state == CallState::Running {
-            c.state = CallState::Exited;
-        }
-        // A shim call's shim reports its status to the new daemon (it retries while the
-        // socket is down); a call from outside lost the process that waited for it.
-        c.exit_code = live
-            .shim_exits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&c.n);
-        if c.exit_code.is_none() && c.oom_killed {
-            c.exit_code = Some(137);
-        }
-        if c.exit_code.is_none() && c.error.is_none() {
-            c.error =
-                Some("the daemon restarted during the call: its exit status is unknown".into());
-        }
-    } else {
-        c.state = CallState::Failed;
     }
-    c.ended_at = Some(now());
-    let _ = d.journal(|j| j.put_call(&c));
     live.inflight.fetch_sub(1, Ordering::SeqCst);
 }

@@ -6,6 +6,7 @@
 //! [`calls`] (tool calls from outside into `calls/<n>`).
 
 pub mod adopt;
+pub mod apply;
 pub mod calls;
 mod errors;
 pub mod leaf;

@@ -22,10 +22,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::calls::call_limits;
+use super::apply::{Exit, SOCKET_IN_CONTAINER, call_limits};
 use super::sessions::Live;
 use super::{ApiError, Daemon, Peer};
-use crate::api::{CallInfo, CallLimits, CallState, SessionState, now};
+use crate::api::{CallInfo, CallLimits, SessionState};
 
 /// `POST /v1/shim/calls` from the shim.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,24 +125,22 @@ async fn shim_call(
     let plan = live.plan.call(&req.argv, &intent);
     let (view, cg_limits) = call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
-    let mut info = CallInfo::running(&live.id, n, &req.argv, intent, view.clone());
+    let info = CallInfo::running(&live.id, n, &req.argv, intent, view.clone());
     s.d.journal(|j| j.put_call(&info))?;
     live.update(&s.d, |i| i.calls = i.calls.max(n))?;
-    let fail = |info: &mut CallInfo, e: String| {
-        info.state = CallState::Failed;
-        info.error = Some(e.clone());
-        info.ended_at = Some(now());
-        let _ = s.d.journal(|j| j.put_call(info));
-        ApiError::Internal(e)
+    let call = match live.cg.create_call(n, &cg_limits) {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("call {n}: cgroup: {e}");
+            let _ = super::calls::finish(&s.d, None, info, Exit::Failed(why.clone()), false).await;
+            return Err(ApiError::Internal(why));
+        }
     };
-    let call = live
-        .cg
-        .create_call(n, &cg_limits)
-        .map_err(|e| fail(&mut info, format!("call {n}: cgroup: {e}")))?;
     let pid = peer.pid.unwrap_or_default();
     if let Err(e) = call.cgroup().add_pid(pid as u32) {
-        let _ = call.finish(Duration::from_secs(5));
-        return Err(fail(&mut info, format!("call {n}: moving pid {pid}: {e}")));
+        let why = format!("call {n}: moving pid {pid}: {e}");
+        let _ = super::calls::finish(&s.d, Some(call), info, Exit::Failed(why.clone()), false).await;
+        return Err(ApiError::Internal(why));
     }
     live.inflight.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(watch_call(s.d.clone(), live.clone(), call, info));
@@ -153,34 +151,13 @@ async fn shim_call(
     }))
 }
 
-/// Waits until the call's cgroup is empty (or its timeout kills it), then records it.
-async fn watch_call(d: Arc<Daemon>, live: Arc<Live>, call: cgctl::Call, mut info: CallInfo) {
+/// Waits until the call's cgroup is empty (or its timeout kills it), then records it with
+/// the status its shim reported.
+async fn watch_call(d: Arc<Daemon>, live: Arc<Live>, call: cgctl::Call, info: CallInfo) {
     let deadline = info.started_at + info.limits.timeout_s;
-    while call.cgroup().populated().unwrap_or(false) {
-        if now() >= deadline {
-            info.state = CallState::TimedOut;
-            let _ = call.cgroup().kill();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    match tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await {
-        Ok(r) => info.record_report(r),
-        Err(e) => info.error = Some(format!("report: {e}")),
-    }
-    if info.state == CallState::Running {
-        info.state = CallState::Exited;
-    }
-    info.exit_code = live
-        .shim_exits
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&info.n);
-    if info.exit_code.is_none() && info.oom_killed {
-        info.exit_code = Some(137);
-    }
-    info.ended_at = Some(now());
-    let _ = d.journal(|j| j.put_call(&info));
+    let timed_out = super::calls::wait_empty(&call, deadline, Duration::from_millis(100)).await;
+    let code = live.take_shim_exit(info.n);
+    let _ = super::calls::finish(&d, Some(call), info, Exit::Reported(code), timed_out).await;
     live.inflight.fetch_sub(1, Ordering::SeqCst);
 }
 
@@ -210,12 +187,6 @@ async fn shim_exit(
         .insert(n, req.code);
     Ok(Json(req))
 }
-
-/// Where the shim binary is bound (read-only) in every container: the agent's `$SHELL`.
-pub const SHIM_IN_CONTAINER: &str = "/run/agentd/bin/agentd-shim";
-
-/// The shim socket's path as the agent sees it (`$AGENTD_SHIM_SOCKET`).
-pub const SOCKET_IN_CONTAINER: &str = "/run/agentd-shim.sock";
 
 /// The same socket as the daemon reaches it: through the container init's root.
 pub fn socket_path(init_pid: i32) -> PathBuf {
