@@ -3,7 +3,8 @@
 //!
 //! Modules: [`doctor`] (which mechanisms run in which mode on this host), [`api`] (the
 //! HTTP/JSON types shared by daemon and client), [`journal`] (SQLite), [`server`]
-//! (`agentd serve`: sessions and tool calls), [`client`] (HTTP over the Unix socket),
+//! (`agentd serve`: sessions and tool calls), [`routes`] (the one route table),
+//! [`client`] (HTTP over the Unix socket),
 //! [`ctl`] (`agentctl`'s commands and their output), [`attach`] (its live commands and
 //! the in-process daemon).
 
@@ -13,4 +14,5 @@ pub mod client;
 pub mod ctl;
 pub mod doctor;
 pub mod journal;
+pub mod routes;
 pub mod server;

@@ -150,7 +150,8 @@ pub fn start(
     let envp = [std::ptr::null::<libc::c_char>()];
     // The plan pipe and the init's end of the start handshake, numbered above every fd the
     // child installs them on (so its dup2s never clobber one another).
-    let high = |fd: OwnedFd| rustix::io::fcntl_dupfd_cloexec(&fd, 10).map_err(|e| Error::sys("dup", e));
+    let high =
+        |fd: OwnedFd| rustix::io::fcntl_dupfd_cloexec(&fd, 10).map_err(|e| Error::sys("dup", e));
     let (rd, wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
     let rd = high(rd)?;
@@ -351,7 +352,8 @@ unsafe fn child_in_process(launch: &crate::init::Launch) -> ! {
             0u32,
         );
     }
-    let code = match crate::init::sync_fd().and_then(|s| crate::init::run_launch(launch.clone(), s)) {
+    let code = match crate::init::sync_fd().and_then(|s| crate::init::run_launch(launch.clone(), s))
+    {
         Ok(code) => code,
         Err(e) => {
             eprintln!("agentd-sandbox: {e}");
@@ -410,16 +412,7 @@ pub fn wait_forwarding_signals(c: &Container) -> Result<i32, Error> {
         .map_err(|e| Error::sys("dup pidfd", e))?;
     std::thread::spawn(move || {
         while let Ok(sig) = set.wait() {
-            // SAFETY: pidfd_send_signal with a live pidfd, a signal number and no siginfo.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    sig as libc::c_int,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
+            crate::pty::send_signal(&pidfd, sig as libc::c_int);
         }
     });
     wait(c)

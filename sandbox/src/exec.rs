@@ -51,17 +51,12 @@ pub fn read_record(state: &Path) -> Result<SessionRecord, Error> {
     serde_json::from_slice(&s).map_err(|e| Error::Plan(e.to_string()))
 }
 
-fn pidfd_open(pid: i32) -> Result<OwnedFd, Error> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if r < 0 {
-        return Err(Error::sys(
-            format!("pidfd_open {pid}"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+/// A pidfd for `pid` (the session's init, by its host pid).
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Error> {
+    let err = |e: std::io::Error| Error::sys(format!("pidfd_open {pid}"), e);
+    let p = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| err(std::io::Error::from_raw_os_error(libc::ESRCH)))?;
+    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).map_err(|e| err(e.into()))
 }
 
 /// A command started inside a session by [`spawn`]: its pid (in the caller's pid
@@ -316,21 +311,13 @@ fn spawn_inner(req: &ExecRequest, io: Io) -> Result<(ExecChild, Option<OwnedFd>)
         pid: nix::unistd::Pid::from_raw(pid),
         pidfd: child_pidfd,
     };
-    let mut buf = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match nix::unistd::read(&err_r, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(Error::sys("reading the exec status", e)),
-        }
-    }
-    if got == 4 {
+    let status = cgctl::spawn::read_exec_errno(&err_r)
+        .map_err(|e| Error::sys("reading the exec status", e))?;
+    if let Some(errno) = status {
         let _ = nix::sys::wait::waitpid(child.pid, None);
         return Err(Error::sys(
             format!("starting {}", argv[0]),
-            std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)),
+            std::io::Error::from_raw_os_error(errno),
         ));
     }
     Ok((child, master))

@@ -108,6 +108,58 @@ impl ExecRequest {
     }
 }
 
+/// The default disk quota of a session (size of its state tmpfs).
+pub const DEFAULT_DISK_BYTES: u64 = 256 << 20;
+/// The default host uid (= gid) container root maps to.
+pub const DEFAULT_ROOT_HOST_ID: u32 = 100_000;
+
+/// The coding-agent default plan for `repo` (canonicalized) with its state dir at `state`
+/// (made absolute): the agent maps to the repo's owner, container root to
+/// [`DEFAULT_ROOT_HOST_ID`], the disk quota is [`DEFAULT_DISK_BYTES`], and the caller's
+/// [`crate::plan::ENV_PASSTHROUGH`] variables are passed in. What `agentd-sandbox run
+/// --workspace R --state S` starts, and what the tests and benchmarks start by fd.
+pub fn default_plan(repo: &Path, state: &Path) -> Result<SessionPlan, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let repo = repo
+        .canonicalize()
+        .map_err(|e| Error::sys(format!("workspace {}", repo.display()), e))?;
+    let state = if state.is_absolute() {
+        state.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::sys("the current directory", e))?
+            .join(state)
+    };
+    let owner = std::fs::metadata(&repo)
+        .map_err(|e| Error::sys(format!("stat {}", repo.display()), e))?
+        .uid();
+    let mut plan = SessionPlan::new(
+        &repo,
+        &state,
+        DEFAULT_DISK_BYTES,
+        owner,
+        DEFAULT_ROOT_HOST_ID,
+    );
+    for name in crate::plan::ENV_PASSTHROUGH {
+        if let Ok(v) = std::env::var(name) {
+            plan.env.insert((*name).to_owned(), v);
+        }
+    }
+    Ok(plan)
+}
+
+impl RunRequest {
+    /// `argv` in the [`default_plan`] of `repo`, its state at `state`.
+    pub fn default_for(repo: &Path, state: &Path, argv: &[&str]) -> Result<RunRequest, Error> {
+        Ok(RunRequest {
+            plan: default_plan(repo, state)?,
+            argv: argv.iter().map(|a| (*a).to_owned()).collect(),
+            cgroup: None,
+            keep_state: false,
+        })
+    }
+}
+
 /// The runtime binary and the one builder of its command lines.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
@@ -127,9 +179,7 @@ impl Sandbox {
     /// `sync` closes and EOF means the runtime is gone.
     pub fn run(&self, req: &RunRequest, sync: Option<OwnedFd>) -> Result<Command, Error> {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("run")
-            .arg("--plan-fd")
-            .arg(REQUEST_FD.to_string());
+        cmd.arg("run").arg("--plan-fd").arg(REQUEST_FD.to_string());
         let mut fds = vec![(request_memfd(req)?, REQUEST_FD)];
         if let Some(s) = sync {
             cmd.arg("--sync-fd").arg(SYNC_FD.to_string());
@@ -310,10 +360,18 @@ mod tests {
         };
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let cmd = s.run(&req, Some(a.into())).unwrap();
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(args, ["run", "--plan-fd", "3", "--sync-fd", "4"]);
-        let cmd = s.exec(&ExecRequest::new(Path::new("/s"), &["ls".into()])).unwrap();
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let cmd = s
+            .exec(&ExecRequest::new(Path::new("/s"), &["ls".into()]))
+            .unwrap();
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(args, ["exec", "--request-fd", "3"]);
     }
 }

@@ -2,12 +2,13 @@
 //! daemon (the `agentd-sandbox run` runtime is not killed with it), so a new daemon finds the
 //! journal's live sessions again through the sandbox's `session.json` (init pid), opens the
 //! init's pidfd (checking through /proc that the pid is still this session's init, in its
-//! `agent` leaf, and not a reused pid), re-resolves the session's policy from the journal,
+//! `agent` leaf, and not a reused pid), takes the session's resolved plan from the journal
+//! (re-resolved from the texts journalled at its start and checked equal),
 //! and watches the init's exit through the pidfd. Calls that were running when the old
 //! daemon died are finished when their cgroup empties: their report is recorded, their exit
 //! status is unknown (the process that waited for them died with the old daemon).
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -34,16 +35,6 @@ pub enum AdoptError {
     Cgroup(#[from] cgctl::Error),
 }
 
-fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
-}
-
 /// Opens the init's pidfd and checks it is still in the session's agent leaf (so a reused
 /// pid is never adopted). The pidfd is opened first: after that the pid cannot be reused.
 fn open_init(d: &Daemon, s: &SessionInfo) -> Result<(i32, OwnedFd), AdoptError> {
@@ -54,19 +45,16 @@ fn open_init(d: &Daemon, s: &SessionInfo) -> Result<(i32, OwnedFd), AdoptError> 
             detail: e.to_string(),
         })?
         .init_pid;
-    let fd = pidfd_open(pid).map_err(|e| AdoptError::Init {
+    let fd = agentd_sandbox::exec::pidfd_open(pid).map_err(|e| AdoptError::Init {
         pid,
         detail: e.to_string(),
     })?;
-    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let cg = cgctl::discover::cgroup_of(&pid.to_string()).unwrap_or_default();
     let leaf = format!("/session-{}/agent", s.id);
-    if !cg
-        .lines()
-        .any(|l| l.starts_with("0::") && l.ends_with(&leaf))
-    {
+    if !cg.ends_with(&leaf) {
         return Err(AdoptError::Init {
             pid,
-            detail: format!("not in {leaf} (cgroup {:?})", cg.trim()),
+            detail: format!("not in {leaf} (cgroup {cg:?})"),
         });
     }
     Ok((pid, fd))
@@ -77,8 +65,7 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
     let policy = d
         .journal(|j| j.policy(&s.id))
         .map_err(|e| AdoptError::Policy(e.to_string()))?;
-    let plan = sessions::resolve_policy(d.cfg.host_policy.as_deref(), policy.as_ref())
-        .map_err(|e| AdoptError::Policy(e.to_string()))?;
+    let plan = resolve_journalled(d, &s.id, policy.as_ref())?;
     let cg = d.root.session(&s.id)?;
     let calls = d
         .journal(|j| j.calls(&s.id))
@@ -111,6 +98,33 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
     }
     tokio::spawn(watch_init(d.clone(), live, pid, fd, done_tx));
     Ok(())
+}
+
+/// The plan a session started with: resolved again from the host policy text and repo
+/// policy journalled at its start (not from today's host file), and checked against the
+/// resolved plan journalled then, so a re-adopted session keeps exactly its limits and
+/// intent rules. A session from before the plan was journalled resolves against today's
+/// host policy, as it always did.
+fn resolve_journalled(
+    d: &Daemon,
+    id: &str,
+    policy: Option<&crate::api::PolicySource>,
+) -> Result<agentd_policy::Plan, AdoptError> {
+    let perr = |e: &dyn std::fmt::Display| AdoptError::Policy(e.to_string());
+    let host = d.cfg.host_policy.as_deref();
+    let Some(row) = d.journal(|j| j.plan(id)).map_err(|e| perr(&e))? else {
+        return sessions::resolve_policy(host, policy).map_err(|e| perr(&e));
+    };
+    let plan = sessions::resolve_with(host, row.host_policy, policy).map_err(|e| perr(&e))?;
+    let now = serde_json::to_value(&plan).map_err(|e| perr(&e))?;
+    if now != row.plan {
+        return Err(AdoptError::Policy(
+            "resolving the journalled policy texts no longer gives the plan the session \
+             started with (were the shipped profiles changed by an upgrade?)"
+                .into(),
+        ));
+    }
+    Ok(plan)
 }
 
 /// Re-adopts every journal-live session it can; marks the others failed with the reason.

@@ -65,8 +65,10 @@ pub fn sandbox_plan(plan: &Plan, cx: &SessionContext) -> SessionPlan {
     });
     p.env
         .insert("SHELL".to_owned(), SHIM_IN_CONTAINER.to_owned());
-    p.env
-        .insert("AGENTD_SHIM_SOCKET".to_owned(), SOCKET_IN_CONTAINER.to_owned());
+    p.env.insert(
+        "AGENTD_SHIM_SOCKET".to_owned(),
+        SOCKET_IN_CONTAINER.to_owned(),
+    );
     p
 }
 
@@ -168,7 +170,7 @@ pub fn call_limits(p: &CallPlan) -> (CallLimits, cgctl::Limits) {
     );
     let view = CallLimits {
         memory: p.memory.value.0,
-        cpu_class: p.cpu_class.value.to_string(),
+        cpu_class: p.cpu_class.value,
         cpu_weight: weight,
         timeout_s: p.timeout.value.0,
         pids: p.pids.value,
@@ -228,7 +230,7 @@ pub fn finish_call(mut info: CallInfo, end: CallEnd) -> CallInfo {
                 .stats
                 .memory
                 .is_some_and(|m| m.events.oom_kill > 0 || m.events.oom_group_kill > 0);
-            info.report = serde_json::to_value(&r).ok();
+            info.report = Some(r);
         }
         Some(Err(e)) => info.error = Some(format!("report: {e}")),
         None => {}
@@ -261,7 +263,8 @@ pub fn finish_call(mut info: CallInfo, end: CallEnd) -> CallInfo {
         info.exit_code = Some(OOM_EXIT);
     }
     if orphaned && info.exit_code.is_none() && info.error.is_none() {
-        info.error = Some("the daemon restarted during the call: its exit status is unknown".into());
+        info.error =
+            Some("the daemon restarted during the call: its exit status is unknown".into());
     }
     info
 }

@@ -121,7 +121,11 @@ fn a_declared_intent_only_lowers_a_call() {
     };
     let (clamped, _) = call_limits(&plan.call(&["cargo", "build"], &high));
     assert_eq!(clamped.memory, free.memory);
-    assert!(clamped.notes.iter().any(|n| n.contains("lowered")), "{:?}", clamped.notes);
+    assert!(
+        clamped.notes.iter().any(|n| n.contains("lowered")),
+        "{:?}",
+        clamped.notes
+    );
     assert_eq!(cpu_weight(CpuClass::Latency), 200);
 }
 
@@ -163,20 +167,29 @@ fn a_waited_call_keeps_its_status_output_and_report() {
     let c = finish_call(running(), end(exit, false, Some(Ok(report(false)))));
     assert_eq!(c.state, CallState::Exited);
     assert_eq!(c.exit_code, Some(2));
-    assert_eq!((c.stdout.as_deref(), c.stderr.as_deref()), (Some("out"), Some("err")));
+    assert_eq!(
+        (c.stdout.as_deref(), c.stderr.as_deref()),
+        (Some("out"), Some("err"))
+    );
     assert_eq!(c.ended_at, Some(42));
-    assert_eq!(c.report.unwrap()["wall_ms"], 12);
+    assert_eq!(c.report.unwrap().wall_ms, 12);
     assert!(!c.oom_killed && c.error.is_none());
 }
 
 #[test]
 fn a_timeout_and_an_oom_kill_are_recorded() {
-    let c = finish_call(running(), end(Exit::Reported(None), true, Some(Ok(report(true)))));
+    let c = finish_call(
+        running(),
+        end(Exit::Reported(None), true, Some(Ok(report(true)))),
+    );
     assert_eq!(c.state, CallState::TimedOut);
     assert!(c.oom_killed);
     // No status reported, but the kernel killed it: 128 + SIGKILL.
     assert_eq!(c.exit_code, Some(137));
-    let c = finish_call(running(), end(Exit::Reported(Some(0)), false, Some(Ok(report(false)))));
+    let c = finish_call(
+        running(),
+        end(Exit::Reported(Some(0)), false, Some(Ok(report(false)))),
+    );
     assert_eq!((c.state, c.exit_code), (CallState::Exited, Some(0)));
 }
 
@@ -184,22 +197,38 @@ fn a_timeout_and_an_oom_kill_are_recorded() {
 fn a_call_that_could_not_run_is_failed_with_why() {
     let c = finish_call(
         running(),
-        end(Exit::Failed("cannot start x".into()), false, Some(Err("gone".into()))),
+        end(
+            Exit::Failed("cannot start x".into()),
+            false,
+            Some(Err("gone".into())),
+        ),
     );
     assert_eq!(c.state, CallState::Failed);
     assert_eq!(c.error.as_deref(), Some("cannot start x"));
     assert_eq!(c.exit_code, None);
-    let c = finish_call(running(), end(Exit::Failed("cgroup gone".into()), false, None));
+    let c = finish_call(
+        running(),
+        end(Exit::Failed("cgroup gone".into()), false, None),
+    );
     assert_eq!((c.state, c.report), (CallState::Failed, None));
 }
 
 #[test]
 fn an_orphaned_call_says_its_status_is_unknown_unless_a_shim_told() {
-    let c = finish_call(running(), end(Exit::Orphaned(None), false, Some(Ok(report(false)))));
+    let c = finish_call(
+        running(),
+        end(Exit::Orphaned(None), false, Some(Ok(report(false)))),
+    );
     assert_eq!(c.state, CallState::Exited);
     assert!(c.error.unwrap().contains("unknown"));
-    let c = finish_call(running(), end(Exit::Orphaned(Some(1)), false, Some(Ok(report(false)))));
+    let c = finish_call(
+        running(),
+        end(Exit::Orphaned(Some(1)), false, Some(Ok(report(false)))),
+    );
     assert_eq!((c.exit_code, c.error), (Some(1), None));
-    let c = finish_call(running(), end(Exit::Orphaned(None), false, Some(Err("eio".into()))));
+    let c = finish_call(
+        running(),
+        end(Exit::Orphaned(None), false, Some(Err("eio".into()))),
+    );
     assert_eq!(c.error.as_deref(), Some("report: eio"));
 }

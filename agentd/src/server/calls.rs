@@ -19,41 +19,35 @@ use axum::extract::{Path as UrlPath, Query, State as AxState};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
+use super::apply::{self, CallEnd, Exit};
 use super::sessions::{Live, visible};
 use super::stream::{Ndjson, Utf8Carry};
 use super::systemd::RemoveSystemdEnv as _;
-use super::apply::{self, CallEnd, Exit};
 use super::{ApiError, Daemon, Peer, State};
 use crate::api::{CallInfo, CallLimits, CallRequest, SessionState, StreamEvent, StreamQuery, now};
 
 /// Output kept per stream in the answer; the rest is cut (the call is not slowed).
 const OUTPUT_CAP: usize = 1 << 20;
 
-fn check_request(live: &Live, req: &CallRequest) -> Result<(), ApiError> {
-    if req.argv.is_empty() || req.argv[0].contains('=') {
+/// The sandbox request for `req` (its cgroup set once created): refused with a reason
+/// when the runtime would refuse it or the policy does not let an env name in.
+fn exec_request(live: &Live, req: &CallRequest) -> Result<ExecRequest, ApiError> {
+    if req.argv.first().is_some_and(|a| a.contains('=')) {
         return Err(ApiError::BadRequest(
-            "argv is empty or its program contains `=`: give a command".into(),
+            "the program contains `=`: give a command".into(),
         ));
     }
-    if let Some(cwd) = &req.cwd
-        && !cwd.is_absolute()
-    {
+    let mut exec = ExecRequest::new(&live.sandbox_state, &req.argv);
+    exec.cwd = req.cwd.clone();
+    exec.env = req.env.clone();
+    exec.validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let Some(k) = req.env.keys().find(|k| !live.plan.env_allowed(k)) {
         return Err(ApiError::BadRequest(format!(
-            "cwd {} must be an absolute path inside the container",
-            cwd.display()
+            "environment variable {k} is not allowed into the session by its policy"
         )));
     }
-    for k in req.env.keys() {
-        if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(ApiError::BadRequest(format!("bad environment name {k:?}")));
-        }
-        if !live.plan.env_allowed(k) {
-            return Err(ApiError::BadRequest(format!(
-                "environment variable {k} is not allowed into the session by its policy"
-            )));
-        }
-    }
-    Ok(())
+    Ok(exec)
 }
 
 /// Where a call's output goes as it comes: the stream of a `?stream=true` request.
@@ -79,20 +73,30 @@ pub async fn create(
             )));
         }
     };
-    check_request(&live, &req)?;
+    let exec = exec_request(&live, &req)?;
     let plan = live.plan.call(&req.argv, &req.intent);
     let (view, cg_limits) = apply::call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
     live.inflight.fetch_add(1, Ordering::SeqCst);
     if !q.stream {
-        let r = run_call(&d, &live, n, &req, view, &cg_limits, None).await;
+        let r = run_call(&d, &live, n, &req, exec, view, &cg_limits, None).await;
         live.inflight.fetch_sub(1, Ordering::SeqCst);
         return r.map(|c| Json(c).into_response());
     }
     let (etx, mut erx) = mpsc::channel::<StreamEvent>(64);
     let (mut out, resp) = Ndjson::new();
     tokio::spawn(async move {
-        let r = run_call(&d, &live, n, &req, view, &cg_limits, Some(etx.clone())).await;
+        let r = run_call(
+            &d,
+            &live,
+            n,
+            &req,
+            exec,
+            view,
+            &cg_limits,
+            Some(etx.clone()),
+        )
+        .await;
         live.inflight.fetch_sub(1, Ordering::SeqCst);
         let last = match r {
             Ok(c) => StreamEvent::Call(Box::new(c)),
@@ -111,11 +115,13 @@ pub async fn create(
     Ok(resp)
 }
 
+#[allow(clippy::too_many_arguments)] // the call's parts, each used once
 async fn run_call(
     d: &State,
     live: &Arc<Live>,
     n: u64,
     req: &CallRequest,
+    mut exec: ExecRequest,
     view: CallLimits,
     cg_limits: &cgctl::Limits,
     events: Events,
@@ -131,9 +137,6 @@ async fn run_call(
             return Err(ApiError::Internal(format!("call {n}: cgroup: {e}")));
         }
     };
-    let mut exec = ExecRequest::new(&live.sandbox_state, &req.argv);
-    exec.cwd = req.cwd.clone();
-    exec.env = req.env.clone();
     exec.cgroup = Some(call.cgroup().path().to_path_buf());
     let (exit, timed_out) = match run_in_sandbox(d, &exec, info.limits.timeout_s, events).await {
         Ok(o) => (
@@ -161,8 +164,7 @@ pub async fn finish(
 ) -> Result<CallInfo, ApiError> {
     let report = match call {
         Some(call) => Some(
-            match tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await
-            {
+            match tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             },

@@ -11,6 +11,7 @@ pub mod calls;
 mod errors;
 pub mod leaf;
 pub mod log;
+pub mod require;
 pub mod sessions;
 pub mod shim;
 pub mod stats;
@@ -33,7 +34,7 @@ use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use tokio::net::UnixListener;
 
-use crate::api::{self, ErrorBody, Health};
+use crate::api::{ErrorBody, Health};
 use crate::journal::{Journal, JournalError};
 
 /// Daemon configuration (`agentd serve` flags).
@@ -208,27 +209,25 @@ async fn health(
 
 /// The API routes (see [`crate::api`]).
 pub fn router(state: State) -> Router {
-    let p = api::PREFIX;
+    use crate::routes as r;
+    // Exactly the table's routes and methods (host-tested: `routes_answer_exactly_their_methods`).
     Router::new()
-        .route(&format!("{p}/health"), get(health))
+        .route(&r::HEALTH.template(), get(health))
         .route(
-            &format!("{p}/sessions"),
+            &r::SESSIONS.template(),
             get(sessions::list).post(sessions::create),
         )
         .route(
-            &format!("{p}/sessions/{{id}}"),
+            &r::SESSION.template(),
             get(sessions::inspect).delete(sessions::remove),
         )
-        .route(&format!("{p}/sessions/{{id}}/kill"), post(sessions::kill))
-        .route(&format!("{p}/sessions/{{id}}/wait"), post(sessions::wait))
-        .route(&format!("{p}/sessions/{{id}}/logs"), get(sessions::logs))
-        .route(&format!("{p}/sessions/{{id}}/stdin"), post(stream::stdin))
-        .route(&format!("{p}/sessions/{{id}}/stats"), get(stats::one))
-        .route(&format!("{p}/stats"), get(stats::all))
-        .route(
-            &format!("{p}/sessions/{{id}}/calls"),
-            get(calls::list).post(calls::create),
-        )
+        .route(&r::SESSION_KILL.template(), post(sessions::kill))
+        .route(&r::SESSION_WAIT.template(), post(sessions::wait))
+        .route(&r::SESSION_LOGS.template(), get(sessions::logs))
+        .route(&r::SESSION_STDIN.template(), post(stream::stdin))
+        .route(&r::SESSION_STATS.template(), get(stats::one))
+        .route(&r::STATS.template(), get(stats::all))
+        .route(&r::CALLS.template(), get(calls::list).post(calls::create))
         .with_state(state)
         .layer(axum::middleware::map_response(errors::json_errors))
 }

@@ -31,9 +31,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::systemd::RemoveSystemdEnv as _;
 use super::{ApiError, Daemon, Peer, State, apply};
-use crate::api::{
-    CreateSession, Logs, PolicySource, SessionInfo, SessionState, StreamQuery, now,
-};
+use crate::api::{CreateSession, Logs, PolicySource, SessionInfo, SessionState, StreamQuery, now};
 
 /// How long a container may take to come up (TCG VMs are slow: several seconds).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -125,22 +123,46 @@ impl Live {
     }
 }
 
-/// Policy files for a request: the host policy from disk (root's file), everything else
-/// only from what the client sent, so the daemon never reads a user-chosen path as root.
+/// Policy files for a request: the host policy text (read by the daemon from its own
+/// file, or from the journal on re-adoption), everything else only from what the client
+/// sent, so the daemon never reads a user-chosen path as root.
 struct RequestFiles {
     host: PathBuf,
+    host_text: Option<String>,
 }
 
 impl agentd_policy::load::Files for RequestFiles {
     fn read(&self, path: &Path) -> std::io::Result<String> {
-        if path == self.host {
-            std::fs::read_to_string(path)
-        } else {
-            Err(std::io::Error::new(
+        match &self.host_text {
+            Some(t) if path == self.host => Ok(t.clone()),
+            _ if path == self.host => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no host policy",
+            )),
+            _ => Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "the daemon reads only the policy text sent with the request",
-            ))
+            )),
         }
+    }
+}
+
+/// The host policy's path (the daemon's flag, else the default).
+fn host_path(host: Option<&Path>) -> PathBuf {
+    host.map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(agentd_policy::HOST_POLICY))
+}
+
+/// Reads the host policy text now in force (`None`: no file, the built-in caps alone).
+pub fn read_host_policy(host: Option<&Path>) -> Result<Option<String>, ApiError> {
+    let path = host_path(host);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ApiError::Internal(format!(
+            "cannot read the host policy {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -150,9 +172,16 @@ pub fn resolve_policy(
     host: Option<&Path>,
     policy: Option<&PolicySource>,
 ) -> Result<Plan, ApiError> {
-    let host = host
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(agentd_policy::HOST_POLICY));
+    resolve_with(host, read_host_policy(host)?, policy)
+}
+
+/// Like [`resolve_policy`], with the host policy text given (`host` names it).
+pub fn resolve_with(
+    host: Option<&Path>,
+    host_text: Option<String>,
+    policy: Option<&PolicySource>,
+) -> Result<Plan, ApiError> {
+    let host = host_path(host);
     let opts = LoadOptions {
         host: Some(host.clone()),
         ..LoadOptions::default()
@@ -162,7 +191,8 @@ pub fn resolve_policy(
         Some(p) => (p.name.as_str(), p.text.as_str()),
         None => ("<default>", "version = 1\n"),
     };
-    agentd_policy::load(&RequestFiles { host }, &opts, Some((name, text))).map_err(|e| {
+    let files = RequestFiles { host, host_text };
+    agentd_policy::load(&files, &opts, Some((name, text))).map_err(|e| {
         ApiError::BadRequest(format!(
             "the policy is refused:\n{}",
             agentd_policy::error::render(e.diagnostics())
@@ -238,7 +268,19 @@ pub async fn create(
         ));
     }
     let (workspace, agent_uid) = check_workspace(&peer, &req.workspace)?;
-    let plan = resolve_policy(d.cfg.host_policy.as_deref(), req.policy.as_ref())?;
+    let host_text = read_host_policy(d.cfg.host_policy.as_deref())?;
+    let plan = resolve_with(
+        d.cfg.host_policy.as_deref(),
+        host_text.clone(),
+        req.policy.as_ref(),
+    )?;
+    // Fail closed on `require`: a mechanism the policy requires that this host lacks (or
+    // runs degraded) refuses the session, naming it.
+    if !plan.require.is_empty()
+        && let Some(why) = super::require::unmet(&plan, super::require::host_probe())
+    {
+        return Err(ApiError::Conflict(why));
+    }
     let id = new_id()?;
     let (limits, cg_limits) = apply::session_limits(&plan);
     let cg = d
@@ -281,9 +323,16 @@ pub async fn create(
         calls: 0,
         error: None,
     };
+    let plan_row = crate::journal::PlanRow {
+        host_policy: host_text,
+        plan: serde_json::to_value(&plan)
+            .map_err(|e| ApiError::Internal(format!("the resolved plan: {e}")))?,
+        sandbox: run.plan.clone(),
+    };
     d.journal(|j| {
         j.put_session(&info)?;
-        j.put_policy(&id, req.policy.as_ref())
+        j.put_policy(&id, req.policy.as_ref())?;
+        j.put_plan(&id, &plan_row)
     })?;
     let logs = d.cfg.state_dir.join("logs");
     let (agent_stdin, stdin_writer) = if req.stdin {

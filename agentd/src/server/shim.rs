@@ -20,36 +20,11 @@ use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path as UrlPath, State as AxState};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 
 use super::apply::{Exit, SOCKET_IN_CONTAINER, call_limits};
 use super::sessions::Live;
 use super::{ApiError, Daemon, Peer};
-use crate::api::{CallInfo, CallLimits, SessionState};
-
-/// `POST /v1/shim/calls` from the shim.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShimCall {
-    /// The command's words (for the policy's intent rules and the journal).
-    pub argv: Vec<String>,
-    /// `AGENTD_INTENT` as the shim found it (parsed by the daemon).
-    #[serde(default)]
-    pub intent: String,
-}
-
-/// The answer: the call number, or `nested` (already inside a call: run in place).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShimAnswer {
-    pub n: Option<u64>,
-    pub nested: bool,
-    pub limits: Option<CallLimits>,
-}
-
-/// `POST /v1/shim/calls/{n}/exit`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShimExit {
-    pub code: i32,
-}
+use crate::api::{CallInfo, SessionState, ShimAnswer, ShimCall, ShimExit};
 
 #[derive(Debug, Clone)]
 struct ShimState {
@@ -66,20 +41,23 @@ enum Place {
 
 /// The session cgroup as /proc/<pid>/cgroup spells it (relative to the cgroup2 mount).
 fn session_cgroup_name(live: &Live) -> String {
-    let p = live.cg.cgroup().path();
-    let rel = p.strip_prefix("/sys/fs/cgroup").unwrap_or(p);
-    format!("/{}", rel.display().to_string().trim_start_matches('/'))
+    cgctl::discover::as_proc_path(
+        live.cg.cgroup().path(),
+        std::path::Path::new(cgctl::discover::UNIFIED_MOUNT),
+    )
+}
+
+/// Where process `pid` is, as `/proc/<pid>/cgroup` says (empty when it is gone).
+fn cgroup_of(pid: i32) -> String {
+    cgctl::discover::cgroup_of(&pid.to_string()).unwrap_or_default()
 }
 
 fn place(live: &Live, peer: &Peer) -> Result<Place, ApiError> {
     let pid = peer
         .pid
         .ok_or_else(|| ApiError::Forbidden("the kernel did not name the calling process".into()))?;
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let cg = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or_default();
+    let cg = cgroup_of(pid);
+    let cg = cg.as_str();
     let sess = session_cgroup_name(live);
     if cg == format!("{sess}/agent") {
         Ok(Place::Agent)
@@ -139,7 +117,8 @@ async fn shim_call(
     let pid = peer.pid.unwrap_or_default();
     if let Err(e) = call.cgroup().add_pid(pid as u32) {
         let why = format!("call {n}: moving pid {pid}: {e}");
-        let _ = super::calls::finish(&s.d, Some(call), info, Exit::Failed(why.clone()), false).await;
+        let _ =
+            super::calls::finish(&s.d, Some(call), info, Exit::Failed(why.clone()), false).await;
         return Err(ApiError::Internal(why));
     }
     live.inflight.fetch_add(1, Ordering::SeqCst);
@@ -169,12 +148,8 @@ async fn shim_exit(
 ) -> Result<Json<ShimExit>, ApiError> {
     // Only the call's own processes report its status.
     let pid = peer.pid.unwrap_or_default();
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     let want = format!("{}/calls/{n}", session_cgroup_name(&s.live));
-    if !text
-        .lines()
-        .any(|l| l.strip_prefix("0::") == Some(want.as_str()))
-    {
+    if cgroup_of(pid) != want {
         return Err(ApiError::Forbidden(format!(
             "process {pid} is not in call {n} of session {}",
             s.live.id
@@ -248,8 +223,8 @@ pub fn listen(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<PathBu
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| ierr("chmod", e))?;
     let app = Router::new()
-        .route("/v1/shim/calls", post(shim_call))
-        .route("/v1/shim/calls/{n}/exit", post(shim_exit))
+        .route(&crate::routes::SHIM_CALLS.template(), post(shim_call))
+        .route(&crate::routes::SHIM_EXIT.template(), post(shim_exit))
         .with_state(ShimState {
             d: d.clone(),
             live: live.clone(),

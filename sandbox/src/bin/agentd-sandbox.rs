@@ -3,7 +3,6 @@
 //! (the container's PID 1, re-executed by `run`).
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -33,7 +32,8 @@ struct SessionArgs {
     /// The session state dir (created; must not exist): a tmpfs holding the upper layer.
     #[arg(long, required_unless_present = "plan_fd")]
     state: Option<PathBuf>,
-    /// Disk quota of the session (size of the state tmpfs): 256M, 1G, 4096K or bytes.
+    /// Disk quota of the session (size of the state tmpfs): 256M, 1GiB, 4096K or bytes
+    /// (K/M/G = KiB/MiB/GiB; KB/MB/GB are 1000-based, as in policies).
     #[arg(long, default_value = "256M")]
     disk_size: String,
     /// Host uid (= gid) the agent maps to (default: the workspace's owner; never 0).
@@ -122,16 +122,12 @@ enum Cmd {
     },
 }
 
+/// `--disk-size`: the one size parser of the project (the policy's: K/M/G/T and KiB…TiB
+/// are 1024-based, KB…TB 1000-based), so a size means the same here as in a policy.
 fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .map(|n| n * mult)
-        .map_err(|e| format!("bad size {s:?}: {e}"))
+    agentd_policy::units::parse_size(s)
+        .map(|v| v.0)
+        .map_err(|e| format!("--disk-size: {e}"))
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, String> {
@@ -183,15 +179,12 @@ fn build_plan(a: &SessionArgs) -> Result<(SessionPlan, Option<Vec<String>>), Str
     let (Some(workspace), Some(state)) = (&a.workspace, &a.state) else {
         return Err("give --workspace and --state, or --plan-fd".into());
     };
-    let repo = workspace
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", workspace.display()))?;
-    let state = absolute(state)?;
-    let owner = match a.owner_uid {
-        Some(u) => u,
-        None => std::fs::metadata(&repo).map_err(|e| e.to_string())?.uid(),
-    };
-    let mut plan = SessionPlan::new(&repo, &state, parse_size(&a.disk_size)?, owner, a.root_uid);
+    let mut plan = launch::default_plan(workspace, state).map_err(|e| e.to_string())?;
+    plan.workspace.size_bytes = parse_size(&a.disk_size)?;
+    if let Some(u) = a.owner_uid {
+        plan.ids.agent_host_id = u;
+    }
+    plan.ids.root_host_id = a.root_uid;
     plan.namespaces.net = !a.host_net;
     for name in &a.landlock_require {
         if name == "all" {
@@ -214,11 +207,6 @@ fn build_plan(a: &SessionArgs) -> Result<(SessionPlan, Option<Vec<String>>), Str
         plan.bind_ro.push(parse_bind(spec)?);
     }
     plan.seccomp.allow_io_uring = a.allow_io_uring;
-    for name in agentd_sandbox::plan::ENV_PASSTHROUGH {
-        if let Ok(v) = std::env::var(name) {
-            plan.env.insert((*name).to_owned(), v);
-        }
-    }
     let bundle_cmd = match &a.bundle {
         Some(dir) => Some(
             agentd_sandbox::oci::apply_bundle(&absolute(dir)?, &mut plan)
@@ -274,17 +262,18 @@ fn start_and_wait(
     if let Some(gap) = c.landlock.gap() {
         eprintln!("agentd-sandbox: warning: {gap}");
     }
-    // For `exec` into this session while it runs.
+    if !container::wait_ready(&c).map_err(|e| e.to_string())? {
+        // The init failed building the container and said why on stderr.
+        return container::wait(&c).map_err(|e| e.to_string());
+    }
+    // For `exec` into this session while it runs: written once the container is built, so
+    // whoever finds it can exec at once.
     agentd_sandbox::exec::write_record(&agentd_sandbox::exec::SessionRecord {
         plan: plan.clone(),
         init_pid: c.pid.as_raw(),
         landlock: Some(c.landlock.clone()),
     })
     .map_err(|e| e.to_string())?;
-    if !container::wait_ready(&c).map_err(|e| e.to_string())? {
-        // The init failed building the container and said why on stderr.
-        return container::wait(&c).map_err(|e| e.to_string());
-    }
     if let Some(mut s) = sync {
         let answer = s
             .write_all(&[launch::READY])
