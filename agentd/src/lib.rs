@@ -6,7 +6,8 @@
 //! (`agentd serve`: sessions and tool calls), [`routes`] (the one route table),
 //! [`client`] (HTTP over the Unix socket),
 //! [`ctl`] (`agentctl`'s commands and their output), [`attach`] (its live commands and
-//! the in-process daemon).
+//! the in-process daemon), [`term`] (sandbox-originated text escaped before a terminal),
+//! [`top`] (`agentctl top`'s live view).
 
 pub mod api;
 pub mod attach;
@@ -16,3 +17,5 @@ pub mod doctor;
 pub mod journal;
 pub mod routes;
 pub mod server;
+pub mod term;
+pub mod top;

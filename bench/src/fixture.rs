@@ -285,6 +285,7 @@ impl Daemon {
             policy: None,
             argv: argv.iter().map(|a| a.to_string()).collect(),
             stdin: false,
+            user: None,
         };
         self.rt
             .block_on(self.client.post(&routes::SESSIONS.at(&[]), &req))
@@ -306,6 +307,7 @@ impl Daemon {
             }),
             argv: argv.to_vec(),
             stdin: false,
+            user: None,
         };
         self.rt
             .block_on(self.client.post(&routes::SESSIONS.at(&[]), &req))

@@ -13,6 +13,7 @@ pub mod exec;
 pub mod fsrules;
 pub mod init;
 pub mod launch;
+pub mod layer;
 pub mod mounts;
 pub mod oci;
 pub mod plan;

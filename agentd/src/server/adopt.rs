@@ -37,14 +37,16 @@ pub enum AdoptError {
 
 /// Opens the init's pidfd and checks it is still in the session's agent leaf (so a reused
 /// pid is never adopted). The pidfd is opened first: after that the pid cannot be reused.
-fn open_init(d: &Daemon, s: &SessionInfo) -> Result<(i32, OwnedFd), AdoptError> {
+fn open_init(
+    d: &Daemon,
+    s: &SessionInfo,
+) -> Result<(agentd_sandbox::exec::SessionRecord, OwnedFd), AdoptError> {
     let state = d.cfg.state_dir.join("sessions").join(&s.id);
-    let pid = sessions::read_record(&state)
-        .map_err(|e| AdoptError::Record {
-            path: state.display().to_string(),
-            detail: e.to_string(),
-        })?
-        .init_pid;
+    let rec = sessions::read_record(&state).map_err(|e| AdoptError::Record {
+        path: state.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    let pid = rec.init_pid;
     let fd = agentd_sandbox::exec::pidfd_open(pid).map_err(|e| AdoptError::Init {
         pid,
         detail: e.to_string(),
@@ -57,11 +59,12 @@ fn open_init(d: &Daemon, s: &SessionInfo) -> Result<(i32, OwnedFd), AdoptError> 
             detail: format!("not in {leaf} (cgroup {cg:?})"),
         });
     }
-    Ok((pid, fd))
+    Ok((rec, fd))
 }
 
 fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
-    let (pid, fd) = open_init(d, s)?;
+    let (rec, fd) = open_init(d, s)?;
+    let pid = rec.init_pid;
     let policy = d
         .journal(|j| j.policy(&s.id))
         .map_err(|e| AdoptError::Policy(e.to_string()))?;
@@ -73,9 +76,8 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
     let (live, done_tx) = Live::new(sessions::NewLive {
         id: s.id.clone(),
         owner: s.owner_uid,
-        agent_uid: std::fs::metadata(&s.workspace)
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-            .unwrap_or(s.owner_uid),
+        // The uid the runtime mapped the agent to (`--user` may differ from the owner's).
+        agent_uid: rec.plan.ids.agent_host_id,
         plan,
         cg,
         sandbox_state: d.cfg.state_dir.join("sessions").join(&s.id),
