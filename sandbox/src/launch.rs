@@ -303,13 +303,7 @@ mod tests {
     use super::*;
 
     fn plan() -> SessionPlan {
-        SessionPlan::new(
-            Path::new("/srv/repo"),
-            Path::new("/var/lib/agentd/s1"),
-            64 << 20,
-            1000,
-            100_000,
-        )
+        crate::plan::example("/var/lib/agentd/s1")
     }
 
     #[test]
