@@ -15,6 +15,7 @@ pub mod client;
 pub mod ctl;
 pub mod doctor;
 pub mod journal;
+pub mod mcp;
 pub mod routes;
 pub mod server;
 pub mod term;

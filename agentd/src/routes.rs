@@ -78,6 +78,11 @@ pub const CALLS: Route = Route {
     methods: &["get", "post"],
 };
 
+pub const CALL_KILL: Route = Route {
+    path: "/sessions/{id}/calls/{n}/kill",
+    methods: &["post"],
+};
+
 /// Every route of the daemon's socket.
 pub const DAEMON: &[Route] = &[
     HEALTH,
@@ -90,6 +95,7 @@ pub const DAEMON: &[Route] = &[
     SESSION_STATS,
     STATS,
     CALLS,
+    CALL_KILL,
 ];
 
 /// The shim asks for a call cgroup (`api::ShimCall` → `api::ShimAnswer`).

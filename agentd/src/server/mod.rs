@@ -228,6 +228,7 @@ pub fn router(state: State) -> Router {
         .route(&r::SESSION_STATS.template(), get(stats::one))
         .route(&r::STATS.template(), get(stats::all))
         .route(&r::CALLS.template(), get(calls::list).post(calls::create))
+        .route(&r::CALL_KILL.template(), post(calls::kill))
         .with_state(state)
         .layer(axum::middleware::map_response(errors::json_errors))
 }
