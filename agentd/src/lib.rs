@@ -20,3 +20,4 @@ pub mod routes;
 pub mod server;
 pub mod term;
 pub mod top;
+pub mod undo_cli;

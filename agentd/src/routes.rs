@@ -83,6 +83,27 @@ pub const CALL_KILL: Route = Route {
     methods: &["post"],
 };
 
+pub const CHECKPOINTS: Route = Route {
+    path: "/sessions/{id}/checkpoints",
+    methods: &["get", "post"],
+};
+pub const DIFF: Route = Route {
+    path: "/sessions/{id}/diff",
+    methods: &["get"],
+};
+pub const UNDO: Route = Route {
+    path: "/sessions/{id}/undo",
+    methods: &["post"],
+};
+pub const COMMIT: Route = Route {
+    path: "/sessions/{id}/commit",
+    methods: &["post"],
+};
+pub const DISCARD: Route = Route {
+    path: "/sessions/{id}/discard",
+    methods: &["post"],
+};
+
 /// Every route of the daemon's socket.
 pub const DAEMON: &[Route] = &[
     HEALTH,
@@ -96,6 +117,11 @@ pub const DAEMON: &[Route] = &[
     STATS,
     CALLS,
     CALL_KILL,
+    CHECKPOINTS,
+    DIFF,
+    UNDO,
+    COMMIT,
+    DISCARD,
 ];
 
 /// The shim asks for a call cgroup (`api::ShimCall` → `api::ShimAnswer`).

@@ -17,6 +17,7 @@ pub mod shim;
 pub mod stats;
 pub mod stream;
 pub mod systemd;
+pub mod undo;
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -87,6 +88,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Existed once, no longer (a pruned checkpoint): 410.
+    #[error("{0}")]
+    Gone(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -104,6 +108,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (
@@ -229,8 +234,23 @@ pub fn router(state: State) -> Router {
         .route(&r::STATS.template(), get(stats::all))
         .route(&r::CALLS.template(), get(calls::list).post(calls::create))
         .route(&r::CALL_KILL.template(), post(calls::kill))
+        .merge(undo_routes())
         .with_state(state)
         .layer(axum::middleware::map_response(errors::json_errors))
+}
+
+/// The undo routes ([`undo`]).
+fn undo_routes() -> Router<State> {
+    use crate::routes as r;
+    Router::new()
+        .route(
+            &r::CHECKPOINTS.template(),
+            get(undo::list).post(undo::create),
+        )
+        .route(&r::DIFF.template(), get(undo::diff))
+        .route(&r::UNDO.template(), post(undo::undo_route))
+        .route(&r::COMMIT.template(), post(undo::commit_route))
+        .route(&r::DISCARD.template(), post(undo::discard))
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -292,6 +312,7 @@ pub fn open(mut cfg: Config) -> Result<State, ServeError> {
         live: Mutex::new(HashMap::new()),
     });
     let adopted = adopt::readopt(&d)?;
+    undo::recover_all(&d, &adopted);
     d.root
         .sweep(
             |id| !adopted.iter().any(|a| a == id),
