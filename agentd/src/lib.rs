@@ -12,5 +12,6 @@ pub mod attach;
 pub mod client;
 pub mod ctl;
 pub mod doctor;
+pub mod egress;
 pub mod journal;
 pub mod server;
