@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod net;
+
 use crate::api::{CallInfo, CallState, PolicySource, SessionInfo, SessionState};
 
 /// Journal errors, carrying the database path or the row.
@@ -93,6 +95,7 @@ impl Journal {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql("synchronous"))?;
         conn.execute_batch(SCHEMA).map_err(sql("schema"))?;
+        conn.execute_batch(net::SCHEMA).map_err(sql("schema net_connections"))?;
         Ok(Journal { conn })
     }
 

@@ -73,6 +73,8 @@ enum Cmd {
     Stats { session: Option<String> },
     /// A session's tool calls with their reports.
     Calls { session: String },
+    /// A session's network connections per call (destination, decision, rule, bytes).
+    Net { session: String },
     /// Kill a session (the agent and every call).
     Kill { session: String },
     /// Remove a session (killed first if it runs).
@@ -161,6 +163,16 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 for p in written {
                     println!("{}", p.display());
                 }
+            }
+            Ok(0)
+        }
+        Cmd::Net { session } => {
+            let list: Vec<agentd::egress::ConnRecord> =
+                c.get(&format!("{}/net", sess(&session))).await.map_err(e)?;
+            if json {
+                print_json(&list)?;
+            } else {
+                print!("{}", ctl::net_table(&list));
             }
             Ok(0)
         }

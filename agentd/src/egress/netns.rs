@@ -199,6 +199,8 @@ fn add_local_route() -> Result<(), EgressError> {
         .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
     match (n >= 20, ty, err) {
         (true, Some(t), Some(0)) if t == libc::NLMSG_ERROR as u16 => Ok(()),
+        // A daemon restarting re-adopts the session: the route is already there.
+        (true, Some(t), Some(e)) if t == libc::NLMSG_ERROR as u16 && -e == libc::EEXIST => Ok(()),
         (true, Some(_), Some(e)) => Err(EgressError::Netns {
             what: format!("route local {FAKE_NET}/{FAKE_PREFIX} dev lo"),
             source: std::io::Error::from_raw_os_error(-e),

@@ -98,6 +98,7 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
         done: done_rx,
         // The previous daemon held the stdin pipe's write end: the agent has read its end.
         stdin: Mutex::new(None),
+        egress: Mutex::new(None),
     });
     d.live
         .lock()
@@ -106,6 +107,10 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
     // The shim socket is rebound at the same path (the agent's environment names it).
     if let Err(e) = super::shim::listen(d, &live, pid) {
         super::log::warn(&format!("session {}: {e}", s.id));
+    }
+    // Egress died with the previous daemon; the session gets it back (listeners rebound).
+    if let Err(e) = super::net::start(d, &live, pid) {
+        super::log::warn(&format!("session {}: no egress after the restart: {e}", s.id));
     }
     for c in calls.into_iter().filter(|c| c.state == CallState::Running) {
         live.inflight.fetch_add(1, Ordering::SeqCst);

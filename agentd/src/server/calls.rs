@@ -229,6 +229,7 @@ async fn run_call(
         Err(e) => info.error = Some(format!("report: {e}")),
     }
     info.ended_at = Some(now());
+    super::net::annotate_report(d, live, &mut info).await;
     match outcome {
         Ok(o) => {
             info.state = if o.timed_out {
@@ -271,7 +272,7 @@ async fn exec(
         .arg("--cgroup")
         .arg(cgroup)
         .arg("--")
-        .args(wrapped_argv(req))
+        .args(super::net::with_proxy_env(live, wrapped_argv(req)))
         .envs_remove_systemd()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

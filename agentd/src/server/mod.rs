@@ -10,6 +10,7 @@ pub mod calls;
 mod errors;
 pub mod leaf;
 pub mod log;
+pub mod net;
 pub mod sessions;
 pub mod shim;
 pub mod stats;
@@ -223,6 +224,7 @@ pub fn router(state: State) -> Router {
         .route(&format!("{p}/sessions/{{id}}/logs"), get(sessions::logs))
         .route(&format!("{p}/sessions/{{id}}/stdin"), post(stream::stdin))
         .route(&format!("{p}/sessions/{{id}}/stats"), get(stats::one))
+        .route(&format!("{p}/sessions/{{id}}/net"), get(net::list))
         .route(&format!("{p}/stats"), get(stats::all))
         .route(
             &format!("{p}/sessions/{{id}}/calls"),

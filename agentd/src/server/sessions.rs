@@ -55,6 +55,8 @@ pub struct Live {
     pub done: watch::Receiver<bool>,
     /// The write end of the agent's stdin, until `POST …/stdin` takes it (attached runs).
     pub stdin: Mutex<Option<tokio::net::unix::pipe::Sender>>,
+    /// The session's egress proxy (network sessions, once started).
+    pub egress: Mutex<Option<Arc<crate::egress::SessionEgress>>>,
 }
 
 impl Live {
@@ -312,12 +314,24 @@ pub async fn create(
         shim_exits: Mutex::new(HashMap::new()),
         done: done_rx,
         stdin: Mutex::new(stdin_writer),
+        egress: Mutex::new(None),
     });
     // The agent's $SHELL is the shim; it reaches the daemon through a socket the daemon binds
     // inside the container once it is up, so the agent first waits (bounded) for it.
-    let mut argv = vec![
+    let mut argv: Vec<String> = vec![
         "/usr/bin/env".to_string(),
         "--".to_string(),
+    ];
+    let (net_args, net_env) = match super::net::container_args(&d, &live) {
+        Ok(v) => v,
+        Err(e) => {
+            fail(&d, &live, &e.to_string()).await;
+            let _ = done_tx.send(true);
+            return Err(e);
+        }
+    };
+    argv.extend(net_env);
+    argv.extend([
         format!("SHELL={}", super::shim::SHIM_IN_CONTAINER),
         format!("AGENTD_SHIM_SOCKET={}", super::shim::SOCKET_IN_CONTAINER),
         "/bin/sh".to_string(),
@@ -326,9 +340,9 @@ pub async fn create(
          i=$((i+1)); done; exec \"$@\""
             .to_string(),
         "agentd-agent".to_string(),
-    ];
+    ]);
     argv.extend(req.argv.iter().cloned());
-    let started = start_container(&d, &live, &workspace, &argv, &logs, agent_stdin).await;
+    let started = start_container(&d, &live, &workspace, &argv, &net_args, &logs, agent_stdin).await;
     let mut child = match started {
         Ok(c) => c,
         Err(e) => {
@@ -365,6 +379,20 @@ pub async fn create(
     if let Ok(pid) = &init {
         wait_agent_forked(*pid).await;
     }
+    // Egress before the shim socket: the agent's command starts only once that exists.
+    if let Err(e) = init
+        .as_ref()
+        .map_err(|e| ApiError::Internal(e.to_string()))
+        .and_then(|pid| super::net::start(&d, &live, *pid))
+    {
+        let _ = child.start_kill();
+        let _ = live.cg.cgroup().kill();
+        let _ = child.wait().await;
+        let msg = format!("the session's network could not be set up: {e}");
+        fail(&d, &live, &msg).await;
+        let _ = done_tx.send(true);
+        return Err(ApiError::Internal(msg));
+    }
     match init.and_then(|pid| super::shim::listen(&d, &live, pid)) {
         Ok(_) => {}
         // Calls from inside then run in the agent's leaf; said in the session row.
@@ -384,6 +412,7 @@ async fn start_container(
     live: &Live,
     workspace: &Path,
     argv: &[String],
+    net_args: &[String],
     logs: &Path,
     stdin: Stdio,
 ) -> Result<tokio::process::Child, ApiError> {
@@ -409,6 +438,7 @@ async fn start_container(
             d.cfg.shim_bin.display(),
             super::shim::SHIM_IN_CONTAINER
         ))
+        .args(net_args)
         .arg("--")
         .args(argv)
         .envs_remove_systemd()
@@ -503,6 +533,7 @@ pub async fn finish(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    super::net::stop(live);
     remove_cgroups(d, &live.id).await;
     d.live
         .lock()

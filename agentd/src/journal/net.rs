@@ -1,0 +1,106 @@
+//! The journal's `net_connections` table: one row per connection the egress proxy handled
+//! (allowed or denied), written when the connection ends, append-only.
+
+use rusqlite::params;
+
+use super::{Journal, Result, sql};
+use crate::egress::ConnRecord;
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS net_connections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    call INTEGER,
+    via TEXT NOT NULL,
+    dest TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    upstream TEXT,
+    decision TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    bytes_up INTEGER NOT NULL,
+    bytes_down INTEGER NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS net_connections_session ON net_connections (session_id, call);
+";
+
+impl Journal {
+    /// Appends one audited connection.
+    pub fn put_connection(&self, r: &ConnRecord) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO net_connections (session_id, call, via, dest, port, upstream, \
+                 decision, rule, bytes_up, bytes_down, started_at_ms, duration_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    r.session,
+                    r.call.map(|c| c as i64),
+                    r.via,
+                    r.dest,
+                    r.port,
+                    r.upstream,
+                    r.decision,
+                    r.rule,
+                    r.bytes_up as i64,
+                    r.bytes_down as i64,
+                    r.started_at_ms as i64,
+                    r.duration_ms as i64
+                ])
+            })
+            .map(|_| ())
+            .map_err(sql("insert net_connections"))
+    }
+
+    /// A session's connections, oldest first (at most `limit`).
+    pub fn connections(&self, session: &str, limit: u32) -> Result<Vec<ConnRecord>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT session_id, call, via, dest, port, upstream, decision, rule, bytes_up, \
+                 bytes_down, started_at_ms, duration_ms FROM net_connections \
+                 WHERE session_id = ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(sql("select net_connections"))?;
+        let rows = st
+            .query_map(params![session, limit], |r| {
+                Ok(ConnRecord {
+                    session: r.get(0)?,
+                    call: r.get::<_, Option<i64>>(1)?.map(|c| c as u64),
+                    via: r.get(2)?,
+                    dest: r.get(3)?,
+                    port: r.get(4)?,
+                    upstream: r.get(5)?,
+                    decision: r.get(6)?,
+                    rule: r.get(7)?,
+                    bytes_up: r.get::<_, i64>(8)? as u64,
+                    bytes_down: r.get::<_, i64>(9)? as u64,
+                    started_at_ms: r.get::<_, i64>(10)? as u64,
+                    duration_ms: r.get::<_, i64>(11)? as u64,
+                })
+            })
+            .map_err(sql("select net_connections"))?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(sql("read net_connections"))
+    }
+
+    /// Bytes (up, down) and connections of call `n` of a session.
+    pub fn call_net_bytes(&self, session: &str, n: u64) -> Result<(u64, u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(bytes_up), 0), COALESCE(SUM(bytes_down), 0), COUNT(*) \
+                 FROM net_connections WHERE session_id = ?1 AND call = ?2",
+                params![session, n as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                },
+            )
+            .map_err(sql("sum net_connections"))
+    }
+}

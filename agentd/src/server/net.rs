@@ -1,0 +1,151 @@
+//! The daemon's side of egress (see `crate::egress`): per session with the network on, the
+//! files and environment the container gets (a resolv.conf pointing at the stub, proxy
+//! variables), starting the session's listeners once its init is up, the journal sink for
+//! audit records, the per-call byte totals in the call report, and
+//! `GET /v1/sessions/{id}/net` (the audited connections, grouped by `agentctl net`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Path as UrlPath, State as AxState};
+
+use super::sessions::{Live, visible};
+use super::{ApiError, Daemon, Peer, State};
+use crate::api::CallInfo;
+use crate::egress::{self, ConnRecord, EgressConfig, SessionEgress};
+
+/// Rows returned by the route at most.
+const LIST_LIMIT: u32 = 100_000;
+
+/// The resolv.conf file for session `id` (readable by the container's root uid).
+pub fn resolv_conf(d: &Daemon, id: &str) -> Result<PathBuf, ApiError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = d.cfg.state_dir.join("egress");
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)))
+        .map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
+    let f = dir.join(format!("{id}.resolv.conf"));
+    std::fs::write(&f, egress::RESOLV_CONF)
+        .and_then(|()| std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)))
+        .map_err(|e| ApiError::Internal(format!("{}: {e}", f.display())))?;
+    Ok(f)
+}
+
+/// The sandbox arguments and agent environment of a session with the network on (empty
+/// when it is off).
+pub fn container_args(d: &Daemon, live: &Live) -> Result<(Vec<String>, Vec<String>), ApiError> {
+    if !live.plan.session.network.enabled {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let f = resolv_conf(d, &live.id)?;
+    let args = vec![
+        "--bind-ro".to_string(),
+        format!("{}:/etc/resolv.conf", f.display()),
+    ];
+    let env = egress::proxy_env()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    Ok((args, env))
+}
+
+/// `argv` with the proxy variables in front (`env K=V … argv`) for a network session.
+pub fn with_proxy_env(live: &Live, argv: Vec<String>) -> Vec<String> {
+    if !live.plan.session.network.enabled {
+        return argv;
+    }
+    let mut v = vec!["/usr/bin/env".to_string(), "--".to_string()];
+    v.extend(
+        egress::proxy_env()
+            .into_iter()
+            .map(|(k, val)| format!("{k}={val}")),
+    );
+    v.extend(argv);
+    v
+}
+
+/// Starts the session's egress inside the netns of `init_pid` (network sessions only).
+/// Fail closed: an error here fails the session start.
+pub fn start(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<(), ApiError> {
+    let plan = live.plan.session.network.clone();
+    if !plan.enabled {
+        return Ok(());
+    }
+    let cfg = EgressConfig::from_env().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let weak: Weak<Daemon> = Arc::downgrade(d);
+    let session = live.id.clone();
+    let argv_of: egress::ArgvOf = {
+        let weak = weak.clone();
+        let session = session.clone();
+        Arc::new(move |n| {
+            let d = weak.upgrade()?;
+            let calls: Vec<CallInfo> = d.journal(|j| j.calls(&session)).ok()?;
+            calls.into_iter().find(|c| c.n == n).map(|c| c.argv)
+        })
+    };
+    let audit: egress::AuditSink = Arc::new(move |r: &ConnRecord| {
+        if let Some(d) = weak.upgrade()
+            && let Err(e) = d.journal(|j| j.put_connection(r))
+        {
+            super::log::error(&format!("audit of a connection of session {}: {e}", r.session));
+        }
+    });
+    let eg = SessionEgress::start(
+        &session,
+        init_pid,
+        plan,
+        live.cg.calls().path().to_path_buf(),
+        cfg,
+        argv_of,
+        audit,
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    *live.egress.lock().unwrap_or_else(|p| p.into_inner()) = Some(eg);
+    Ok(())
+}
+
+/// Stops the session's egress (its end).
+pub fn stop(live: &Live) {
+    if let Some(eg) = live.egress.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        eg.stop();
+    }
+}
+
+/// Adds `net: {bytes_up, bytes_down, connections}` to a finished call's report, after the
+/// call's last connections were audited (bounded wait).
+pub async fn annotate_report(d: &Daemon, live: &Live, info: &mut CallInfo) {
+    if !live.plan.session.network.enabled {
+        return;
+    }
+    let eg = live.egress.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(eg) = eg {
+        for _ in 0..20 {
+            if eg.active() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    if let Ok((up, down, n)) = d.journal(|j| j.call_net_bytes(&live.id, info.n)) {
+        let net = serde_json::json!({ "bytes_up": up, "bytes_down": down, "connections": n });
+        match &mut info.report {
+            Some(serde_json::Value::Object(m)) => {
+                m.insert("net".into(), net);
+            }
+            _ => info.report = Some(serde_json::json!({ "net": net })),
+        }
+    }
+}
+
+/// `GET /v1/sessions/{id}/net`: the session's audited connections, oldest first.
+pub async fn list(
+    AxState(d): AxState<State>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Vec<ConnRecord>>, ApiError> {
+    visible(&d, &peer, &id)?;
+    Ok(Json(d.journal(|j| j.connections(&id, LIST_LIMIT))?))
+}
