@@ -6,6 +6,7 @@
 
 mod calls;
 mod crun;
+mod egress;
 mod fixture;
 mod footprint;
 mod lifecycle;
@@ -23,7 +24,7 @@ use clap::{Parser, Subcommand};
 use crate::report::{Machine, Report};
 
 /// The benchmarks, in the order the suite runs them.
-const NAMES: [&str; 4] = ["calls", "lifecycle", "footprint", "replay"];
+const NAMES: [&str; 5] = ["calls", "lifecycle", "footprint", "egress", "replay"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,7 +43,7 @@ enum Cmd {
         /// Small run counts (CI: the whole run, VM boot included, under 5 minutes).
         #[arg(long)]
         quick: bool,
-        /// Only these benchmarks (calls, lifecycle, footprint, replay); default all.
+        /// Only these benchmarks (calls, lifecycle, footprint, egress, replay); default all.
         names: Vec<String>,
         /// Directory for report.json, report.md and plots.
         #[arg(long)]
@@ -81,6 +82,22 @@ enum Cmd {
         /// through agentd-shim inside an agentd session).
         #[arg(long)]
         calls: String,
+    },
+    /// (egress) the upstream server, inside the upstream network namespace.
+    #[command(hide = true)]
+    EgressServer {
+        #[arg(long)]
+        addr: String,
+    },
+    /// (egress) the client: connect latency and one stream.
+    #[command(hide = true)]
+    EgressClient {
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        n: usize,
+        #[arg(long)]
+        bytes: u64,
     },
     /// (replay) one tool call: holds a memory schedule for its duration.
     #[command(hide = true)]
@@ -125,6 +142,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::ShimAgent { n, warmup } => calls::shim_agent(n, warmup),
         Cmd::ReplayAgent { plan, calls } => replay::agent::run(&plan, &calls),
         Cmd::ReplayCall { steps, end_ms } => replay::agent::call(&steps, end_ms),
+        Cmd::EgressServer { addr } => egress::server(&addr),
+        Cmd::EgressClient { host, n, bytes } => egress::client(&host, n, bytes),
     }
 }
 
@@ -192,6 +211,7 @@ fn suite(
             "calls" => calls::run(quick),
             "lifecycle" => lifecycle::run(quick),
             "footprint" => footprint::run(quick),
+            "egress" => egress::run(quick),
             _ => match &trace {
                 Some(t) => replay::run(quick, out, t, replay_sessions),
                 None => Err(anyhow::anyhow!("the replay needs --trace FILE")),

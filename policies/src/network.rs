@@ -392,32 +392,20 @@ impl NetworkPlan {
         }
     }
 
-    /// Whether a name may be resolved at all: some allow or grant rule could cover it on
-    /// some port and no deny rule covers it on every port. The fake-IP DNS stub answers
-    /// NXDOMAIN otherwise.
+    /// Whether the fake-IP DNS stub gives `name` an address: yes unless the network is off
+    /// or a deny rule covers the name on every port (then NXDOMAIN). A name no rule allows
+    /// still resolves, so that the connection reaches the proxy and is refused there with
+    /// a reason naming the policy (and audited), and so that per-call grants work.
     pub fn resolvable(&self, name: &str) -> bool {
         if !self.enabled {
             return false;
         }
         let d = Dest::Name(name);
-        let denied_everywhere = self.deny.iter().any(|r| {
+        !self.deny.iter().any(|r| {
             r.patterns
                 .iter()
                 .any(|p| p.ports == Ports::Any && p.matches(d, 1))
-        });
-        if denied_everywhere {
-            return false;
-        }
-        let covers = |r: &NetRule| {
-            r.patterns.iter().any(|p| {
-                let probe = match p.ports {
-                    Ports::One(n) => n,
-                    _ => 443,
-                };
-                p.matches(d, probe)
-            })
-        };
-        self.allow.iter().any(covers) || self.grants.iter().flat_map(|g| &g.allow).any(covers)
+        })
     }
 
     /// Whether the upstream address `a` (resolved or literal) may be connected to: an
@@ -523,7 +511,7 @@ mod tests {
         assert_eq!(p.decide(pypi, 443, Some(&["curl"])).effect, NetEffect::Deny);
         assert_eq!(p.decide(pypi, 443, NONE).effect, NetEffect::Deny);
         assert!(p.resolvable("pypi.org"));
-        assert!(!p.resolvable("example.org"));
+        assert!(p.resolvable("example.org"));
     }
 
     #[test]

@@ -163,6 +163,12 @@ pub struct SessionEgress {
     pub(crate) audit: AuditSink,
     pub(crate) cfg: EgressConfig,
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    /// Argv of each call seen (a call's argv never changes).
+    pub(crate) argv_cache: Mutex<HashMap<u64, Vec<String>>>,
+    /// Per call: (bytes up, bytes down, connections), for the call report.
+    pub(crate) per_call: Mutex<HashMap<u64, (u64, u64, u64)>>,
+    /// Upstream answers, kept `proxy::DNS_CACHE_TTL` (bounded; every use is re-checked).
+    pub(crate) dns_cache: Mutex<HashMap<String, (Vec<std::net::Ipv4Addr>, std::time::Instant)>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -197,6 +203,9 @@ impl SessionEgress {
             audit,
             cfg,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            dns_cache: Mutex::new(HashMap::new()),
+            argv_cache: Mutex::new(HashMap::new()),
+            per_call: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
         });
         let mut tasks = Vec::new();
@@ -229,6 +238,16 @@ impl SessionEgress {
         for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();
         }
+    }
+
+    /// (bytes up, bytes down, connections) of call `n` so far.
+    pub fn call_totals(&self, n: u64) -> (u64, u64, u64) {
+        self.per_call
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&n)
+            .copied()
+            .unwrap_or((0, 0, 0))
     }
 
     /// Connections being handled now.

@@ -29,6 +29,9 @@ pub const DNS_PORT: u16 = 53;
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h; not in the libc crate).
 pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
 
+/// The TCP state LISTEN (include/net/tcp_states.h).
+const TCP_LISTEN: u32 = 10;
+
 /// What the thread hands back.
 #[derive(Debug)]
 pub struct Sockets {
@@ -93,6 +96,7 @@ fn in_thread(pid: i32, ports: &[u16]) -> Result<Sockets, EgressError> {
     }
     dns.set_nonblocking(true).map_err(os("nonblocking"))?;
     let diag = diag_socket()?;
+    probe_diag(&diag)?;
     Ok(Sockets {
         http,
         socks,
@@ -132,6 +136,50 @@ fn netlink(proto: libc::c_int) -> Result<OwnedFd, EgressError> {
 
 fn diag_socket() -> Result<OwnedFd, EgressError> {
     netlink(libc::NETLINK_SOCK_DIAG)
+}
+
+/// Fails unless sock_diag answers for TCP here (the inet_diag and tcp_diag modules, which
+/// a kernel normally autoloads): without it no connection could be attributed to its call.
+/// Dumps the listening TCP sockets (ours) and reads to NLMSG_DONE.
+fn probe_diag(fd: &OwnedFd) -> Result<(), EgressError> {
+    let mut p = vec![libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 0, 0];
+    p.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    p.extend_from_slice(&[0u8; 48]);
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    let msg = nlmsg(SOCK_DIAG_BY_FAMILY, flags, &p);
+    let fail = |why: String| EgressError::Netns {
+        what: "sock_diag (attribution of connections to calls; needs the inet_diag and tcp_diag modules)".into(),
+        source: std::io::Error::other(why),
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut n = roundtrip(fd, &msg, &mut buf).map_err(|e| fail(e.to_string()))?;
+    for _ in 0..64 {
+        let mut i = 0;
+        while i + 16 <= n {
+            let len = u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]) as usize;
+            let ty = u16::from_ne_bytes([buf[i + 4], buf[i + 5]]);
+            if ty == libc::NLMSG_DONE as u16 {
+                return Ok(());
+            }
+            if ty == libc::NLMSG_ERROR as u16 {
+                let e = buf
+                    .get(i + 16..i + 20)
+                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                return Err(fail(std::io::Error::from_raw_os_error(-e).to_string()));
+            }
+            if len < 16 {
+                break;
+            }
+            i += (len + 3) & !3;
+        }
+        // SAFETY: recv into a valid, writable buffer.
+        let r = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if r <= 0 {
+            return Err(fail(std::io::Error::last_os_error().to_string()));
+        }
+        n = r as usize;
+    }
+    Err(fail("no end of the dump".into()))
 }
 
 /// Sends one netlink request and returns the answer's bytes.

@@ -19,6 +19,10 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upstream connect and resolution bounds.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an upstream answer is reused. Short, and safe against rebinding: the address
+/// check runs on every connection, on the address actually connected to.
+pub const DNS_CACHE_TTL: Duration = Duration::from_secs(30);
+const DNS_CACHE_MAX: usize = 4096;
 
 /// Which listener a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +78,22 @@ fn reset_on_close(sock: &TcpStream) {
     }
 }
 
+/// Ends a refused connection so that the client reads the answer: half-close, then
+/// discard what the client still sends (bounded in bytes and time). Closing with unread
+/// input would make the kernel send a reset, which may overtake the answer.
+async fn linger_close(sock: &mut TcpStream) {
+    let _ = sock.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    let mut left = 64 * 1024usize;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, sock.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
+}
+
 /// State of one connection, filled as it goes; audited once at the end.
 struct Conn {
     rec: ConnRecord,
@@ -95,7 +115,7 @@ async fn handle(eg: &SessionEgress, mut sock: TcpStream, peer: SocketAddr, via: 
         (SocketAddr::V4(p), Some(SocketAddr::V4(l))) => eg.call_of(p, l),
         _ => None,
     };
-    let argv = call.and_then(|n| (eg.argv_of)(n));
+    let argv = call.and_then(|n| eg.argv(n));
     let mut c = Conn {
         rec: ConnRecord {
             session: eg.session.clone(),
@@ -124,10 +144,24 @@ async fn handle(eg: &SessionEgress, mut sock: TcpStream, peer: SocketAddr, via: 
         Via::Socks => socks(eg, &mut sock, &mut c).await,
         Via::Transparent(port) => transparent(eg, &mut sock, &mut c, local, port).await,
     };
-    if let Some((up, pending)) = r {
-        relay(sock, up, pending, &mut c).await;
+    match r {
+        Some((up, pending)) => relay(sock, up, pending, &mut c).await,
+        // Other transparent ports were refused with a reset (SO_LINGER 0): nothing to read.
+        None if c.rec.decision == "deny"
+            && !matches!(via, Via::Transparent(p) if ![80, 443, 22].contains(&p)) =>
+        {
+            linger_close(&mut sock).await
+        }
+        None => {}
     }
     c.rec.duration_ms = c.start.elapsed().as_millis() as u64;
+    if let Some(n) = c.rec.call {
+        let mut m = eg.per_call.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(n).or_default();
+        e.0 += c.rec.bytes_up;
+        e.1 += c.rec.bytes_down;
+        e.2 += 1;
+    }
     (eg.audit)(&c.rec);
 }
 
@@ -486,6 +520,19 @@ impl SessionEgress {
         self.fake.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The argv of call `n` (cached).
+    fn argv(&self, n: u64) -> Option<Vec<String>> {
+        if let Some(v) = self.argv_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&n) {
+            return Some(v.clone());
+        }
+        let v = (self.argv_of)(n)?;
+        self.argv_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(n, v.clone());
+        Some(v)
+    }
+
     /// The call whose cgroup created the client socket `peer` → `local` (sock_diag).
     pub(crate) fn call_of(&self, peer: SocketAddrV4, local: SocketAddrV4) -> Option<u64> {
         let id = {
@@ -513,6 +560,26 @@ impl SessionEgress {
 
     /// Resolves `name` through the daemon's upstream DNS server (A records only).
     pub(crate) async fn resolve(&self, name: &str) -> Result<Vec<Ipv4Addr>, String> {
+        let hit = self
+            .dns_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .filter(|(_, t)| t.elapsed() < DNS_CACHE_TTL)
+            .map(|(v, _)| v.clone());
+        if let Some(v) = hit {
+            return Ok(v);
+        }
+        let v = self.resolve_upstream(name).await?;
+        let mut c = self.dns_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() >= DNS_CACHE_MAX {
+            c.clear();
+        }
+        c.insert(name.to_string(), (v.clone(), Instant::now()));
+        Ok(v)
+    }
+
+    async fn resolve_upstream(&self, name: &str) -> Result<Vec<Ipv4Addr>, String> {
         let bind: SocketAddr = if self.cfg.upstream_dns.is_ipv4() {
             "0.0.0.0:0"
         } else {

@@ -213,6 +213,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// A real ClientHello (Python's OpenSSL 3, TLS 1.3, key shares): also the fuzz seed.
+    #[test]
+    fn reads_a_real_openssl_hello_in_every_split() {
+        let h = include_bytes!("../../fuzz/seeds/sni/hello");
+        assert_eq!(parse(h), Ok(Hello::Done(Some("web.test".into()))));
+        let two = split_records(h, 100);
+        assert_eq!(parse(&two), Ok(Hello::Done(Some("web.test".into()))));
+        for cut in 0..h.len() {
+            assert_eq!(parse(&h[..cut]), Ok(Hello::NeedMore));
+        }
+    }
+
     #[test]
     fn refuses_non_tls_and_garbage() {
         assert!(matches!(parse(b"GET / HTTP/1.1\r\n"), Err(SniError::NotTls(b'G'))));

@@ -54,6 +54,18 @@ impl Journal {
             .map_err(sql("insert net_connections"))
     }
 
+    /// Appends audited connections in one transaction.
+    pub fn put_connections(&self, rows: &[ConnRecord]) -> Result<()> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(sql("begin net_connections"))?;
+        for r in rows {
+            self.put_connection(r)?;
+        }
+        tx.commit().map_err(sql("commit net_connections"))
+    }
+
     /// A session's connections, oldest first (at most `limit`).
     pub fn connections(&self, session: &str, limit: u32) -> Result<Vec<ConnRecord>> {
         let mut st = self
@@ -84,23 +96,5 @@ impl Journal {
             .map_err(sql("select net_connections"))?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .map_err(sql("read net_connections"))
-    }
-
-    /// Bytes (up, down) and connections of call `n` of a session.
-    pub fn call_net_bytes(&self, session: &str, n: u64) -> Result<(u64, u64, u64)> {
-        self.conn
-            .query_row(
-                "SELECT COALESCE(SUM(bytes_up), 0), COALESCE(SUM(bytes_down), 0), COUNT(*) \
-                 FROM net_connections WHERE session_id = ?1 AND call = ?2",
-                params![session, n as i64],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)? as u64,
-                        r.get::<_, i64>(1)? as u64,
-                        r.get::<_, i64>(2)? as u64,
-                    ))
-                },
-            )
-            .map_err(sql("sum net_connections"))
     }
 }

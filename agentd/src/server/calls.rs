@@ -229,7 +229,7 @@ async fn run_call(
         Err(e) => info.error = Some(format!("report: {e}")),
     }
     info.ended_at = Some(now());
-    super::net::annotate_report(d, live, &mut info).await;
+    super::net::annotate_report(live, &mut info).await;
     match outcome {
         Ok(o) => {
             info.state = if o.timed_out {

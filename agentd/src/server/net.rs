@@ -86,11 +86,30 @@ pub fn start(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<(), Api
             calls.into_iter().find(|c| c.n == n).map(|c| c.argv)
         })
     };
+    // Audit rows go to a writer thread that commits them in batches: the proxy's tasks never
+    // wait on SQLite. The channel is bounded: a full queue makes the proxy wait (never drops).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<ConnRecord>(4096);
+    std::thread::Builder::new()
+        .name(format!("egress-audit-{session}"))
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < 512 {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                let Some(d) = weak.upgrade() else { return };
+                if let Err(e) = d.journal(|j| j.put_connections(&batch)) {
+                    super::log::error(&format!("audit of {} connection(s): {e}", batch.len()));
+                }
+            }
+        })
+        .map_err(|e| ApiError::Internal(format!("the audit writer thread: {e}")))?;
     let audit: egress::AuditSink = Arc::new(move |r: &ConnRecord| {
-        if let Some(d) = weak.upgrade()
-            && let Err(e) = d.journal(|j| j.put_connection(r))
-        {
-            super::log::error(&format!("audit of a connection of session {}: {e}", r.session));
+        if tx.send(r.clone()).is_err() {
+            super::log::error(&format!("audit writer gone; connection of session {} unrecorded", r.session));
         }
     });
     let eg = SessionEgress::start(
@@ -115,28 +134,26 @@ pub fn stop(live: &Live) {
 }
 
 /// Adds `net: {bytes_up, bytes_down, connections}` to a finished call's report, after the
-/// call's last connections were audited (bounded wait).
-pub async fn annotate_report(d: &Daemon, live: &Live, info: &mut CallInfo) {
+/// call's last connections ended (bounded wait), from the proxy's own per-call totals.
+pub async fn annotate_report(live: &Live, info: &mut CallInfo) {
     if !live.plan.session.network.enabled {
         return;
     }
     let eg = live.egress.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if let Some(eg) = eg {
-        for _ in 0..20 {
-            if eg.active() == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+    let Some(eg) = eg else { return };
+    for _ in 0..20 {
+        if eg.active() == 0 {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    if let Ok((up, down, n)) = d.journal(|j| j.call_net_bytes(&live.id, info.n)) {
-        let net = serde_json::json!({ "bytes_up": up, "bytes_down": down, "connections": n });
-        match &mut info.report {
-            Some(serde_json::Value::Object(m)) => {
-                m.insert("net".into(), net);
-            }
-            _ => info.report = Some(serde_json::json!({ "net": net })),
+    let (up, down, n) = eg.call_totals(info.n);
+    let net = serde_json::json!({ "bytes_up": up, "bytes_down": down, "connections": n });
+    match &mut info.report {
+        Some(serde_json::Value::Object(m)) => {
+            m.insert("net".into(), net);
         }
+        _ => info.report = Some(serde_json::json!({ "net": net })),
     }
 }
 
