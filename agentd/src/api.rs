@@ -70,6 +70,10 @@ pub struct CreateSession {
     /// `agentctl run`); otherwise its stdin is empty (/dev/null-like).
     #[serde(default)]
     pub stdin: bool,
+    /// Run the agent as this host uid instead of the workspace's owner (root callers only,
+    /// never 0): the way to run on a root-owned workspace (`agentctl run --user UID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
 }
 
 /// One line of a streamed answer: `application/x-ndjson`, one JSON object per line,

@@ -3,7 +3,7 @@
 //! `exec`, `logs -f`, and the in-process daemon a root `agentctl run` starts when no daemon
 //! answers (a private socket, state dir and cgroup root, all removed afterwards).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use hyper::Method;
@@ -27,17 +27,9 @@ fn print_event(ev: &StreamEvent, json: bool) {
         return;
     }
     match ev {
-        StreamEvent::Stdout(t) => {
-            let mut o = std::io::stdout().lock();
-            let _ = o.write_all(t.as_bytes());
-            let _ = o.flush();
-        }
-        StreamEvent::Stderr(t) => {
-            let mut e = std::io::stderr().lock();
-            let _ = e.write_all(t.as_bytes());
-            let _ = e.flush();
-        }
-        StreamEvent::Error(e) => eprintln!("agentctl: {e}"),
+        StreamEvent::Stdout(t) => crate::term::out(t),
+        StreamEvent::Stderr(t) => crate::term::err(t),
+        StreamEvent::Error(e) => crate::term::err(&format!("agentctl: {e}\n")),
         StreamEvent::Call(_) | StreamEvent::Session(_) => {}
     }
 }

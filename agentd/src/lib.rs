@@ -5,7 +5,8 @@
 //! HTTP/JSON types shared by daemon and client), [`journal`] (SQLite), [`server`]
 //! (`agentd serve`: sessions and tool calls), [`client`] (HTTP over the Unix socket),
 //! [`ctl`] (`agentctl`'s commands and their output), [`attach`] (its live commands and
-//! the in-process daemon).
+//! the in-process daemon), [`term`] (sandbox-originated text escaped before a terminal),
+//! [`top`] (`agentctl top`'s live view).
 
 pub mod api;
 pub mod attach;
@@ -15,3 +16,5 @@ pub mod doctor;
 pub mod egress;
 pub mod journal;
 pub mod server;
+pub mod term;
+pub mod top;

@@ -275,6 +275,7 @@ impl Daemon {
             policy: None,
             argv: argv.iter().map(|a| a.to_string()).collect(),
             stdin: false,
+            user: None,
         };
         self.rt
             .block_on(self.client.post("/v1/sessions", &req))
@@ -296,6 +297,7 @@ impl Daemon {
             }),
             argv: argv.to_vec(),
             stdin: false,
+            user: None,
         };
         self.rt
             .block_on(self.client.post("/v1/sessions", &req))

@@ -28,7 +28,9 @@ use cgctl::clone3::{CLONE_INTO_CGROUP, CloneArgs};
 pub const PLAN_FD: RawFd = 3;
 
 /// Creates the state dir: a tmpfs of `size_bytes` (the session's disk quota) with
-/// `upper/` (owned like the repo's root so the merged workspace looks like the repo),
+/// `upper/` (owned by the agent's host uid with the repo root's group and mode, so the
+/// merged workspace looks like the repo; the agent's uid is the repo's owner unless the
+/// caller chose another one for a root-owned repo, whose root the agent can then write),
 /// `work/` and `rootfs/` (owned by container root, which mounts the overlay).
 pub fn prepare_state(plan: &SessionPlan) -> Result<(), Error> {
     let ws = &plan.workspace;
@@ -52,8 +54,15 @@ pub fn prepare_state(plan: &SessionPlan) -> Result<(), Error> {
     for (dir, owner, gid, mode) in [
         (
             plan.upper_dir(),
-            repo_meta.uid(),
-            repo_meta.gid(),
+            plan.ids.agent_host_id,
+            // Another uid than the repo's owner (a root-owned repo): the repo's group is not
+            // mapped in the container, and overlayfs checks writes to the upper dir with the
+            // mounter's (container root's) creds, whose DAC override needs both ids mapped.
+            if repo_meta.uid() == plan.ids.agent_host_id {
+                repo_meta.gid()
+            } else {
+                plan.ids.agent_host_id
+            },
             repo_meta.mode() & 0o7777,
         ),
         (plan.work_dir(), root, root, 0o700),

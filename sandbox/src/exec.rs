@@ -277,8 +277,10 @@ fn spawn_inner(
                     fail(errno());
                 }
             }
-            // A new session whose controlling terminal is the pty (job control, isatty).
-            if tty && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0) {
+            // Always a new session, so the caller's terminal is never the command's
+            // controlling terminal (no TIOCSTI injection, /dev/tty is ENXIO: the
+            // CVE-2017-5226 pattern); with --pty the new pty becomes it (job control, isatty).
+            if libc::setsid() < 0 || (tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0) {
                 fail(errno());
             }
             if libc::chdir(cwd.as_ptr()) < 0 {

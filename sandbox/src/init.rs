@@ -137,6 +137,9 @@ pub fn run_launch(launch: Launch) -> Result<i32, Error> {
         cmd.pre_exec(move || {
             // The init blocks the signals it forwards; the agent must not inherit that.
             sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            // A session of its own: a terminal the runtime was started from is never the
+            // agent's controlling terminal (no TIOCSTI injection into it, /dev/tty is ENXIO).
+            nix::unistd::setsid()?;
             confinement.apply().map_err(|e| {
                 // std passes only the errno back to the parent: say what failed here.
                 eprintln!("agentd-sandbox: confining the agent: {e}");

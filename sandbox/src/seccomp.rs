@@ -64,12 +64,18 @@ pub const DENIED: &[&str] = &[
     "process_vm_readv",
     "process_vm_writev",
     "kcmp",
+    // another process's descriptors (the daemon's, a spawner's) must not be copied in
+    "pidfd_getfd",
     // time is global
     "settimeofday",
     "clock_settime",
     "clock_adjtime",
     "adjtimex",
 ];
+
+/// ioctl requests denied with EPERM: TIOCSTI (push input into a terminal) and TIOCLINUX
+/// (console selection and paste).
+pub const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI, libc::TIOCLINUX];
 
 /// io_uring: its operations are not seen by seccomp.
 pub const IO_URING: &[&str] = &["io_uring_setup", "io_uring_enter", "io_uring_register"];
@@ -116,6 +122,22 @@ pub fn build(cfg: &Seccomp) -> Result<ScmpFilterContext, Error> {
             )],
         )
         .map_err(|e| err("clone", e))?;
+    }
+    // Terminal input injection and console control (the CVE-2017-5226 pattern): the
+    // kernel reads the request as a 32-bit unsigned int, so compare the low 32 bits only
+    // (a full 64-bit compare is bypassed by setting high bits).
+    let ioctl = ScmpSyscall::from_name("ioctl").map_err(|e| err("ioctl", e))?;
+    for request in DENIED_IOCTLS {
+        f.add_rule_conditional(
+            ScmpAction::Errno(libc::EPERM),
+            ioctl,
+            &[ScmpArgCompare::new(
+                1,
+                ScmpCompareOp::MaskedEqual(u64::from(u32::MAX)),
+                *request,
+            )],
+        )
+        .map_err(|e| err("ioctl", e))?;
     }
     // clone3 takes its flags in memory seccomp cannot read: ENOSYS makes libc fall back to
     // clone, which is filtered above (Docker does the same).
@@ -215,6 +237,7 @@ mod tests {
             "swapon",
             "swapoff",
             "io_uring_setup",
+            "pidfd_getfd",
         ] {
             assert!(d.iter().any(|n| n == must), "{must} missing");
         }

@@ -20,6 +20,7 @@
 // Test-support code: failing loudly (panic/expect) is how it reports a broken test setup.
 #![allow(clippy::panic, clippy::expect_used)]
 
+pub mod pty;
 pub mod vm;
 
 /// Environment variable the VM init exports to everything it runs.

@@ -629,7 +629,7 @@ fn daemon_agent_leaf_has_tight_limits_and_a_delegated_daemon_moves_into_its_own_
         String::from_utf8_lossy(&out.stdout).contains("rc=137"),
         "the 700 MiB allocation outside the shim was not killed"
     );
-    let ps = d.json(&["ps"]);
+    let ps = d.json(&["ps", "--all"]);
     let sid = ps.as_array().unwrap().last().unwrap()["id"]
         .as_str()
         .unwrap()

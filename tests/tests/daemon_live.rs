@@ -70,7 +70,7 @@ fn daemon_attached_run_streams_output_forwards_stdin_and_exits_with_the_agents_s
     assert!(err.contains("to-stderr"), "{err}");
     // SIGTERM: 128 + 15.
     assert_eq!(status.code(), Some(143), "{status}");
-    let s = &d.json(&["ps"])[0];
+    let s = &d.json(&["ps", "--all"])[0];
     assert_eq!(s["exit_code"], 143, "{s}");
 
     // An agent reading stdin to its end gets end-of-file when ours ends.

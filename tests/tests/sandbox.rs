@@ -468,11 +468,13 @@ fn pids_of_uid(uid: u32) -> Vec<String> {
 fn sandbox_teardown_many_sessions_leave_nothing_behind() {
     let _vm = agentd_tests::vm::enter();
     let f = fixture();
-    // 1,000 by default (issue 5's acceptance); AGENTD_SANDBOX_SESSIONS overrides it.
+    // 250 by default, so the suite stays inside CI's budget (a leaked mount, cgroup, state
+    // dir or process shows after a few sessions already); issue 5's 1,000-session soak:
+    // AGENTD_SANDBOX_SESSIONS=1000 cargo xtask vm-test sandbox_teardown (docs/test-vm.md).
     let n: usize = std::env::var("AGENTD_SANDBOX_SESSIONS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(250);
     let count_mounts = || {
         fs::read_to_string("/proc/self/mountinfo")
             .unwrap()

@@ -208,6 +208,27 @@ fn exit_byte(status: i32) -> u8 {
     u8::try_from(status).unwrap_or(1)
 }
 
+/// The soak sizes of the long VM tests (docs/test-vm.md): the VM's payload runs in a clean
+/// environment, so the ones set on the host are exported into its script explicitly.
+pub const SOAK_VARS: &[&str] = &[
+    "AGENTD_SANDBOX_SESSIONS",
+    "AGENTD_CGCTL_CYCLES",
+    "AGENTD_TEST_SESSIONS",
+    "AGENTD_TEST_CALLS",
+    "AGENTD_SPAWNER_CALLS",
+];
+
+fn soak_exports() -> String {
+    let mut out = String::new();
+    for name in SOAK_VARS {
+        if let Ok(v) = std::env::var(name) {
+            out.push_str(&format!("export {name}={}\n", sh_quote(&v)));
+            out.push_str(&format!("echo \"agentd-vm: {name}=${name}\"\n"));
+        }
+    }
+    out
+}
+
 /// Builds and runs the privileged tests in one boot; returns (passed, failed, status).
 fn vm_test(
     ws: &Path,
@@ -218,6 +239,7 @@ fn vm_test(
     let bins = build::workspace_binaries()?;
     let tests = build::privileged_tests()?;
     let mut script = String::from("rc=0\necho \"agentd-vm: kernel $(uname -r)\"\n");
+    script.push_str(&soak_exports());
     for t in &tests {
         let t = sh_quote(&t.to_string_lossy());
         let f = filter.map(sh_quote).unwrap_or_default();

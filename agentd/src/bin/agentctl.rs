@@ -28,6 +28,10 @@ struct Cli {
     /// Machine-readable output (the API's JSON).
     #[arg(long, global = true)]
     json: bool,
+    /// Print control characters from inside the sandbox (agent output, call argv) as they
+    /// are even to a terminal; by default they are shown escaped (`\x1b`) there.
+    #[arg(long, global = true)]
+    raw: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -49,6 +53,10 @@ enum Cmd {
         /// Return once the session runs; print its id.
         #[arg(long, short)]
         detach: bool,
+        /// Run the agent as this host uid instead of the workspace's owner (root only; never
+        /// 0): the way to run on a root-owned workspace.
+        #[arg(long, value_name = "UID")]
+        user: Option<u32>,
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
@@ -67,8 +75,24 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// List sessions (yours; all for root).
-    Ps,
+    /// List running sessions (yours; all for root); --all adds ended ones.
+    Ps {
+        /// Also list sessions that have ended (exited, killed, failed).
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// A live, refreshing view of running sessions and their calls (CPU%, memory, pids).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, short, default_value_t = 2.0)]
+        delay: f64,
+        /// Stop after N refreshes (default: until interrupted).
+        #[arg(long, short = 'n')]
+        iterations: Option<u64>,
+        /// One refresh, then exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Live memory, CPU, pids and IO of running sessions (or one) and their running calls.
     Stats { session: Option<String> },
     /// A session's tool calls with their reports.
@@ -134,14 +158,15 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
 }
 
 fn policy_output(o: agentd_policy::cli::Output) -> Result<u8, String> {
-    print!("{}", o.stdout);
-    eprint!("{}", o.stderr);
+    agentd::term::out(&o.stdout);
+    agentd::term::err(&o.stderr);
     Ok(o.code.clamp(0, 255) as u8)
 }
 
 async fn run(cli: Cli) -> Result<u8, String> {
     let c = Client::new(&cli.socket);
     let json = cli.json;
+    agentd::term::set_raw(cli.raw);
     let e = |e: agentd::client::ClientError| e.to_string();
     match cli.cmd {
         Cmd::Completions { shell } => {
@@ -184,7 +209,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             if json {
                 print_json(&list)?;
             } else {
-                print!("{}", ctl::stats_table(&list));
+                agentd::term::out(&ctl::stats_table(&list));
             }
             Ok(0)
         }
@@ -192,6 +217,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             policy,
             workspace,
             detach,
+            user,
             cmd,
         } => {
             let ws = match workspace {
@@ -218,6 +244,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 policy,
                 argv: cmd,
                 stdin: !detach,
+                user,
             };
             let path = format!("{}/sessions", api::PREFIX);
             let first = c.post::<_, SessionInfo>(&path, &req).await;
@@ -260,7 +287,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
                             .await
                     {
                         // Nothing will be left to ask afterwards: show the calls now.
-                        eprint!("{}", ctl::calls_table(&calls));
+                        agentd::term::err(&ctl::calls_table(&calls));
                     }
                     code
                 }
@@ -304,21 +331,37 @@ async fn run(cli: Cli) -> Result<u8, String> {
                     .await
                     .map_err(e)?
                     .ok_or("the daemon's stream ended before the call's report")?;
-                eprint!("{}", ctl::call_report(&call));
+                agentd::term::err(&ctl::call_report(&call));
                 call
             };
             Ok(call.exit_code.unwrap_or(125).clamp(0, 255) as u8)
         }
-        Cmd::Ps => {
-            let list: Vec<SessionInfo> = c
+        Cmd::Ps { all } => {
+            let mut list: Vec<SessionInfo> = c
                 .get(&format!("{}/sessions", api::PREFIX))
                 .await
                 .map_err(e)?;
+            if !all {
+                list.retain(|s| !s.state.ended());
+            }
             if json {
                 print_json(&list)?;
             } else {
-                print!("{}", ctl::sessions_table(&list));
+                agentd::term::out(&ctl::sessions_table(&list));
             }
+            Ok(0)
+        }
+        Cmd::Top {
+            delay,
+            iterations,
+            once,
+        } => {
+            let o = agentd::top::TopOpts {
+                delay,
+                iterations: if once { Some(1) } else { iterations },
+                json,
+            };
+            agentd::top::run(&c, &o).await?;
             Ok(0)
         }
         Cmd::Calls { session } => {
@@ -329,7 +372,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             if json {
                 print_json(&list)?;
             } else {
-                print!("{}", ctl::calls_table(&list));
+                agentd::term::out(&ctl::calls_table(&list));
             }
             Ok(0)
         }
@@ -370,8 +413,8 @@ async fn run(cli: Cli) -> Result<u8, String> {
             if json {
                 print_json(&l)?;
             } else {
-                print!("{}", l.stdout);
-                eprint!("{}", l.stderr);
+                agentd::term::out(&l.stdout);
+                agentd::term::err(&l.stderr);
             }
             Ok(0)
         }
@@ -413,7 +456,7 @@ fn show_session(s: &SessionInfo, json: bool) -> Result<u8, String> {
     if json {
         print_json(s)?;
     } else {
-        print!("{}", ctl::sessions_table(std::slice::from_ref(s)));
+        agentd::term::out(&ctl::sessions_table(std::slice::from_ref(s)));
     }
     Ok(0)
 }
@@ -438,7 +481,8 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => ExitCode::from(code),
         Err(msg) => {
-            eprintln!("agentctl: {msg}");
+            // A daemon's reason may quote the session's stderr.
+            agentd::term::err(&format!("agentctl: {msg}\n"));
             ExitCode::from(2)
         }
     }

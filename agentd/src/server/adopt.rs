@@ -84,8 +84,12 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
     let live = Arc::new(Live {
         id: s.id.clone(),
         owner: s.owner_uid,
-        agent_uid: std::fs::metadata(&s.workspace)
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        // The uid the runtime mapped the agent to (`--user` may differ from the owner's).
+        agent_uid: agentd_sandbox::exec::read_record(&d.cfg.state_dir.join("sessions").join(&s.id))
+            .map(|r| r.plan.ids.agent_host_id)
+            .or_else(|_| {
+                std::fs::metadata(&s.workspace).map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            })
             .unwrap_or(s.owner_uid),
         plan,
         cg,

@@ -206,7 +206,9 @@ fn session_limits(plan: &Plan) -> (SessionLimits, cgctl::Limits) {
     (lim, cg)
 }
 
-fn check_workspace(peer: &Peer, ws: &Path) -> Result<(PathBuf, u32), ApiError> {
+/// Checks the workspace and decides the agent's host uid: the workspace's owner, or
+/// `user` when a root caller names one (never 0: the agent never runs as root on the host).
+fn check_workspace(peer: &Peer, ws: &Path, user: Option<u32>) -> Result<(PathBuf, u32), ApiError> {
     if !ws.is_absolute() {
         return Err(ApiError::BadRequest(format!(
             "workspace {} must be an absolute path",
@@ -224,22 +226,38 @@ fn check_workspace(peer: &Peer, ws: &Path) -> Result<(PathBuf, u32), ApiError> {
             canon.display()
         )));
     }
-    // The agent runs as the workspace's owner: a user may only start agents on its own repos.
-    if !peer.is_root() && md.uid() != peer.uid {
-        return Err(ApiError::Forbidden(format!(
-            "workspace {} belongs to uid {}, not to the caller (uid {})",
-            canon.display(),
-            md.uid(),
+    agent_uid(peer, &canon, md.uid(), user).map(|uid| (canon, uid))
+}
+
+/// The agent's host uid for a workspace owned by `owner` (pure: unit-tested).
+pub fn agent_uid(peer: &Peer, ws: &Path, owner: u32, user: Option<u32>) -> Result<u32, ApiError> {
+    match user {
+        Some(0) => Err(ApiError::BadRequest(
+            "user 0: the agent never runs as root on the host; name an unprivileged uid \
+             (e.g. --user 1000)"
+                .into(),
+        )),
+        Some(u) if !peer.is_root() && u != peer.uid => Err(ApiError::Forbidden(format!(
+            "only root may run an agent as another uid (uid {} asked for uid {u})",
             peer.uid
-        )));
+        ))),
+        Some(u) => Ok(u),
+        // The agent runs as the workspace's owner: a user may only start agents on its own repos.
+        None if !peer.is_root() && owner != peer.uid => Err(ApiError::Forbidden(format!(
+            "workspace {} belongs to uid {owner}, not to the caller (uid {})",
+            ws.display(),
+            peer.uid
+        ))),
+        None if owner == 0 => Err(ApiError::BadRequest(format!(
+            "workspace {} is owned by root, and the agent runs as the workspace's owner, never \
+             root. Either run the agent as an unprivileged uid: `agentctl run --user UID …` \
+             (as root; files that uid may not write stay read-only to the agent), or give the \
+             repo to a user: `chown -R UID {}`",
+            ws.display(),
+            ws.display()
+        ))),
+        None => Ok(owner),
     }
-    if md.uid() == 0 {
-        return Err(ApiError::BadRequest(format!(
-            "workspace {} is owned by root; the agent runs as the workspace's owner, never root",
-            canon.display()
-        )));
-    }
-    Ok((canon, md.uid()))
 }
 
 /// `POST /v1/sessions`.
@@ -253,7 +271,7 @@ pub async fn create(
             "argv is empty or its program contains `=`: give a command".into(),
         ));
     }
-    let (workspace, agent_uid) = check_workspace(&peer, &req.workspace)?;
+    let (workspace, agent_uid) = check_workspace(&peer, &req.workspace, req.user)?;
     let plan = resolve_policy(d.cfg.host_policy.as_deref(), req.policy.as_ref())?;
     let id = new_id()?;
     let (limits, cg_limits) = session_limits(&plan);
@@ -430,6 +448,9 @@ async fn start_container(
         .arg(&live.sandbox_state)
         .arg("--cgroup")
         .arg(live.cg.agent().path())
+        // The agent's host uid: the workspace's owner, or the root caller's `--user`.
+        .arg("--owner-uid")
+        .arg(live.agent_uid.to_string())
         // The shim at one fixed path in every container: a host path under /tmp, /run or a
         // home would be invisible inside (the session has its own).
         .arg("--bind-ro")
@@ -661,4 +682,41 @@ pub async fn remove(
         let _ = std::fs::remove_file(d.cfg.state_dir.join("logs").join(format!("{id}.{ext}")));
     }
     Ok(Json(s))
+}
+
+#[cfg(test)]
+mod agent_uid_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+    use super::*;
+
+    fn peer(uid: u32) -> Peer {
+        Peer {
+            uid,
+            gid: uid,
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn a_root_owned_workspace_names_the_way_forward_and_user_never_maps_to_root() {
+        let ws = Path::new("/srv/repo");
+        let e = agent_uid(&peer(0), ws, 0, None).unwrap_err().to_string();
+        assert!(
+            e.contains("--user UID") && e.contains("chown -R UID /srv/repo"),
+            "{e}"
+        );
+        assert_eq!(agent_uid(&peer(0), ws, 0, Some(1000)).unwrap(), 1000);
+        let e = agent_uid(&peer(0), ws, 0, Some(0)).unwrap_err().to_string();
+        assert!(e.contains("never runs as root"), "{e}");
+        // Not root: only itself, and only on its own workspace.
+        assert!(matches!(
+            agent_uid(&peer(1000), ws, 0, Some(1001)),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert_eq!(agent_uid(&peer(1000), ws, 1000, None).unwrap(), 1000);
+        assert!(matches!(
+            agent_uid(&peer(1000), ws, 1001, None),
+            Err(ApiError::Forbidden(_))
+        ));
+    }
 }

@@ -1,0 +1,215 @@
+//! Walk of the overlay's upper dir into a [`Manifest`]: only what the session wrote is
+//! visited. A regular file whose stamp (inode, size, mtime, ctime) equals the previous
+//! checkpoint's is not read again (its hash is carried over), so a checkpoint costs the
+//! layer's entries plus the bytes written since the last one.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::store::Store;
+use super::{Entry, LayerError, Manifest, Stamp, join};
+
+/// What an upper-layer inode is, from its `st_mode` and `st_rdev` (pure, unit-tested).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    /// A character device 0/0: overlayfs's whiteout.
+    Whiteout,
+    /// A fifo or socket.
+    Special,
+    /// A real device node: never legitimately in a session's layer (nodev), refused.
+    Device,
+}
+
+/// Classifies an inode of the upper layer.
+pub fn kind_of(mode: u32, rdev: u64) -> Kind {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => Kind::Dir,
+        libc::S_IFREG => Kind::File,
+        libc::S_IFLNK => Kind::Symlink,
+        libc::S_IFCHR if rdev == 0 => Kind::Whiteout,
+        libc::S_IFIFO | libc::S_IFSOCK => Kind::Special,
+        _ => Kind::Device,
+    }
+}
+
+/// The overlay's "opaque dir" xattr: `user.` with `userxattr` (sessions), `trusted.`
+/// otherwise.
+pub const OPAQUE_XATTRS: [&str; 2] = ["user.overlay.opaque", "trusted.overlay.opaque"];
+
+/// Whether directory `p` is marked opaque.
+pub fn is_opaque(p: &Path) -> bool {
+    OPAQUE_XATTRS.iter().any(|name| {
+        let mut buf = [0u8; 4];
+        matches!(rustix::fs::lgetxattr(p, *name, &mut buf[..]), Ok(n) if n >= 1 && buf[0] == b'y')
+    })
+}
+
+fn ns(sec: i64, nsec: i64) -> i128 {
+    i128::from(sec) * 1_000_000_000 + i128::from(nsec)
+}
+
+/// Walks `upper` into a manifest, storing new or changed file contents in `store`.
+/// `prev` (the previous checkpoint's manifest) lets unchanged files skip the read.
+pub fn walk(upper: &Path, store: &Store, prev: Option<&Manifest>) -> Result<Manifest, LayerError> {
+    let mut m = Manifest::default();
+    let mut stack: Vec<String> = vec![String::new()];
+    while let Some(dir) = stack.pop() {
+        let dpath = upper.join(&dir);
+        let rd = std::fs::read_dir(&dpath).map_err(|e| LayerError::io("list", &dpath, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| LayerError::io("list", &dpath, e))?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else {
+                return Err(LayerError::NotUtf8 { path: ent.path() });
+            };
+            let rel = join(&dir, name);
+            let p = ent.path();
+            let md = std::fs::symlink_metadata(&p).map_err(|e| LayerError::io("stat", &p, e))?;
+            let mode = md.mode() & 0o7777;
+            let entry = match kind_of(md.mode(), md.rdev()) {
+                Kind::Dir => {
+                    stack.push(rel.clone());
+                    Entry::Dir {
+                        mode,
+                        opaque: is_opaque(&p),
+                    }
+                }
+                Kind::File => {
+                    let stamp = Stamp {
+                        dev: md.dev(),
+                        ino: md.ino(),
+                        size: md.size(),
+                        mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+                        ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+                    };
+                    let link = (md.nlink() > 1).then_some(md.ino());
+                    let known =
+                        prev.and_then(|pm| match (pm.stamps.get(&rel), pm.entries.get(&rel)) {
+                            (Some(s), Some(Entry::File { hash, size, .. }))
+                                if *s == stamp && store.has(hash) =>
+                            {
+                                Some((hash.clone(), *size))
+                            }
+                            _ => None,
+                        });
+                    let (hash, size) = match known {
+                        Some(k) => k,
+                        None => store.put_file(&p)?,
+                    };
+                    m.stamps.insert(rel.clone(), stamp);
+                    Entry::File {
+                        mode,
+                        size,
+                        hash,
+                        link,
+                    }
+                }
+                Kind::Symlink => {
+                    let t =
+                        std::fs::read_link(&p).map_err(|e| LayerError::io("readlink", &p, e))?;
+                    let Some(target) = t.to_str() else {
+                        return Err(LayerError::NotUtf8 { path: p });
+                    };
+                    Entry::Symlink {
+                        target: target.to_owned(),
+                    }
+                }
+                Kind::Whiteout => Entry::Whiteout,
+                Kind::Special => Entry::Special { mode },
+                Kind::Device => {
+                    return Err(LayerError::Invalid {
+                        path: rel,
+                        reason: "a device node in the session layer".into(),
+                    });
+                }
+            };
+            m.entries.insert(rel, entry);
+        }
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn whiteouts_are_char_devices_zero_zero_only() {
+        assert_eq!(kind_of(libc::S_IFCHR, 0), Kind::Whiteout);
+        assert_eq!(kind_of(libc::S_IFCHR, 0x0103), Kind::Device);
+        assert_eq!(kind_of(libc::S_IFBLK, 0), Kind::Device);
+        assert_eq!(kind_of(libc::S_IFDIR | 0o755, 0), Kind::Dir);
+        assert_eq!(kind_of(libc::S_IFIFO, 0), Kind::Special);
+        assert_eq!(kind_of(libc::S_IFLNK | 0o777, 0), Kind::Symlink);
+    }
+
+    #[test]
+    fn walk_records_shape_and_skips_unchanged_files() {
+        let t = tempfile::tempdir().unwrap();
+        let up = t.path().join("upper");
+        fs::create_dir_all(up.join("d/empty")).unwrap();
+        fs::write(up.join("d/f"), b"one").unwrap();
+        fs::hard_link(up.join("d/f"), up.join("g")).unwrap();
+        std::os::unix::fs::symlink("../x", up.join("d/l")).unwrap();
+        let store = Store::open(&t.path().join("s")).unwrap();
+        let m = walk(&up, &store, None).unwrap();
+        let keys: Vec<_> = m.entries.keys().cloned().collect();
+        assert_eq!(keys, ["d", "d/empty", "d/f", "d/l", "g"]);
+        assert_eq!(
+            m.entries["d/l"],
+            Entry::Symlink {
+                target: "../x".into()
+            }
+        );
+        let (Entry::File { link: a, .. }, Entry::File { link: b, .. }) =
+            (&m.entries["d/f"], &m.entries["g"])
+        else {
+            panic!("files expected");
+        };
+        assert!(a.is_some() && a == b, "hard links share a group");
+        // An unchanged file is not read again: remove its object, and the next walk with
+        // the previous manifest must re-store it only because the object is gone.
+        let m2 = walk(&up, &store, Some(&m)).unwrap();
+        assert_eq!(m2, m);
+        fs::write(up.join("d/f"), b"two").unwrap();
+        let m3 = walk(&up, &store, Some(&m)).unwrap();
+        assert_ne!(m3.entries["d/f"], m.entries["d/f"]);
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs_are_recorded_when_the_host_lets_us_make_them() {
+        let t = tempfile::tempdir().unwrap();
+        let up = t.path().join("upper");
+        fs::create_dir_all(up.join("o")).unwrap();
+        let made = rustix::fs::mknodat(
+            rustix::fs::CWD,
+            up.join("gone"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0),
+            0,
+        )
+        .is_ok()
+            && rustix::fs::lsetxattr(
+                up.join("o"),
+                "user.overlay.opaque",
+                b"y",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .is_ok();
+        if !made {
+            eprintln!(
+                "skipped: mknod 0/0 or user xattrs not permitted here (the VM test covers it)"
+            );
+            return;
+        }
+        let store = Store::open(&t.path().join("s")).unwrap();
+        let m = walk(&up, &store, None).unwrap();
+        assert_eq!(m.entries["gone"], Entry::Whiteout);
+        assert!(matches!(m.entries["o"], Entry::Dir { opaque: true, .. }));
+    }
+}
