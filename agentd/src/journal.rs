@@ -95,7 +95,8 @@ impl Journal {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql("synchronous"))?;
         conn.execute_batch(SCHEMA).map_err(sql("schema"))?;
-        conn.execute_batch(net::SCHEMA).map_err(sql("schema net_connections"))?;
+        conn.execute_batch(net::SCHEMA)
+            .map_err(sql("schema net_connections"))?;
         Ok(Journal { conn })
     }
 

@@ -119,16 +119,22 @@ impl Drop for Upstream {
         let _ = self.0.kill();
         let _ = self.0.wait();
         let _ = Command::new("ip").args(["netns", "del", NS]).status();
-        let _ = Command::new("ip").args(["link", "del", "veth-bnh"]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", "veth-bnh"])
+            .status();
     }
 }
 
 fn upstream() -> Result<Upstream> {
     let _ = Command::new("ip").args(["netns", "del", NS]).status();
-    let _ = Command::new("ip").args(["link", "del", "veth-bnh"]).status();
+    let _ = Command::new("ip")
+        .args(["link", "del", "veth-bnh"])
+        .status();
     for args in [
         vec!["netns", "add", NS],
-        vec!["link", "add", "veth-bnh", "type", "veth", "peer", "name", "veth-bnu"],
+        vec![
+            "link", "add", "veth-bnh", "type", "veth", "peer", "name", "veth-bnu",
+        ],
         vec!["link", "set", "veth-bnu", "netns", NS],
         vec!["addr", "add", "10.78.0.1/24", "dev", "veth-bnh"],
         vec!["link", "set", "veth-bnh", "up"],
@@ -156,7 +162,10 @@ fn upstream() -> Result<Upstream> {
 
 fn parse(out: &str) -> Result<(Vec<f64>, f64)> {
     let v: serde_json::Value = serde_json::from_str(
-        out.lines().rev().find(|l| l.starts_with('{')).context("no JSON from the client")?,
+        out.lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .context("no JSON from the client")?,
     )?;
     let lat = v["connect_ms"]
         .as_array()
@@ -169,13 +178,20 @@ fn parse(out: &str) -> Result<(Vec<f64>, f64)> {
 
 pub fn run(quick: bool) -> Result<Section> {
     let started = Instant::now();
-    let (n, bytes) = if quick { (30, 16u64 << 20) } else { (200, 128u64 << 20) };
+    let (n, bytes) = if quick {
+        (30, 16u64 << 20)
+    } else {
+        (200, 128u64 << 20)
+    };
     let _up = upstream()?;
     // The daemon resolves upstream names through the upstream's DNS (inherited).
     // SAFETY: set before the daemon starts, while this process has no other threads using env.
     unsafe { std::env::set_var("AGENTD_EGRESS_DNS", format!("{UP}:53")) };
     let scratch = Scratch::new("agentd-bench-egress-")?;
-    let cg = std::path::PathBuf::from(format!("/sys/fs/cgroup/agentd-bench-egress-{}", std::process::id()));
+    let cg = std::path::PathBuf::from(format!(
+        "/sys/fs/cgroup/agentd-bench-egress-{}",
+        std::process::id()
+    ));
     let d = Daemon::start(&scratch, &cg)?;
     let policy = format!(
         "version = 1\n[network]\nenabled = true\nallow = [\"bench.test:{PORT}\", \"{UP}/32:{PORT}\"]\n"
@@ -197,7 +213,19 @@ pub fn run(quick: bool) -> Result<Section> {
         let (l, t) = parse(&String::from_utf8_lossy(&out.stdout))?;
         direct.0.extend(l);
         direct.1.push(t);
-        let c = d.call(&s.id, &[bench, "egress-client", "--host", "bench.test", "--n", &n_s, "--bytes", &b_s])?;
+        let c = d.call(
+            &s.id,
+            &[
+                bench,
+                "egress-client",
+                "--host",
+                "bench.test",
+                "--n",
+                &n_s,
+                "--bytes",
+                &b_s,
+            ],
+        )?;
         let (l, t) = parse(c.stdout.as_deref().unwrap_or(""))?;
         proxied.0.extend(l);
         proxied.1.push(t);
@@ -213,8 +241,20 @@ pub fn run(quick: bool) -> Result<Section> {
         "Egress: connect (connect + 1-byte answer) and one stream, direct vs through the proxy",
         &["path", "n", "connect p50", "connect p95", "stream MiB/s"],
     );
-    t.row(vec!["direct (VM root netns → veth)".into(), sd.n.to_string(), ms(sd.median_ms), ms(sd.p95_ms), format!("{td:.0}")]);
-    t.row(vec!["session → egress proxy (transparent) → veth".into(), sp.n.to_string(), ms(sp.median_ms), ms(sp.p95_ms), format!("{tp:.0}")]);
+    t.row(vec![
+        "direct (VM root netns → veth)".into(),
+        sd.n.to_string(),
+        ms(sd.median_ms),
+        ms(sd.p95_ms),
+        format!("{td:.0}"),
+    ]);
+    t.row(vec![
+        "session → egress proxy (transparent) → veth".into(),
+        sp.n.to_string(),
+        ms(sp.median_ms),
+        ms(sp.p95_ms),
+        format!("{tp:.0}"),
+    ]);
     let targets = vec![
         Target {
             what: "egress connect latency (p50, proxy / direct)".into(),

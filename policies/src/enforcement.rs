@@ -93,7 +93,10 @@ pub const TABLE: &[Entry] = &[
     off("resources.max.disk", "workspace disk quotas", "unset"),
     on("intent", "cgctl via the tool-call runner (per-call limits)"),
     off("filesystem", "Landlock filesystem rules", "empty lists"),
-    on("network.enabled", "agentd egress proxy (session network namespace)"),
+    on(
+        "network.enabled",
+        "agentd egress proxy (session network namespace)",
+    ),
     on("network.allow", "agentd egress proxy (per connection)"),
     on("network.deny", "agentd egress proxy (per connection)"),
     off(
@@ -101,7 +104,10 @@ pub const TABLE: &[Entry] = &[
         "the approval queue (issue 12): `ask` needs a person to answer",
         "[]",
     ),
-    on("network.grant", "agentd egress proxy (per tool call, by cgroup)"),
+    on(
+        "network.grant",
+        "agentd egress proxy (per tool call, by cgroup)",
+    ),
     on("network.max", "agentd-policy (host cap)"),
     off(
         "exec",

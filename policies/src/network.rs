@@ -23,7 +23,10 @@ use crate::layer::{ArgvPattern, CompiledPattern, Origin};
 
 /// Hosts behind each `@registry` set.
 pub const REGISTRY_HOSTS: [(&str, &[&str]); 5] = [
-    ("crates", &["crates.io", "index.crates.io", "static.crates.io"]),
+    (
+        "crates",
+        &["crates.io", "index.crates.io", "static.crates.io"],
+    ),
     ("pypi", &["pypi.org", "files.pythonhosted.org"]),
     ("npm", &["registry.npmjs.org"]),
     ("debian", &["deb.debian.org", "security.debian.org"]),
@@ -445,7 +448,9 @@ mod tests {
     }
 
     fn rules(list: &[&str], key: &str) -> Vec<NetRule> {
-        list.iter().map(|t| NetRule::new(t, o(key)).unwrap()).collect()
+        list.iter()
+            .map(|t| NetRule::new(t, o(key)).unwrap())
+            .collect()
     }
 
     fn plan(allow: &[&str], deny: &[&str]) -> NetworkPlan {
@@ -462,7 +467,11 @@ mod tests {
     #[test]
     fn parse_accepts_names_wildcards_ports_cidrs_and_sets() {
         assert_eq!(parse_rule("@pypi").unwrap().len(), 2);
-        assert!(parse_rule("@nope").unwrap_err().contains("unknown registry set"));
+        assert!(
+            parse_rule("@nope")
+                .unwrap_err()
+                .contains("unknown registry set")
+        );
         assert_eq!(parse_rule("Ex.COM").unwrap()[0].ports, Ports::Web);
         assert_eq!(parse_rule("ex.com:22").unwrap()[0].ports, Ports::One(22));
         assert_eq!(parse_rule("*.ex.com:*").unwrap()[0].ports, Ports::Any);
@@ -470,7 +479,11 @@ mod tests {
         assert!(parse_rule("ex.com:99999").is_err());
         assert!(parse_rule("bad host").is_err());
         assert!(parse_rule("-a.com").is_err());
-        assert!(parse_rule("10.0.0.1/24").unwrap_err().contains("10.0.0.0/24"));
+        assert!(
+            parse_rule("10.0.0.1/24")
+                .unwrap_err()
+                .contains("10.0.0.0/24")
+        );
         assert!(parse_rule("10.0.0.0/33").is_err());
         assert!(parse_rule("[::1]:443").unwrap_err().contains("IPv6"));
         assert!(parse_rule("10.77.0.0/24:8080").is_ok());
@@ -488,7 +501,11 @@ mod tests {
         assert_eq!(d("a.ex.com", 8080), NetEffect::Deny);
         let bad = p.decide(Dest::Name("bad.ex.com"), 443, NONE);
         assert_eq!(bad.effect, NetEffect::Deny);
-        assert!(bad.rule.contains("network.deny `bad.ex.com`"), "{}", bad.rule);
+        assert!(
+            bad.rule.contains("network.deny `bad.ex.com`"),
+            "{}",
+            bad.rule
+        );
         assert!(bad.rule.contains("p.toml:3:9"), "{}", bad.rule);
     }
 
@@ -519,7 +536,16 @@ mod tests {
         let p = plan(&["ex.com", "10.77.0.0/24"], &[]);
         assert!(p.upstream_addr("93.184.216.34".parse().unwrap()).is_ok());
         assert!(p.upstream_addr("10.77.0.2".parse().unwrap()).is_ok());
-        for a in ["10.1.0.1", "127.0.0.1", "169.254.169.254", "192.168.1.1", "100.64.0.1", "198.18.0.1", "0.0.0.0", "224.0.0.1"] {
+        for a in [
+            "10.1.0.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "192.168.1.1",
+            "100.64.0.1",
+            "198.18.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+        ] {
             let e = p.upstream_addr(a.parse().unwrap()).unwrap_err();
             assert!(e.contains("refused unless"), "{a}: {e}");
         }
@@ -531,7 +557,10 @@ mod tests {
     #[test]
     fn off_denies_everything() {
         let p = NetworkPlan::off();
-        assert_eq!(p.decide(Dest::Name("a.com"), 443, NONE).effect, NetEffect::Deny);
+        assert_eq!(
+            p.decide(Dest::Name("a.com"), 443, NONE).effect,
+            NetEffect::Deny
+        );
         assert!(!p.resolvable("a.com"));
     }
 }

@@ -434,14 +434,22 @@ fn resolve_network(all: &Layer, caps: &crate::layer::Caps, d: &mut Vec<Diagnosti
         let Some(cap) = &caps.network_allow else {
             return true;
         };
-        if cap.value.iter().any(|g| matcher(g).is_ok_and(|m| m.is_match(&v.value))) {
+        if cap
+            .value
+            .iter()
+            .any(|g| matcher(g).is_ok_and(|m| m.is_match(&v.value)))
+        {
             return true;
         }
         if v.origin.layer.bound_by_host() {
-            d.push(exceeds(&v.origin, &format!("\"{}\"", v.value), &cap_ref(&Val {
-                value: format!("{:?}", cap.value),
-                origin: cap.origin.clone(),
-            })));
+            d.push(exceeds(
+                &v.origin,
+                &format!("\"{}\"", v.value),
+                &cap_ref(&Val {
+                    value: format!("{:?}", cap.value),
+                    origin: cap.origin.clone(),
+                }),
+            ));
         }
         false
     };
@@ -461,17 +469,15 @@ fn resolve_network(all: &Layer, caps: &crate::layer::Caps, d: &mut Vec<Diagnosti
         .network_grants
         .iter()
         .zip(grant_allow)
-        .map(|(g, ok)| {
-            GrantPlan {
-                patterns: g.patterns.clone(),
-                allow: net_rules(&ok),
-                origin: g.origin.clone(),
-                compiled: g
-                    .patterns
-                    .iter()
-                    .filter_map(|p| ArgvPattern::compile(&p.text).ok())
-                    .collect(),
-            }
+        .map(|(g, ok)| GrantPlan {
+            patterns: g.patterns.clone(),
+            allow: net_rules(&ok),
+            origin: g.origin.clone(),
+            compiled: g
+                .patterns
+                .iter()
+                .filter_map(|p| ArgvPattern::compile(&p.text).ok())
+                .collect(),
         })
         .collect();
     NetworkPlan {

@@ -51,14 +51,23 @@ fn golden_plan_build() {
     assert_eq!(call.network, "proxy");
     let net = &plan.session.network;
     let none: Option<&[&str]> = None;
-    for host in ["crates.io", "static.crates.io", "pypi.org", "files.pythonhosted.org", "registry.npmjs.org"] {
+    for host in [
+        "crates.io",
+        "static.crates.io",
+        "pypi.org",
+        "files.pythonhosted.org",
+        "registry.npmjs.org",
+    ] {
         let d = net.decide(Dest::Name(host), 443, none);
         assert_eq!(d.effect, NetEffect::Allow, "{host}: {d}");
         assert!(d.rule.contains("profile:build:"), "{}", d.rule);
     }
     let d = net.decide(Dest::Name("example.com"), 443, none);
     assert_eq!(d.effect, NetEffect::Deny);
-    assert_eq!(net.decide(Dest::Name("crates.io"), 22, none).effect, NetEffect::Deny);
+    assert_eq!(
+        net.decide(Dest::Name("crates.io"), 22, none).effect,
+        NetEffect::Deny
+    );
     insta::assert_json_snapshot!("build_plan", plan);
 }
 
@@ -75,7 +84,10 @@ fn a_repo_extending_build_checks_clean_and_may_deny_more() {
     )
     .unwrap();
     let none: Option<&[&str]> = None;
-    let d = plan.session.network.decide(Dest::Name("static.crates.io"), 443, none);
+    let d = plan
+        .session
+        .network
+        .decide(Dest::Name("static.crates.io"), 443, none);
     assert_eq!(d.effect, NetEffect::Deny);
     assert!(d.rule.contains("repo.toml:4:9"), "{}", d.rule);
 }

@@ -340,7 +340,10 @@ fn network_rules_resolve_deny_over_allow_with_positions() {
     );
     let n = &p.session.network;
     let none: Option<&[&str]> = None;
-    assert_eq!(n.decide(Dest::Name("a.ex.com"), 443, none).effect, NetEffect::Allow);
+    assert_eq!(
+        n.decide(Dest::Name("a.ex.com"), 443, none).effect,
+        NetEffect::Allow
+    );
     let d = n.decide(Dest::Name("evil.ex.com"), 443, none);
     assert_eq!(d.effect, NetEffect::Deny);
     assert!(d.rule.contains(".agentd/policy.toml:5:9"), "{}", d.rule);
@@ -348,10 +351,15 @@ fn network_rules_resolve_deny_over_allow_with_positions() {
     assert!(n.upstream_addr("10.77.0.5".parse().unwrap()).is_ok());
     assert!(n.upstream_addr("10.78.0.5".parse().unwrap()).is_err());
     assert_eq!(
-        n.decide(Dest::Name("pypi.org"), 443, Some(&["pip", "install", "x"])).effect,
+        n.decide(Dest::Name("pypi.org"), 443, Some(&["pip", "install", "x"]))
+            .effect,
         NetEffect::Allow
     );
-    assert_eq!(n.decide(Dest::Name("pypi.org"), 443, Some(&["curl"])).effect, NetEffect::Deny);
+    assert_eq!(
+        n.decide(Dest::Name("pypi.org"), 443, Some(&["curl"]))
+            .effect,
+        NetEffect::Deny
+    );
 }
 
 #[test]
@@ -363,7 +371,12 @@ fn network_ask_is_refused_until_the_approval_queue_exists() {
         ".agentd/policy.toml:4:7",
         "`network.ask` is not enforced by this build",
     );
-    assert!(d.hint.as_deref().unwrap_or("").contains("approval queue (issue 12)"));
+    assert!(
+        d.hint
+            .as_deref()
+            .unwrap_or("")
+            .contains("approval queue (issue 12)")
+    );
     let d = one_error("version = 1\n[network]\nenabled = true\ndeny = [\"10.0.0.1/8\"]\n");
     assert!(d.message.contains("host bits set"), "{}", d.message);
     assert_eq!((d.line, d.column), (4, 9));
@@ -372,7 +385,10 @@ fn network_ask_is_refused_until_the_approval_queue_exists() {
 #[test]
 fn host_max_allow_bounds_repo_rules() {
     let host = "version = 1\n[network.max]\nenabled = true\nallow = [\"*.corp.example\"]\n";
-    let d = errors(Some(host), "version = 1\n[network]\nenabled = true\nallow = [\"git.corp.example\", \"evil.com\"]\n");
+    let d = errors(
+        Some(host),
+        "version = 1\n[network]\nenabled = true\nallow = [\"git.corp.example\", \"evil.com\"]\n",
+    );
     assert_eq!(d.len(), 1, "{d:#?}");
     assert_eq!(d[0].kind, K::ExceedsHostCap);
     assert!(d[0].message.contains("evil.com"), "{}", d[0].message);

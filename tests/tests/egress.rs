@@ -29,7 +29,11 @@ struct Upstream {
 }
 
 fn sh(script: &str) {
-    let out = Command::new("/bin/sh").arg("-ec").arg(script).output().unwrap();
+    let out = Command::new("/bin/sh")
+        .arg("-ec")
+        .arg(script)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{script}: {}{}",
@@ -131,7 +135,15 @@ fn session(d: &Daemon, up: &Upstream, argv: &[&str]) -> String {
     chown_r(&d.repo, USER);
     let repo = d.repo.to_str().unwrap();
     let pol = d.root.join("policy.toml");
-    let mut args = vec!["run", "--detach", "--policy", pol.to_str().unwrap(), "--workspace", repo, "--"];
+    let mut args = vec![
+        "run",
+        "--detach",
+        "--policy",
+        pol.to_str().unwrap(),
+        "--workspace",
+        repo,
+        "--",
+    ];
     args.extend_from_slice(argv);
     let out = d.run(&args);
     assert!(out.status.success(), "agentctl run failed");
@@ -311,29 +323,64 @@ fn egress_tools_reach_allowed_names_with_and_without_proxy_variables_and_fail_fa
     let id = session(&d, up, &["sleep", "86400"]);
 
     // curl through the proxy variables (plain http forward, https CONNECT) and without.
-    let c = call(&d, &id, "env | grep -i _proxy | sort; curl -sS --max-time 10 http://web.test/hello.txt");
-    assert!(c.stdout.contains("HTTP_PROXY=http://127.0.0.1:880"), "{}", c.stdout);
+    let c = call(
+        &d,
+        &id,
+        "env | grep -i _proxy | sort; curl -sS --max-time 10 http://web.test/hello.txt",
+    );
+    assert!(
+        c.stdout.contains("HTTP_PROXY=http://127.0.0.1:880"),
+        "{}",
+        c.stdout
+    );
     assert!(c.stdout.contains("hello from web.test"), "{}", c.stderr);
-    let c = call(&d, &id, "curl -sS --max-time 10 --cacert ca.pem https://web.test/hello.txt");
+    let c = call(
+        &d,
+        &id,
+        "curl -sS --max-time 10 --cacert ca.pem https://web.test/hello.txt",
+    );
     assert!(c.stdout.contains("hello from web.test"), "{}", c.stderr);
-    let c = call(&d, &id, "curl -sS --noproxy '*' --max-time 10 http://web.test/hello.txt");
+    let c = call(
+        &d,
+        &id,
+        "curl -sS --noproxy '*' --max-time 10 http://web.test/hello.txt",
+    );
     assert!(c.stdout.contains("hello from web.test"), "{}", c.stderr);
-    let c = call(&d, &id, "curl -sS --noproxy '*' --max-time 10 --cacert ca.pem https://web.test/hello.txt");
+    let c = call(
+        &d,
+        &id,
+        "curl -sS --noproxy '*' --max-time 10 --cacert ca.pem https://web.test/hello.txt",
+    );
     assert!(c.stdout.contains("hello from web.test"), "{}", c.stderr);
     // SOCKS5 (ALL_PROXY) too.
-    let c = call(&d, &id, "curl -sS --max-time 10 -x socks5h://127.0.0.1:881 --cacert ca.pem https://web.test/hello.txt");
+    let c = call(
+        &d,
+        &id,
+        "curl -sS --max-time 10 -x socks5h://127.0.0.1:881 --cacert ca.pem https://web.test/hello.txt",
+    );
     assert!(c.stdout.contains("hello from web.test"), "{}", c.stderr);
 
     // Unlisted names fail within 1 s, the message naming the policy. The time attributable
     // to egress is the failure's time minus the same curl failing at once on a closed local
     // port (curl's own start-up and TLS set-up take ~0.5-1 s under TCG).
     let t = "s=$(date +%s%N); curl -sS --max-time 10 {ARGS} {URL} ; echo \" exit=$? ms=$(( ($(date +%s%N)-s)/1000000 ))\"";
-    let ms_of = |c: &CallOut| -> u64 { c.stdout.rsplit("ms=").next().unwrap().trim().parse().unwrap() };
+    let ms_of = |c: &CallOut| -> u64 {
+        c.stdout
+            .rsplit("ms=")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
     for (args, url) in [
         ("", "http://other.test/hello.txt"),
         ("--noproxy '*'", "http://other.test/hello.txt"),
         ("-i --cacert ca.pem", "https://other.test/hello.txt"),
-        ("--noproxy '*' --cacert ca.pem", "https://other.test/hello.txt"),
+        (
+            "--noproxy '*' --cacert ca.pem",
+            "https://other.test/hello.txt",
+        ),
     ] {
         let c = call(&d, &id, &t.replace("{ARGS}", args).replace("{URL}", url));
         // Never a hang (curl would wait for --max-time 10); the 1 s bound is measured below
@@ -343,7 +390,10 @@ fn egress_tools_reach_allowed_names_with_and_without_proxy_variables_and_fail_fa
         assert!(!c.stdout.contains("hello from web.test"), "{}", c.stdout);
         let all = format!("{}{}", c.stdout, c.stderr);
         if url.starts_with("http://") {
-            assert!(all.contains("no network rule allows other.test:80"), "{all}");
+            assert!(
+                all.contains("no network rule allows other.test:80"),
+                "{all}"
+            );
             assert!(all.contains("agentd"), "{all}");
         } else if args.contains("noproxy") {
             assert!(all.contains("alert access denied"), "{all}");
@@ -353,8 +403,17 @@ fn egress_tools_reach_allowed_names_with_and_without_proxy_variables_and_fail_fa
     }
     // Time from connect to refusal, median of 5, in one process: plain http, TLS, CONNECT.
     let c = call(&d, &id, "/usr/bin/python3 timing.py");
-    for what in ["transparent-http", "transparent-tls", "proxy-connect", "socks5"] {
-        let line = c.stdout.lines().find(|l| l.starts_with(what)).unwrap_or_else(|| panic!("{what}: {}", c.stdout));
+    for what in [
+        "transparent-http",
+        "transparent-tls",
+        "proxy-connect",
+        "socks5",
+    ] {
+        let line = c
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("{what}: {}", c.stdout));
         let ms: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(ms < 1000.0, "{line}");
         assert!(line.contains("refused"), "{line}");
@@ -367,48 +426,117 @@ fn egress_tools_reach_allowed_names_with_and_without_proxy_variables_and_fail_fa
     let c = call(&d, &id, "/usr/bin/python3 sock.py web.test 80");
     assert!(c.stdout.contains("hello from web.test"), "{}", c.stdout);
     let c = call(&d, &id, "/usr/bin/python3 sock.py other.test 80");
-    assert!(c.stdout.contains("403") && c.stdout.contains("no network rule allows other.test:80"), "{}", c.stdout);
+    assert!(
+        c.stdout.contains("403") && c.stdout.contains("no network rule allows other.test:80"),
+        "{}",
+        c.stdout
+    );
 
     // pip against the local index (https), through the proxy variables and without them.
     let pip = "/usr/bin/python3 -m pip download --disable-pip-version-check --no-cache-dir --no-deps -q --cert ca.pem --index-url https://web.test/simple/ -d /tmp/dl{N} agentdpkg==1.0 && ls /tmp/dl{N}";
     let c = call(&d, &id, &pip.replace("{N}", "1"));
-    assert!(c.stdout.contains("agentdpkg-1.0-py3-none-any.whl"), "{}", c.stderr);
-    let c = call(&d, &id, &format!("env -u HTTP_PROXY -u http_proxy -u HTTPS_PROXY -u https_proxy -u ALL_PROXY -u all_proxy {}", pip.replace("{N}", "2")));
-    assert!(c.stdout.contains("agentdpkg-1.0-py3-none-any.whl"), "{}", c.stderr);
-    let c = call(&d, &id, "/usr/bin/python3 -m pip download --disable-pip-version-check --no-cache-dir --no-deps --retries 0 --timeout 3 --cert ca.pem --index-url https://other.test/simple/ -d /tmp/dl3 agentdpkg==1.0");
+    assert!(
+        c.stdout.contains("agentdpkg-1.0-py3-none-any.whl"),
+        "{}",
+        c.stderr
+    );
+    let c = call(
+        &d,
+        &id,
+        &format!(
+            "env -u HTTP_PROXY -u http_proxy -u HTTPS_PROXY -u https_proxy -u ALL_PROXY -u all_proxy {}",
+            pip.replace("{N}", "2")
+        ),
+    );
+    assert!(
+        c.stdout.contains("agentdpkg-1.0-py3-none-any.whl"),
+        "{}",
+        c.stderr
+    );
+    let c = call(
+        &d,
+        &id,
+        "/usr/bin/python3 -m pip download --disable-pip-version-check --no-cache-dir --no-deps --retries 0 --timeout 3 --cert ca.pem --index-url https://other.test/simple/ -d /tmp/dl3 agentdpkg==1.0",
+    );
     assert_ne!(c.code, 0);
 
     // git over https (dumb HTTP), with and without proxy variables.
     let git = "git -c http.sslCAInfo=$PWD/ca.pem clone -q https://web.test/repo.git /tmp/r{N} && cat /tmp/r{N}/file.txt";
     let c = call(&d, &id, &git.replace("{N}", "1"));
     assert!(c.stdout.contains("egress"), "{}", c.stderr);
-    let c = call(&d, &id, &format!("env -u HTTPS_PROXY -u https_proxy -u ALL_PROXY -u all_proxy {}", git.replace("{N}", "2")));
+    let c = call(
+        &d,
+        &id,
+        &format!(
+            "env -u HTTPS_PROXY -u https_proxy -u ALL_PROXY -u all_proxy {}",
+            git.replace("{N}", "2")
+        ),
+    );
     assert!(c.stdout.contains("egress"), "{}", c.stderr);
-    let c = call(&d, &id, "s=$(date +%s%N); git -c http.sslCAInfo=$PWD/ca.pem clone -q https://other.test/repo.git /tmp/r3; echo \" exit=$? ms=$(( ($(date +%s%N)-s)/1000000 ))\"");
+    let c = call(
+        &d,
+        &id,
+        "s=$(date +%s%N); git -c http.sslCAInfo=$PWD/ca.pem clone -q https://other.test/repo.git /tmp/r3; echo \" exit=$? ms=$(( ($(date +%s%N)-s)/1000000 ))\"",
+    );
     assert!(c.stdout.contains("exit=128"), "{}", c.stdout);
 
     // Java ignores the proxy variables: transparent capture (Proxy.NO_PROXY).
-    let c = call(&d, &id, "java -Xmx96m -Xshare:off Fetch.java http://web.test/hello.txt; java -Xmx96m -Xshare:off Fetch.java http://other.test/hello.txt");
-    assert!(c.stdout.contains("200 hello from web.test"), "{}{}", c.stdout, c.stderr);
-    assert!(c.stdout.contains("403 ") && c.stdout.contains("no network rule allows other.test:80"), "{}", c.stdout);
+    let c = call(
+        &d,
+        &id,
+        "java -Xmx96m -Xshare:off Fetch.java http://web.test/hello.txt; java -Xmx96m -Xshare:off Fetch.java http://other.test/hello.txt",
+    );
+    assert!(
+        c.stdout.contains("200 hello from web.test"),
+        "{}{}",
+        c.stdout,
+        c.stderr
+    );
+    assert!(
+        c.stdout.contains("403 ") && c.stdout.contains("no network rule allows other.test:80"),
+        "{}",
+        c.stdout
+    );
 
     // Every attempt is audited with its call, and the call report has the bytes.
     let rows = net(&d, &id);
-    assert!(rows.iter().all(|r| r["call"].as_u64().is_some()), "{rows:#?}");
+    assert!(
+        rows.iter().all(|r| r["call"].as_u64().is_some()),
+        "{rows:#?}"
+    );
     let denied: Vec<&Value> = rows.iter().filter(|r| r["dest"] == "other.test").collect();
     assert!(denied.len() >= 8, "{denied:#?}");
     assert!(denied.iter().all(|r| r["decision"] == "deny"));
     // The proxy's own time to refuse (accept → answer), whatever the client's speed.
-    assert!(denied.iter().all(|r| r["duration_ms"].as_u64().unwrap() < 1000), "{denied:#?}");
-    let allowed = rows.iter().filter(|r| r["dest"] == "web.test" && r["decision"] == "allow").count();
+    assert!(
+        denied
+            .iter()
+            .all(|r| r["duration_ms"].as_u64().unwrap() < 1000),
+        "{denied:#?}"
+    );
+    let allowed = rows
+        .iter()
+        .filter(|r| r["dest"] == "web.test" && r["decision"] == "allow")
+        .count();
     assert!(allowed >= 10, "{rows:#?}");
-    assert!(rows.iter().any(|r| r["via"] == "transparent") && rows.iter().any(|r| r["via"] == "socks5") && rows.iter().any(|r| r["via"] == "http-connect") && rows.iter().any(|r| r["via"] == "http-forward"));
+    assert!(
+        rows.iter().any(|r| r["via"] == "transparent")
+            && rows.iter().any(|r| r["via"] == "socks5")
+            && rows.iter().any(|r| r["via"] == "http-connect")
+            && rows.iter().any(|r| r["via"] == "http-forward")
+    );
     let calls = d.json(&["calls", &id]);
     let first = &calls[0]["report"]["net"];
-    assert!(first["connections"].as_u64().unwrap() >= 1 && first["bytes_down"].as_u64().unwrap() > 0, "{first}");
+    assert!(
+        first["connections"].as_u64().unwrap() >= 1 && first["bytes_down"].as_u64().unwrap() > 0,
+        "{first}"
+    );
     let text = d.run(&["net", &id]);
     let text = String::from_utf8_lossy(&text.stdout).to_string();
-    assert!(text.contains("call 1: 1 connections (1 allowed, 0 denied)"), "{text}");
+    assert!(
+        text.contains("call 1: 1 connections (1 allowed, 0 denied)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -424,30 +552,74 @@ fn egress_nothing_bypasses_the_proxy_and_killing_the_daemon_cuts_egress() {
     let id = session(
         &d,
         up,
-        &["/bin/sh", "-c", "while true; do if curl -s --noproxy '*' --max-time 2 http://web.test/hello.txt >/dev/null; then echo up; else echo down; fi; sleep 0.1; done"],
+        &[
+            "/bin/sh",
+            "-c",
+            "while true; do if curl -s --noproxy '*' --max-time 2 http://web.test/hello.txt >/dev/null; then echo up; else echo down; fi; sleep 0.1; done",
+        ],
     );
     let c = call(&d, &id, &format!("/usr/bin/python3 bypass.py {host_port}"));
-    for what in ["ip-literal", "ipv6-literal", "raw", "packet", "outside-dns", "quic", "udp", "host-loopback", "fake-other-port"] {
-        let line = c.stdout.lines().find(|l| l.starts_with(&format!("{what} "))).unwrap_or_else(|| panic!("{what}: {}", c.stdout));
+    for what in [
+        "ip-literal",
+        "ipv6-literal",
+        "raw",
+        "packet",
+        "outside-dns",
+        "quic",
+        "udp",
+        "host-loopback",
+        "fake-other-port",
+    ] {
+        let line = c
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{what} ")))
+            .unwrap_or_else(|| panic!("{what}: {}", c.stdout));
         assert!(line.contains("blocked"), "{line}");
     }
     // Through the proxy: IP literals not named by a rule, IPv6, loopback, metadata, rebinding.
     for (url, want) in [
-        (format!("http://{HOST_SIDE}/hello.txt"), "no network rule allows 10.77.0.1:80"),
+        (
+            format!("http://{HOST_SIDE}/hello.txt"),
+            "no network rule allows 10.77.0.1:80",
+        ),
         ("http://[fd00::2]/hello.txt".to_string(), "IPv6"),
-        (format!("http://127.0.0.1:{host_port}/"), "no network rule allows 127.0.0.1"),
-        ("http://rebind.test/hello.txt".to_string(), "upstream address 127.0.0.1 is loopback"),
-        ("http://meta.test/hello.txt".to_string(), "169.254.169.254 is link-local"),
+        (
+            format!("http://127.0.0.1:{host_port}/"),
+            "no network rule allows 127.0.0.1",
+        ),
+        (
+            "http://rebind.test/hello.txt".to_string(),
+            "upstream address 127.0.0.1 is loopback",
+        ),
+        (
+            "http://meta.test/hello.txt".to_string(),
+            "169.254.169.254 is link-local",
+        ),
     ] {
         // Explicitly through the proxy: NO_PROXY names 127.0.0.1 (that case is above).
-        let c = call(&d, &id, &format!("curl -sS --max-time 5 --noproxy '' -x http://127.0.0.1:880 {url}"));
+        let c = call(
+            &d,
+            &id,
+            &format!("curl -sS --max-time 5 --noproxy '' -x http://127.0.0.1:880 {url}"),
+        );
         assert!(c.stdout.contains(want), "{url}: {}{}", c.stdout, c.stderr);
     }
     // SNI must match the name the connection was made for.
-    let c = call(&d, &id, "curl -sS --max-time 5 --noproxy '*' --cacert ca.pem --resolve other.test:443:$(getent hosts web.test | cut -d' ' -f1) https://other.test/hello.txt");
+    let c = call(
+        &d,
+        &id,
+        "curl -sS --max-time 5 --noproxy '*' --cacert ca.pem --resolve other.test:443:$(getent hosts web.test | cut -d' ' -f1) https://other.test/hello.txt",
+    );
     assert!(c.stderr.contains("alert access denied"), "{}", c.stderr);
     let rows = net(&d, &id);
-    assert!(rows.iter().any(|r| r["rule"].as_str().unwrap().contains("TLS server name other.test does not match the destination web.test")), "{rows:#?}");
+    assert!(
+        rows.iter().any(|r| r["rule"]
+            .as_str()
+            .unwrap()
+            .contains("TLS server name other.test does not match the destination web.test")),
+        "{rows:#?}"
+    );
 
     // Kill the daemon: within a second the agent's polling fails, and stays failing.
     let log = d.root.join(format!("state/logs/{id}.out"));
@@ -460,8 +632,14 @@ fn egress_nothing_bypasses_the_proxy_and_killing_the_daemon_cuts_egress() {
     std::thread::sleep(Duration::from_secs(4));
     let after = fs::read_to_string(&log).unwrap();
     let tail = &after[mid.len()..];
-    assert!(tail.lines().count() >= 3, "the agent stopped polling: {tail}");
-    assert!(tail.lines().all(|l| l == "down"), "egress survived the daemon: {tail}");
+    assert!(
+        tail.lines().count() >= 3,
+        "the agent stopped polling: {tail}"
+    );
+    assert!(
+        tail.lines().all(|l| l == "down"),
+        "egress survived the daemon: {tail}"
+    );
     drop(host_lo);
 }
 
@@ -486,13 +664,30 @@ fn egress_two_concurrent_calls_with_different_grants_are_attributed_on_every_con
     assert!(a.stdout.contains("ok 1000"), "{}", a.stdout);
     assert!(b.stdout.contains("ok 1000"), "{}", b.stdout);
     // Each call is denied the other's grant.
-    assert!(a.stdout.contains("no network rule allows beta.test:80"), "{}", a.stdout);
-    assert!(b.stdout.contains("no network rule allows alpha.test:80"), "{}", b.stdout);
+    assert!(
+        a.stdout.contains("no network rule allows beta.test:80"),
+        "{}",
+        a.stdout
+    );
+    assert!(
+        b.stdout.contains("no network rule allows alpha.test:80"),
+        "{}",
+        b.stdout
+    );
     let rows = net(&d, &id);
-    for (call, mine, theirs) in [(a.n, "alpha.test", "beta.test"), (b.n, "beta.test", "alpha.test")] {
-        let ok = rows.iter().filter(|r| r["call"] == call && r["dest"] == mine && r["decision"] == "allow").count();
+    for (call, mine, theirs) in [
+        (a.n, "alpha.test", "beta.test"),
+        (b.n, "beta.test", "alpha.test"),
+    ] {
+        let ok = rows
+            .iter()
+            .filter(|r| r["call"] == call && r["dest"] == mine && r["decision"] == "allow")
+            .count();
         assert_eq!(ok, 1000, "call {call}: {ok} of 1000 attributed and allowed");
-        let denied = rows.iter().filter(|r| r["call"] == call && r["dest"] == theirs && r["decision"] == "deny").count();
+        let denied = rows
+            .iter()
+            .filter(|r| r["call"] == call && r["dest"] == theirs && r["decision"] == "deny")
+            .count();
         assert_eq!(denied, 1, "call {call}");
     }
     assert_eq!(rows.len(), 2002, "no connection unattributed or lost");
@@ -569,10 +764,16 @@ print("slowloris-closed", closed, "in %.1f" % (time.time() - t))
         c
     });
     let out = &c.stdout;
-    assert!(out.contains("connect-malformed b'HTTP/1.1 400 Bad Request"), "{out}");
+    assert!(
+        out.contains("connect-malformed b'HTTP/1.1 400 Bad Request"),
+        "{out}"
+    );
     assert!(out.contains("oversized b'HTTP/1.1 431"), "{out}");
     assert!(out.contains("method b'HTTP/1.1 405"), "{out}");
-    assert!(out.contains("socks-garbage b'\\x05\\xff'") || out.contains("socks-garbage b''"), "{out}");
+    assert!(
+        out.contains("socks-garbage b'\\x05\\xff'") || out.contains("socks-garbage b''"),
+        "{out}"
+    );
     assert!(out.contains("socks-cmd b'\\x05\\x00\\x05\\x07"), "{out}");
     assert!(out.contains("slowloris-closed 400"), "{out}");
     let grown = peak.lock().unwrap().saturating_sub(base);

@@ -59,14 +59,18 @@ fn read_plain_name(b: &[u8], mut i: usize) -> Result<(String, usize), DnsError> 
             break;
         }
         if len > 63 {
-            return Err(DnsError::Name("label longer than 63 or a compression pointer"));
+            return Err(DnsError::Name(
+                "label longer than 63 or a compression pointer",
+            ));
         }
         let label = b.get(i..i + len).ok_or(DnsError::Short(b.len()))?;
         if !label
             .iter()
             .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
         {
-            return Err(DnsError::Name("label with characters outside [A-Za-z0-9_-]"));
+            return Err(DnsError::Name(
+                "label with characters outside [A-Za-z0-9_-]",
+            ));
         }
         if !name.is_empty() {
             name.push('.');
@@ -193,7 +197,10 @@ pub fn parse_a_records(b: &[u8], want_id: u16) -> Result<Vec<Ipv4Addr>, DnsError
     }
     let id = u16_at(b, 0)?;
     if id != want_id {
-        return Err(DnsError::Id { got: id, want: want_id });
+        return Err(DnsError::Id {
+            got: id,
+            want: want_id,
+        });
     }
     let flags = u16_at(b, 2)?;
     let rcode = (flags & 0xf) as u8;
@@ -215,7 +222,9 @@ pub fn parse_a_records(b: &[u8], want_id: u16) -> Result<Vec<Ipv4Addr>, DnsError
         let rtype = u16_at(b, i)?;
         let rclass = u16_at(b, i + 2)?;
         let rdlen = usize::from(u16_at(b, i + 8)?);
-        let data = b.get(i + 10..i + 10 + rdlen).ok_or(DnsError::Short(b.len()))?;
+        let data = b
+            .get(i + 10..i + 10 + rdlen)
+            .ok_or(DnsError::Short(b.len()))?;
         if rtype == TYPE_A && rclass == CLASS_IN && rdlen == 4 {
             out.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
         }
@@ -232,12 +241,29 @@ mod tests {
     fn query_answer_roundtrip() {
         let q = build_query(0x1234, "Web.Test");
         let p = parse_query(&q).unwrap();
-        assert_eq!((p.id, p.name.as_str(), p.qtype), (0x1234, "web.test", TYPE_A));
+        assert_eq!(
+            (p.id, p.name.as_str(), p.qtype),
+            (0x1234, "web.test", TYPE_A)
+        );
         let a = answer(&p, Answer::A(Ipv4Addr::new(198, 18, 0, 7)));
-        assert_eq!(parse_a_records(&a, 0x1234).unwrap(), [Ipv4Addr::new(198, 18, 0, 7)]);
-        assert!(parse_a_records(&answer(&p, Answer::Empty), 0x1234).unwrap().is_empty());
-        assert!(parse_a_records(&answer(&p, Answer::NxDomain), 0x1234).unwrap().is_empty());
-        assert_eq!(parse_a_records(&answer(&p, Answer::ServFail), 0x1234), Err(DnsError::Rcode(2)));
+        assert_eq!(
+            parse_a_records(&a, 0x1234).unwrap(),
+            [Ipv4Addr::new(198, 18, 0, 7)]
+        );
+        assert!(
+            parse_a_records(&answer(&p, Answer::Empty), 0x1234)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            parse_a_records(&answer(&p, Answer::NxDomain), 0x1234)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            parse_a_records(&answer(&p, Answer::ServFail), 0x1234),
+            Err(DnsError::Rcode(2))
+        );
         assert!(matches!(parse_a_records(&a, 1), Err(DnsError::Id { .. })));
     }
 

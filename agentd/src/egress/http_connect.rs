@@ -104,7 +104,10 @@ pub fn parse_proxy_request(buf: &[u8]) -> Result<Option<(ProxyRequest, usize)>, 
         return Err(if target.starts_with('/') {
             HttpError::Target(target.chars().take(200).collect())
         } else {
-            HttpError::Method(format!("{method} {}", target.chars().take(100).collect::<String>()))
+            HttpError::Method(format!(
+                "{method} {}",
+                target.chars().take(100).collect::<String>()
+            ))
         });
     };
     let (auth, path) = match rest.find('/') {
@@ -168,37 +171,84 @@ mod tests {
 
     #[test]
     fn connect_and_forward() {
-        let r = parse_proxy_request(b"CONNECT Web.Test:443 HTTP/1.1\r\nHost: web.test:443\r\n\r\nxx").unwrap();
-        assert_eq!(r, Some((ProxyRequest::Connect { host: "web.test".into(), port: 443 }, 54)));
+        let r =
+            parse_proxy_request(b"CONNECT Web.Test:443 HTTP/1.1\r\nHost: web.test:443\r\n\r\nxx")
+                .unwrap();
+        assert_eq!(
+            r,
+            Some((
+                ProxyRequest::Connect {
+                    host: "web.test".into(),
+                    port: 443
+                },
+                53
+            ))
+        );
         let r = parse_proxy_request(b"GET http://web.test:8080/a?b HTTP/1.1\r\nHost: web.test:8080\r\nProxy-Connection: keep-alive\r\n\r\n").unwrap();
-        let Some((ProxyRequest::Forward { host, port, head }, _)) = r else { panic!("{r:?}") };
+        let Some((ProxyRequest::Forward { host, port, head }, _)) = r else {
+            panic!("{r:?}")
+        };
         assert_eq!((host.as_str(), port), ("web.test", 8080));
         let head = String::from_utf8(head).unwrap();
-        assert!(head.starts_with("GET /a?b HTTP/1.1\r\nHost: web.test:8080\r\n"), "{head}");
+        assert!(
+            head.starts_with("GET /a?b HTTP/1.1\r\nHost: web.test:8080\r\n"),
+            "{head}"
+        );
         assert!(!head.contains("Proxy-"), "{head}");
         assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
-        assert_eq!(parse_proxy_request(b"CONNECT web.test:443 HTTP/1.1\r\n").unwrap(), None);
+        assert_eq!(
+            parse_proxy_request(b"CONNECT web.test:443 HTTP/1.1\r\n").unwrap(),
+            None
+        );
     }
 
     #[test]
     fn bad_requests_are_errors() {
-        for bad in [&b"CONNECT web.test:x HTTP/1.1\r\n\r\n"[..], b"CONNECT :443 HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x00\x05hello", b"GET http://u@h/ HTTP/1.1\r\n\r\n", b"BREW ftp://x HTTP/1.1\r\n\r\n"] {
-            assert!(parse_proxy_request(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"CONNECT web.test:x HTTP/1.1\r\n\r\n"[..],
+            b"CONNECT :443 HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"\x16\x03\x01\x00\x05hello",
+            b"GET http://u@h/ HTTP/1.1\r\n\r\n",
+            b"BREW ftp://x HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                parse_proxy_request(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let big = format!("CONNECT a:1 HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
-        assert_eq!(parse_proxy_request(big.as_bytes()), Err(HttpError::TooLarge));
+        assert_eq!(
+            parse_proxy_request(big.as_bytes()),
+            Err(HttpError::TooLarge)
+        );
         let many: String = (0..100).map(|i| format!("X{i}: y\r\n")).collect();
         let req = format!("CONNECT a:1 HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(parse_proxy_request(req.as_bytes()), Err(HttpError::TooLarge));
-        assert_eq!(split_authority("[::1]:443", 80).unwrap(), ("[::1]".into(), 443));
+        assert_eq!(
+            parse_proxy_request(req.as_bytes()),
+            Err(HttpError::TooLarge)
+        );
+        assert_eq!(
+            split_authority("[::1]:443", 80).unwrap(),
+            ("[::1]".into(), 443)
+        );
     }
 
     #[test]
     fn origin_host_reads_host() {
-        assert_eq!(origin_host(b"GET / HTTP/1.1\r\nHost: Web.Test\r\n\r\n").unwrap(), Some(Some("web.test".into())));
+        assert_eq!(
+            origin_host(b"GET / HTTP/1.1\r\nHost: Web.Test\r\n\r\n").unwrap(),
+            Some(Some("web.test".into()))
+        );
         assert_eq!(origin_host(b"GET / HTTP/1.1\r\n\r\n").unwrap(), Some(None));
         assert_eq!(origin_host(b"GET / HT").unwrap(), None);
         let r = String::from_utf8(error_response("403 Forbidden", "no rule")).unwrap();
-        assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n") && r.ends_with("\"by\":\"agentd egress proxy\",\"error\":\"no rule\"}") || r.contains("\"error\":\"no rule\""), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.1 403 Forbidden\r\n")
+                && r.ends_with("\"by\":\"agentd egress proxy\",\"error\":\"no rule\"}")
+                || r.contains("\"error\":\"no rule\""),
+            "{r}"
+        );
     }
 }

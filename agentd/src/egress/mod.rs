@@ -215,8 +215,16 @@ impl SessionEgress {
                 source: e,
             })
         };
-        tasks.push(tokio::spawn(proxy::serve(eg.clone(), wrap(s.http)?, proxy::Via::Http)));
-        tasks.push(tokio::spawn(proxy::serve(eg.clone(), wrap(s.socks)?, proxy::Via::Socks)));
+        tasks.push(tokio::spawn(proxy::serve(
+            eg.clone(),
+            wrap(s.http)?,
+            proxy::Via::Http,
+        )));
+        tasks.push(tokio::spawn(proxy::serve(
+            eg.clone(),
+            wrap(s.socks)?,
+            proxy::Via::Socks,
+        )));
         for (port, l) in s.transparent {
             tasks.push(tokio::spawn(proxy::serve(
                 eg.clone(),
@@ -235,7 +243,12 @@ impl SessionEgress {
 
     /// Stops every listener (the session ended).
     pub fn stop(&self) {
-        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }

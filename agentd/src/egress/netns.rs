@@ -147,9 +147,11 @@ fn probe_diag(fd: &OwnedFd) -> Result<(), EgressError> {
     p.extend_from_slice(&[0u8; 48]);
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
     let msg = nlmsg(SOCK_DIAG_BY_FAMILY, flags, &p);
-    let fail = |why: String| EgressError::Netns {
+    let fail = |why: String| {
+        EgressError::Netns {
         what: "sock_diag (attribution of connections to calls; needs the inet_diag and tcp_diag modules)".into(),
         source: std::io::Error::other(why),
+    }
     };
     let mut buf = vec![0u8; 16 * 1024];
     let mut n = roundtrip(fd, &msg, &mut buf).map_err(|e| fail(e.to_string()))?;
@@ -227,7 +229,8 @@ pub fn local_route_msg(ifindex: u32) -> Vec<u8> {
     p.extend_from_slice(&8u16.to_ne_bytes());
     p.extend_from_slice(&libc::RTA_OIF.to_ne_bytes());
     p.extend_from_slice(&ifindex.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+    let flags =
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
     nlmsg(libc::RTM_NEWROUTE, flags, &p)
 }
 
@@ -313,11 +316,15 @@ mod tests {
         assert_eq!(m.len(), 16 + 12 + 8 + 8);
         assert_eq!(&m[16..24], &[2, 15, 0, 0, 255, 4, 254, 2]);
         assert_eq!(&m[32..36], &[198, 18, 0, 0]);
-        let d = diag_request("127.0.0.1:40000".parse().unwrap(), "198.18.0.3:443".parse().unwrap());
+        let d = diag_request(
+            "127.0.0.1:40000".parse().unwrap(),
+            "198.18.0.3:443".parse().unwrap(),
+        );
         assert_eq!(d.len(), 16 + 56);
         assert_eq!(&d[24..28], &[0x9c, 0x40, 0x01, 0xbb]);
         let mut ans = vec![0u8; 16 + 72 + 12];
-        ans[0..4].copy_from_slice(&(ans.len() as u32).to_ne_bytes());
+        let len = ans.len() as u32;
+        ans[0..4].copy_from_slice(&len.to_ne_bytes());
         ans[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
         ans[88..90].copy_from_slice(&12u16.to_ne_bytes());
         ans[90..92].copy_from_slice(&21u16.to_ne_bytes());

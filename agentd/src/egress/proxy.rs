@@ -287,9 +287,19 @@ async fn check_sni(sock: &mut TcpStream, buf: &mut Vec<u8>, name: &str) -> Resul
     }
 }
 
-async fn http(eg: &SessionEgress, sock: &mut TcpStream, c: &mut Conn) -> Option<(TcpStream, Vec<u8>)> {
+async fn http(
+    eg: &SessionEgress,
+    sock: &mut TcpStream,
+    c: &mut Conn,
+) -> Option<(TcpStream, Vec<u8>)> {
     let mut buf = Vec::new();
-    let req = read_until(sock, &mut buf, http_connect::MAX_HEAD, http_connect::parse_proxy_request).await;
+    let req = read_until(
+        sock,
+        &mut buf,
+        http_connect::MAX_HEAD,
+        http_connect::parse_proxy_request,
+    )
+    .await;
     let (req, n) = match req {
         Ok(v) => v,
         Err(e) => {
@@ -301,7 +311,9 @@ async fn http(eg: &SessionEgress, sock: &mut TcpStream, c: &mut Conn) -> Option<
                 "400 Bad Request"
             };
             c.deny(format!("protocol error: {e}"));
-            let _ = sock.write_all(&http_connect::error_response(status, &e)).await;
+            let _ = sock
+                .write_all(&http_connect::error_response(status, &e))
+                .await;
             return None;
         }
     };
@@ -317,7 +329,9 @@ async fn http(eg: &SessionEgress, sock: &mut TcpStream, c: &mut Conn) -> Option<
         Ok(up) => up,
         Err(e) => {
             c.deny(e.clone());
-            let _ = sock.write_all(&http_connect::error_response("403 Forbidden", &e)).await;
+            let _ = sock
+                .write_all(&http_connect::error_response("403 Forbidden", &e))
+                .await;
             return None;
         }
     };
@@ -327,7 +341,11 @@ async fn http(eg: &SessionEgress, sock: &mut TcpStream, c: &mut Conn) -> Option<
             Some((up, head))
         }
         None => {
-            if sock.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
+            if sock
+                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await
+                .is_err()
+            {
                 return None;
             }
             if let Err(e) = name_check(sock, &mut rest, &host).await {
@@ -348,7 +366,11 @@ async fn name_check(sock: &mut TcpStream, buf: &mut Vec<u8>, host: &str) -> Resu
     check_sni(sock, buf, host).await
 }
 
-async fn socks(eg: &SessionEgress, sock: &mut TcpStream, c: &mut Conn) -> Option<(TcpStream, Vec<u8>)> {
+async fn socks(
+    eg: &SessionEgress,
+    sock: &mut TcpStream,
+    c: &mut Conn,
+) -> Option<(TcpStream, Vec<u8>)> {
     let mut buf = Vec::new();
     let n = match read_until(sock, &mut buf, 258, socks5::parse_greeting).await {
         Ok(n) => n,
@@ -394,7 +416,11 @@ async fn socks(eg: &SessionEgress, sock: &mut TcpStream, c: &mut Conn) -> Option
             return None;
         }
     };
-    if sock.write_all(&socks5::reply(socks5::REP_OK)).await.is_err() {
+    if sock
+        .write_all(&socks5::reply(socks5::REP_OK))
+        .await
+        .is_err()
+    {
         return None;
     }
     if let Err(e) = name_check(sock, &mut rest, &host).await {
@@ -430,7 +456,9 @@ fn ssh_disconnect(why: &str) -> Vec<u8> {
 async fn refuse(sock: &mut TcpStream, port: u16, why: &str) {
     match port {
         80 => {
-            let _ = sock.write_all(&http_connect::error_response("403 Forbidden", why)).await;
+            let _ = sock
+                .write_all(&http_connect::error_response("403 Forbidden", why))
+                .await;
         }
         443 => {
             let _ = sock.write_all(&sni::ALERT_ACCESS_DENIED).await;
@@ -440,7 +468,7 @@ async fn refuse(sock: &mut TcpStream, port: u16, why: &str) {
         }
         // Anything else: a reset, at once.
         _ => {
-            reset_on_close(&sock);
+            reset_on_close(sock);
         }
     }
 }
@@ -477,10 +505,21 @@ async fn transparent(
     }
     let mut buf = Vec::new();
     let checked = if port == 80 {
-        match read_until(sock, &mut buf, http_connect::MAX_HEAD, http_connect::origin_host).await {
+        match read_until(
+            sock,
+            &mut buf,
+            http_connect::MAX_HEAD,
+            http_connect::origin_host,
+        )
+        .await
+        {
             Ok(Some(h)) if h == name => Ok(()),
-            Ok(Some(h)) => Err(format!("agentd policy: HTTP Host {h} does not match the destination {name}")),
-            Ok(None) => Err(format!("agentd policy: HTTP request without Host (destination {name})")),
+            Ok(Some(h)) => Err(format!(
+                "agentd policy: HTTP Host {h} does not match the destination {name}"
+            )),
+            Ok(None) => Err(format!(
+                "agentd policy: HTTP request without Host (destination {name})"
+            )),
             Err(e) => Err(format!("protocol error: {e}")),
         }
     } else {
@@ -522,7 +561,12 @@ impl SessionEgress {
 
     /// The argv of call `n` (cached).
     fn argv(&self, n: u64) -> Option<Vec<String>> {
-        if let Some(v) = self.argv_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&n) {
+        if let Some(v) = self
+            .argv_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&n)
+        {
             return Some(v.clone());
         }
         let v = (self.argv_of)(n)?;
@@ -541,14 +585,22 @@ impl SessionEgress {
             let n = netns::roundtrip(&fd, &netns::diag_request(peer, local), &mut buf).ok()?;
             netns::parse_diag_cgroup(buf.get(..n)?)?
         };
-        if let Some(hit) = self.cg_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        if let Some(hit) = self
+            .cg_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
             return *hit;
         }
         use std::os::unix::fs::MetadataExt;
-        let found = std::fs::read_dir(&self.calls_dir).ok()?.flatten().find_map(|e| {
-            let n = cgctl::tree::parse_call_dir(e.file_name().to_str()?)?;
-            (e.metadata().ok()?.ino() == id).then_some(n)
-        });
+        let found = std::fs::read_dir(&self.calls_dir)
+            .ok()?
+            .flatten()
+            .find_map(|e| {
+                let n = cgctl::tree::parse_call_dir(e.file_name().to_str()?)?;
+                (e.metadata().ok()?.ino() == id).then_some(n)
+            });
         if found.is_some() {
             self.cg_cache
                 .lock()
@@ -587,8 +639,12 @@ impl SessionEgress {
         }
         .parse()
         .map_err(|e| format!("{e}"))?;
-        let s = UdpSocket::bind(bind).await.map_err(|e| format!("resolve {name}: {e}"))?;
-        s.connect(self.cfg.upstream_dns).await.map_err(|e| format!("resolve {name}: {e}"))?;
+        let s = UdpSocket::bind(bind)
+            .await
+            .map_err(|e| format!("resolve {name}: {e}"))?;
+        s.connect(self.cfg.upstream_dns)
+            .await
+            .map_err(|e| format!("resolve {name}: {e}"))?;
         let mut idb = [0u8; 2];
         // SAFETY: getrandom writes at most 2 bytes into idb.
         unsafe { libc::getrandom(idb.as_mut_ptr().cast(), 2, 0) };
@@ -596,7 +652,9 @@ impl SessionEgress {
         let q = dns::build_query(id, name);
         let mut buf = [0u8; 1500];
         for _ in 0..2 {
-            s.send(&q).await.map_err(|e| format!("resolve {name}: {e}"))?;
+            s.send(&q)
+                .await
+                .map_err(|e| format!("resolve {name}: {e}"))?;
             match tokio::time::timeout(DNS_TIMEOUT / 2, s.recv(&mut buf)).await {
                 Ok(Ok(n)) => match dns::parse_a_records(&buf[..n], id) {
                     Ok(v) if v.is_empty() => return Err(format!("{name}: no such name upstream")),
@@ -608,7 +666,10 @@ impl SessionEgress {
                 Err(_) => continue,
             }
         }
-        Err(format!("resolve {name}: upstream DNS {} did not answer", self.cfg.upstream_dns))
+        Err(format!(
+            "resolve {name}: upstream DNS {} did not answer",
+            self.cfg.upstream_dns
+        ))
     }
 }
 
@@ -656,7 +717,10 @@ mod tests {
     #[test]
     fn dest_refuses_ipv6() {
         assert!(dest_of("[::1]").is_err());
-        assert_eq!(dest_of("10.0.0.1"), Ok(Dest::Addr(Ipv4Addr::new(10, 0, 0, 1))));
+        assert_eq!(
+            dest_of("10.0.0.1"),
+            Ok(Dest::Addr(Ipv4Addr::new(10, 0, 0, 1)))
+        );
         assert_eq!(dest_of("a.test"), Ok(Dest::Name("a.test")));
     }
 }

@@ -227,15 +227,26 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_non_tls_and_garbage() {
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\n"), Err(SniError::NotTls(b'G'))));
-        assert!(matches!(parse(&[22, 3, 1, 0, 4, 2, 0, 0, 0]), Err(SniError::NotHello(2))));
-        assert!(matches!(parse(&[22, 3, 1, 0, 4, 1, 0xff, 0, 0]), Err(SniError::TooLong(_))));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\n"),
+            Err(SniError::NotTls(b'G'))
+        ));
+        assert!(matches!(
+            parse(&[22, 3, 1, 0, 4, 2, 0, 0, 0]),
+            Err(SniError::NotHello(2))
+        ));
+        assert!(matches!(
+            parse(&[22, 3, 1, 0, 4, 1, 0xff, 0, 0]),
+            Err(SniError::TooLong(_))
+        ));
         let mut h = hello("a.b");
         let n = h.len();
         h[n - 310] = 0xff;
         let _ = parse(&h);
         for n in 0..64 {
-            let junk: Vec<u8> = (0..n).map(|i| if i == 0 { 22 } else { (i * 91 + 3) as u8 }).collect();
+            let junk: Vec<u8> = (0..n)
+                .map(|i| if i == 0 { 22 } else { (i * 91 + 3) as u8 })
+                .collect();
             let _ = parse(&junk);
         }
     }

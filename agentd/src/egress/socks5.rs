@@ -87,13 +87,17 @@ pub fn parse_request(b: &[u8]) -> Result<Option<(SocksTarget, usize)>, SocksErro
     if hdr[1] != 1 {
         return Err(SocksError::Command(hdr[1]));
     }
-    let port_at = |i: usize| -> Option<u16> { b.get(i..i + 2).map(|p| u16::from_be_bytes([p[0], p[1]])) };
+    let port_at =
+        |i: usize| -> Option<u16> { b.get(i..i + 2).map(|p| u16::from_be_bytes([p[0], p[1]])) };
     match hdr[3] {
         1 => {
             let (Some(a), Some(p)) = (b.get(4..8), port_at(8)) else {
                 return Ok(None);
             };
-            Ok(Some((SocksTarget::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]), p), 10)))
+            Ok(Some((
+                SocksTarget::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]), p),
+                10,
+            )))
         }
         3 => {
             let Some(&n) = b.get(4) else { return Ok(None) };
@@ -108,8 +112,14 @@ pub fn parse_request(b: &[u8]) -> Result<Option<(SocksTarget, usize)>, SocksErro
             {
                 return Err(SocksError::Malformed("domain name"));
             }
-            let s: String = name.iter().map(|c| char::from(c.to_ascii_lowercase())).collect();
-            Ok(Some((SocksTarget::Name(s.trim_end_matches('.').to_string(), p), 7 + n)))
+            let s: String = name
+                .iter()
+                .map(|c| char::from(c.to_ascii_lowercase()))
+                .collect();
+            Ok(Some((
+                SocksTarget::Name(s.trim_end_matches('.').to_string(), p),
+                7 + n,
+            )))
         }
         4 => {
             let (Some(a), Some(p)) = (b.get(4..20), port_at(20)) else {
@@ -141,12 +151,21 @@ mod tests {
         let mut r = vec![5, 1, 0, 3, 8];
         r.extend_from_slice(b"Web.Test");
         r.extend_from_slice(&443u16.to_be_bytes());
-        assert_eq!(parse_request(&r), Ok(Some((SocksTarget::Name("web.test".into(), 443), 15))));
+        assert_eq!(
+            parse_request(&r),
+            Ok(Some((SocksTarget::Name("web.test".into(), 443), 15)))
+        );
         assert_eq!(parse_request(&r[..9]), Ok(None));
-        assert_eq!(parse_request(&[5, 1, 0, 1, 10, 0, 0, 1, 0, 80]), Ok(Some((SocksTarget::V4(Ipv4Addr::new(10, 0, 0, 1), 80), 10))));
+        assert_eq!(
+            parse_request(&[5, 1, 0, 1, 10, 0, 0, 1, 0, 80]),
+            Ok(Some((SocksTarget::V4(Ipv4Addr::new(10, 0, 0, 1), 80), 10)))
+        );
         assert_eq!(parse_request(&[5, 2, 0, 1]), Err(SocksError::Command(2)));
         assert_eq!(parse_request(&[5, 1, 0, 9]), Err(SocksError::AddrType(9)));
-        assert_eq!(parse_request(&[5, 1, 0, 3, 0, 0, 80]), Err(SocksError::Malformed("domain name")));
+        assert_eq!(
+            parse_request(&[5, 1, 0, 3, 0, 0, 80]),
+            Err(SocksError::Malformed("domain name"))
+        );
         assert_eq!(SocksError::Command(2).reply_code(), REP_COMMAND);
     }
 }

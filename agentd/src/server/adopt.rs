@@ -114,7 +114,10 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
     }
     // Egress died with the previous daemon; the session gets it back (listeners rebound).
     if let Err(e) = super::net::start(d, &live, pid) {
-        super::log::warn(&format!("session {}: no egress after the restart: {e}", s.id));
+        super::log::warn(&format!(
+            "session {}: no egress after the restart: {e}",
+            s.id
+        ));
     }
     for c in calls.into_iter().filter(|c| c.state == CallState::Running) {
         live.inflight.fetch_add(1, Ordering::SeqCst);

@@ -109,7 +109,10 @@ pub fn start(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<(), Api
         .map_err(|e| ApiError::Internal(format!("the audit writer thread: {e}")))?;
     let audit: egress::AuditSink = Arc::new(move |r: &ConnRecord| {
         if tx.send(r.clone()).is_err() {
-            super::log::error(&format!("audit writer gone; connection of session {} unrecorded", r.session));
+            super::log::error(&format!(
+                "audit writer gone; connection of session {} unrecorded",
+                r.session
+            ));
         }
     });
     let eg = SessionEgress::start(
@@ -139,7 +142,11 @@ pub async fn annotate_report(live: &Live, info: &mut CallInfo) {
     if !live.plan.session.network.enabled {
         return;
     }
-    let eg = live.egress.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let eg = live
+        .egress
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let Some(eg) = eg else { return };
     for _ in 0..20 {
         if eg.active() == 0 {

@@ -336,10 +336,7 @@ pub async fn create(
     });
     // The agent's $SHELL is the shim; it reaches the daemon through a socket the daemon binds
     // inside the container once it is up, so the agent first waits (bounded) for it.
-    let mut argv: Vec<String> = vec![
-        "/usr/bin/env".to_string(),
-        "--".to_string(),
-    ];
+    let mut argv: Vec<String> = vec!["/usr/bin/env".to_string(), "--".to_string()];
     let (net_args, net_env) = match super::net::container_args(&d, &live) {
         Ok(v) => v,
         Err(e) => {
@@ -360,7 +357,8 @@ pub async fn create(
         "agentd-agent".to_string(),
     ]);
     argv.extend(req.argv.iter().cloned());
-    let started = start_container(&d, &live, &workspace, &argv, &net_args, &logs, agent_stdin).await;
+    let started =
+        start_container(&d, &live, &workspace, &argv, &net_args, &logs, agent_stdin).await;
     let mut child = match started {
         Ok(c) => c,
         Err(e) => {
