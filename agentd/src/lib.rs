@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod doctor;
 pub mod egress;
 pub mod journal;
+pub mod mcp;
 pub mod server;
 pub mod term;
 pub mod top;
