@@ -5,6 +5,7 @@
 //! benchmarks start: the shim agent and the replay's agent and tool-call workers.
 
 mod calls;
+mod checkpoint;
 mod crun;
 mod egress;
 mod fixture;
@@ -24,7 +25,7 @@ use clap::{Parser, Subcommand};
 use crate::report::{Machine, Report};
 
 /// The benchmarks, in the order the suite runs them.
-const NAMES: [&str; 5] = ["calls", "lifecycle", "footprint", "egress", "replay"];
+const NAMES: [&str; 6] = ["calls", "lifecycle", "footprint", "checkpoint", "egress", "replay"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,7 +44,7 @@ enum Cmd {
         /// Small run counts (CI: the whole run, VM boot included, under 5 minutes).
         #[arg(long)]
         quick: bool,
-        /// Only these benchmarks (calls, lifecycle, footprint, egress, replay); default all.
+        /// Only these benchmarks (calls, lifecycle, footprint, checkpoint, egress, replay); default all.
         names: Vec<String>,
         /// Directory for report.json, report.md and plots.
         #[arg(long)]
@@ -211,6 +212,7 @@ fn suite(
             "calls" => calls::run(quick),
             "lifecycle" => lifecycle::run(quick),
             "footprint" => footprint::run(quick),
+            "checkpoint" => checkpoint::run(quick),
             "egress" => egress::run(quick),
             _ => match &trace {
                 Some(t) => replay::run(quick, out, t, replay_sessions),

@@ -6,7 +6,7 @@
 //!
 //! Submodules: [`screen`] (the JSON-RPC gate, fuzzed), [`frame`] (transports around the
 //! SDK), [`tools`] (inputs, schemas, validation), [`report`] (answers), [`backend`] (the
-//! daemon), [`server`] (the rmcp handler).
+//! daemon), [`server`] (the rmcp handler), [`undo`] (diff, checkpoints, undo).
 
 pub mod backend;
 pub mod frame;
@@ -14,6 +14,7 @@ pub mod report;
 pub mod screen;
 pub mod server;
 pub mod tools;
+pub mod undo;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -109,14 +110,14 @@ pub async fn run(o: Options) -> Result<(), String> {
             ""
         }
     );
-    let server = McpServer::new(
-        Daemon {
-            client: client.clone(),
-            session: session.id.clone(),
-        },
-        session.id.clone(),
-        session.workspace.clone(),
-    );
+    let daemon = Daemon {
+        client: client.clone(),
+        session: session.id.clone(),
+    };
+    // The undo tools only where the daemon serves their routes (issue 11).
+    let has_undo = backend::Backend::get(&daemon, "/checkpoints").await.is_ok();
+    let server =
+        McpServer::new(daemon, session.id.clone(), session.workspace.clone()).with_undo(has_undo);
     let served = match http {
         None => serve_stdio(server).await,
         Some(at) => serve_http(server, at).await,
@@ -193,20 +194,25 @@ where
     end.map(|_| ()).map_err(|e| format!("MCP session: {e}"))
 }
 
+/// The Streamable HTTP service at `/mcp` (rmcp's, loopback `Host` only), behind the screen.
+pub fn http_app<B: backend::Backend>(server: McpServer<B>) -> axum::Router {
+    let svc = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default().with_max_request_body_bytes(screen::MAX_MESSAGE),
+    );
+    axum::Router::new()
+        .route_service("/mcp", svc)
+        .layer(axum::middleware::from_fn(frame::guard_http))
+}
+
 /// Streamable HTTP at `/mcp` on a Unix socket (mode 0600) or a loopback port, until
 /// SIGINT/SIGTERM.
 pub async fn serve_http<B: backend::Backend>(
     server: McpServer<B>,
     at: HttpAt,
 ) -> Result<(), String> {
-    let svc = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default().with_max_request_body_bytes(screen::MAX_MESSAGE),
-    );
-    let app = axum::Router::new()
-        .route_service("/mcp", svc)
-        .layer(axum::middleware::from_fn(frame::guard_http));
+    let app = http_app(server);
     let stop = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use super::backend::Backend;
 use super::report::{self, Capture};
 use super::tools::{self, ExecArgs, ListArgs, NoArgs, ReadFileArgs, WriteFileArgs};
+use super::undo;
 use crate::api::{CallInfo, CallRequest, StreamEvent};
 use crate::client::ClientError;
 
@@ -52,6 +53,8 @@ struct Inner<B> {
     session: String,
     /// The workspace's path (the same inside the sandbox).
     workspace: PathBuf,
+    /// The daemon serves the undo routes: diff, checkpoints and undo are tools.
+    undo: bool,
 }
 
 /// How a call ended, as the tools see it.
@@ -69,8 +72,29 @@ impl<B: Backend> McpServer<B> {
                 backend,
                 session,
                 workspace,
+                undo: false,
             }),
         }
+    }
+
+    /// Lists and serves the undo tools (when the daemon has their routes).
+    pub fn with_undo(self, undo: bool) -> McpServer<B> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut i) => {
+                i.undo = undo;
+                McpServer { inner: Arc::new(i) }
+            }
+            Err(inner) => McpServer { inner },
+        }
+    }
+
+    /// A GET of the session's undo routes, as an answer (a refusal is an error result).
+    async fn undo_get(&self, tool: &str, suffix: &str) -> Result<Value, CallToolResult> {
+        self.inner
+            .backend
+            .get(suffix)
+            .await
+            .map_err(|e| report::refused(tool, &e))
     }
 
     /// Runs one call, streaming: progress to the client while it runs, its cgroup killed if
@@ -330,7 +354,11 @@ impl<B: Backend> ServerHandler for McpServer<B> {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(tools::list()))
+        let mut v = tools::list();
+        if self.inner.undo {
+            v.extend(undo::tools());
+        }
+        Ok(ListToolsResult::with_all_items(v))
     }
 
     async fn call_tool(
@@ -371,6 +399,27 @@ impl<B: Backend> ServerHandler for McpServer<B> {
             "status" => {
                 tools::parse::<NoArgs>(name, args).map_err(invalid)?;
                 self.status().await
+            }
+            "diff" if self.inner.undo => {
+                let a = tools::parse::<undo::DiffArgs>(name, args).map_err(invalid)?;
+                match self.undo_get(name, &a.query()).await {
+                    Ok(v) => undo::diff_result(&v, a.max_bytes),
+                    Err(r) => r,
+                }
+            }
+            "checkpoints" if self.inner.undo => {
+                tools::parse::<NoArgs>(name, args).map_err(invalid)?;
+                match self.undo_get(name, "/checkpoints").await {
+                    Ok(v) => undo::checkpoints_result(&v),
+                    Err(r) => r,
+                }
+            }
+            "undo" if self.inner.undo => {
+                let a = tools::parse::<undo::UndoArgs>(name, args).map_err(invalid)?;
+                match self.inner.backend.post("/undo", json!({"to": a.to})).await {
+                    Ok(v) => undo::undo_result(&v),
+                    Err(e) => report::refused(name, &e),
+                }
             }
             other => {
                 return Err(McpError::invalid_params(

@@ -286,3 +286,49 @@ async fn cancelling_a_call_kills_its_cgroup() {
     let a = w.request(6, "tools/list", json!({})).await;
     assert!(a["result"]["tools"].is_array(), "{a}");
 }
+
+/// One POST to the HTTP app on a loopback port: (status, body).
+async fn post(addr: std::net::SocketAddr, body: &'static str) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, Full<hyper::body::Bytes>>(
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post("/mcp")
+        .header("host", format!("127.0.0.1:{}", addr.port()))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(Full::new(hyper::body::Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn streamable_http_screens_bodies_and_serves_initialize() {
+    let server = McpServer::new(Arc::new(Fake::default()), "s1".into(), "/w".into());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, super::http_app(server)).await });
+    let (status, body) = post(addr, "{nope").await;
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], screen::PARSE_ERROR, "{body}");
+    let (status, body) = post(addr, r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).await;
+    assert_eq!((status, body.contains("batches")), (400, true), "{body}");
+    let (status, body) = post(
+        addr,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"serverInfo\"") && body.contains("agentd"),
+        "{body}"
+    );
+}
