@@ -25,7 +25,14 @@ use clap::{Parser, Subcommand};
 use crate::report::{Machine, Report};
 
 /// The benchmarks, in the order the suite runs them.
-const NAMES: [&str; 6] = ["calls", "lifecycle", "footprint", "checkpoint", "egress", "replay"];
+const NAMES: [&str; 6] = [
+    "calls",
+    "lifecycle",
+    "footprint",
+    "checkpoint",
+    "egress",
+    "replay",
+];
 
 #[derive(Debug, Parser)]
 #[command(
