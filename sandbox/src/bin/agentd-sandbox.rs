@@ -91,6 +91,25 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Run CMD in a running session through its call spawner (one fork+exec, straight into
+    /// the cgroup), with this process's stdio; exits with CMD's status.
+    Call {
+        /// The session's state dir.
+        #[arg(long)]
+        state: PathBuf,
+        /// The call's cgroup directory (clone3 CLONE_INTO_CGROUP).
+        #[arg(long)]
+        cgroup: PathBuf,
+        /// Working directory inside the container (default: the workspace).
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// Extra environment (KEY=VALUE).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
     /// Unmount and remove a session state dir.
     Destroy {
         /// The state dir.
@@ -230,14 +249,61 @@ fn start_and_wait(
     if let Some(gap) = c.landlock.gap() {
         eprintln!("agentd-sandbox: warning: {gap}");
     }
+    // The session's call spawner (docs/spawner.md), forked while this process is still
+    // single-threaded; its socket is bound before the record says the session runs.
+    let spawner = match agentd_sandbox::spawner::start(plan, c.pid.as_raw()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = nix::sys::signal::kill(c.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = container::wait(&c);
+            return Err(format!("starting the call spawner: {e}"));
+        }
+    };
     // For `exec` into this session while it runs.
-    agentd_sandbox::exec::write_record(&agentd_sandbox::exec::SessionRecord {
+    let recorded = agentd_sandbox::exec::write_record(&agentd_sandbox::exec::SessionRecord {
         plan: plan.clone(),
         init_pid: c.pid.as_raw(),
         landlock: Some(c.landlock.clone()),
     })
-    .map_err(|e| e.to_string())?;
-    container::wait_forwarding_signals(&c).map_err(|e| e.to_string())
+    .map_err(|e| e.to_string());
+    let r =
+        recorded.and_then(|()| container::wait_forwarding_signals(&c).map_err(|e| e.to_string()));
+    // The session is over (or never ran): no spawner outlives it.
+    spawner.stop();
+    r
+}
+
+/// `agentd-sandbox call`: one call through the session's spawner, with our stdio.
+fn call(
+    state: &Path,
+    cgroup: &Path,
+    cwd: Option<&Path>,
+    env: &[String],
+    cmd: &[String],
+) -> Result<i32, String> {
+    use agentd_sandbox::spawner::{SpawnRequest, client};
+    use std::os::fd::AsFd;
+    let mut envs = std::collections::BTreeMap::new();
+    for kv in env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--env {kv}: expected KEY=VALUE"))?;
+        envs.insert(k.to_string(), v.to_string());
+    }
+    let req = SpawnRequest {
+        argv: cmd.to_vec(),
+        env: envs,
+        cwd: cwd.map(Path::to_path_buf),
+        ..SpawnRequest::default()
+    };
+    let cg = std::fs::File::open(cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
+    let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    let started = client::start(state, &req, [cg.as_fd(), i.as_fd(), o.as_fd(), e.as_fd()])
+        .map_err(|e| e.to_string())?;
+    drop(cg);
+    client::recv_exit(started.conn.as_fd(), nix::sys::socket::MsgFlags::empty())
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "no exit status".to_string())
 }
 
 fn main() -> ExitCode {
@@ -268,6 +334,13 @@ fn main() -> ExitCode {
             agentd_sandbox::exec::exec(state, cmd, cgroup.as_deref())
         }
         .map_err(|e| e.to_string()),
+        Cmd::Call {
+            state,
+            cgroup,
+            cwd,
+            env,
+            cmd,
+        } => call(state, cgroup, cwd.as_deref(), env, cmd),
         Cmd::Destroy { state } => container::destroy_state(state)
             .map(|()| 0)
             .map_err(|e| e.to_string()),
