@@ -266,10 +266,21 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    /// Kills and reaps the spawner (its calls died with the session's pid namespace).
+    /// Reaps the spawner once the session's init has exited: it reports its last calls'
+    /// exits and leaves by itself; after 5 s it is killed.
     pub fn stop(self) {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_secs(5) {
+            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                _ => return,
+            }
+        }
         let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(self.pid, None);
+        let _ = waitpid(self.pid, None);
     }
 }
 
@@ -414,7 +425,11 @@ fn serve(p: &Prepared, init: &OwnedFd, listener: &OwnedFd) -> Result<(), Error> 
             .collect();
         drop(fds);
         if ready[0] {
-            // The init is gone: the session ended, and every call with its pid namespace.
+            // The init is gone: the session ended, and every call dies with its pid
+            // namespace. Report their exits (the last call may be the one that ended the
+            // session), take no new request, then go.
+            waiting.clear();
+            finish(running);
             return Ok(());
         }
         let nw = waiting.len();
@@ -453,6 +468,19 @@ fn serve(p: &Prepared, init: &OwnedFd, listener: &OwnedFd) -> Result<(), Error> 
                 Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
                 Err(e) => return Err(Error::sys("spawner: accept", e)),
             }
+        }
+    }
+}
+
+/// The session is over: waits for every call still known (the kernel is killing them with
+/// the pid namespace) and reports each exit to its connection.
+fn finish(running: HashMap<RawFd, Running>) {
+    for (_, run) in running {
+        let code = reap(&run.pidfd);
+        if let Some(conn) = run.conn
+            && let Ok(json) = serde_json::to_vec(&Reply::Exited { code })
+        {
+            let _ = send_packet(conn.as_fd(), &json, &[]);
         }
     }
 }

@@ -47,7 +47,6 @@ fn test_cgroup(name: &str) -> PathBuf {
         std::process::id()
     ));
     fs::create_dir(&p).unwrap();
-    fs::write(p.join("cgroup.subtree_control"), "+memory +pids").unwrap();
     p
 }
 
@@ -213,7 +212,7 @@ fn spawner_survives_the_agent_killing_everything_it_can_see() {
     // its socket, and waits for the next call to tell it to stop.
     let script = format!(
         "while [ ! -e /tmp/call-running ]; do sleep 0.1; done; kill -9 -1; \
-         ls {state} 2>&1 | wc -l > /tmp/state-entries; \
+         if [ -e {state}/spawner.sock ] || ls -A {state} 2>/dev/null | grep -q .; then echo seen; else echo hidden; fi > /tmp/state-entries; \
          ls /proc | grep -cE '^[0-9]+$' > /tmp/pids; touch /tmp/killed; \
          while [ ! -e /tmp/stop ]; do sleep 0.1; done; echo agent-done"
     );
@@ -256,7 +255,7 @@ fn spawner_survives_the_agent_killing_everything_it_can_see() {
     );
     assert_eq!(
         entries.trim(),
-        "0",
+        "hidden",
         "the agent sees the state dir's contents"
     );
     // The running call was the agent's to kill (same uid): it ended with SIGKILL.
@@ -332,6 +331,7 @@ fn spawner_many_calls_from_ten_clients_none_lost_and_nothing_left() {
     let left: Vec<_> = fs::read_dir(cg.join("calls"))
         .unwrap()
         .flatten()
+        .filter(|e| e.path().is_dir())
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "call cgroups left: {left:?}");
