@@ -13,6 +13,7 @@
 //! | DELETE | `/v1/sessions/{id}` | → [`SessionInfo`] (killed if running, then removed) |
 //! | POST | `/v1/sessions/{id}/calls` | [`CallRequest`] → [`CallInfo`] (after the call ended) |
 //! | GET | `/v1/sessions/{id}/calls` | → `[CallInfo]` |
+//! | POST | `/v1/sessions/{id}/calls/{n}/kill` | → [`CallKilled`] (the running call's cgroup killed) |
 //!
 //! Errors are a 4xx/5xx status with an [`ErrorBody`].
 
@@ -80,15 +81,25 @@ pub struct CreateSession {
 /// externally tagged: `{"stdout":"…"}`, `{"stderr":"…"}`, then exactly one final
 /// `{"call":{…}}` (a streamed call), `{"session":{…}}` (a followed session) or
 /// `{"error":"…"}`. Output is text (invalid UTF-8 is replaced; a character split across
-/// reads is kept whole).
+/// reads is kept whole). A streamed call first sends `{"started":{…}}` (the running call,
+/// with its number and limits) once its cgroup exists, so a client can kill it
+/// (`POST …/calls/{n}/kill`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamEvent {
+    Started(Box<CallInfo>),
     Stdout(String),
     Stderr(String),
     Call(Box<CallInfo>),
     Session(Box<SessionInfo>),
     Error(String),
+}
+
+/// `POST /v1/sessions/{id}/calls/{n}/kill`: the running call whose cgroup was killed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallKilled {
+    pub session: String,
+    pub n: u64,
 }
 
 /// `POST /v1/sessions/{id}/stdin`: how many bytes reached the agent's stdin before the

@@ -30,7 +30,7 @@ fn print_event(ev: &StreamEvent, json: bool) {
         StreamEvent::Stdout(t) => crate::term::out(t),
         StreamEvent::Stderr(t) => crate::term::err(t),
         StreamEvent::Error(e) => crate::term::err(&format!("agentctl: {e}\n")),
-        StreamEvent::Call(_) | StreamEvent::Session(_) => {}
+        StreamEvent::Started(_) | StreamEvent::Call(_) | StreamEvent::Session(_) => {}
     }
 }
 

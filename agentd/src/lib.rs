@@ -14,6 +14,7 @@ pub mod client;
 pub mod ctl;
 pub mod doctor;
 pub mod journal;
+pub mod mcp;
 pub mod server;
 pub mod term;
 pub mod top;

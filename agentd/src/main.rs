@@ -66,7 +66,28 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{s:?} is not an octal file mode like 0660"))
 }
 
+/// Raises the soft open-files limit to the hard one: every session holds sockets, pidfds,
+/// cgroup and log descriptors, and a daemon at EMFILE stops serving every user. Sessions are
+/// not affected (the sandbox sets the agent's own `nofile`).
+fn raise_nofile() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 || l.rlim_cur >= l.rlim_max {
+        return;
+    }
+    l.rlim_cur = l.rlim_max;
+    // SAFETY: setrlimit reads one initialised rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+        let e = std::io::Error::last_os_error();
+        agentd::server::log::warn(&format!("raising the open-files limit: {e}"));
+    }
+}
+
 fn serve(cfg: agentd::server::Config) -> ExitCode {
+    raise_nofile();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

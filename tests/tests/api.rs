@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -271,7 +271,9 @@ impl Api {
         query: &str,
         body: Option<(&str, &str)>,
     ) -> Answer {
-        let path = format!("{}{query}", template.replace("{id}", id));
+        // `id` may be `ID/N` for a template that also names a call number `{n}`.
+        let (id, n) = id.split_once('/').unwrap_or((id, ""));
+        let path = format!("{}{query}", template.replace("{id}", id).replace("{n}", n));
         let a = self.raw(uid, method, &path, body);
         let m = method.to_ascii_lowercase();
         let op = self.doc["paths"][template][&m].clone();
@@ -480,6 +482,58 @@ fn api_every_documented_operation_answers_as_documented() {
     }
     let calls = api.json(None, "GET", "/sessions/{id}/calls", &id, None);
     assert_eq!(calls.body.as_array().unwrap().len(), 2, "{}", calls.body);
+    // killCall: a streamed call's first line names it; killing its cgroup ends it (137).
+    let mut slow = Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "--max-time",
+            "120",
+            "-X",
+            "POST",
+            "--unix-socket",
+        ])
+        .arg(&api.d.socket)
+        .args(["-H", "content-type: application/json", "--data-binary"])
+        .arg(json!({"argv": ["sleep", "300"]}).to_string())
+        .arg(format!(
+            "http://localhost/v1/sessions/{id}/calls?stream=true"
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(slow.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let n = first["started"]["n"]
+        .as_u64()
+        .expect("a started line first");
+    let k = api.json(
+        None,
+        "POST",
+        "/sessions/{id}/calls/{n}/kill",
+        &format!("{id}/{n}"),
+        None,
+    );
+    assert_eq!((k.status, &k.body["n"]), (200, &json!(n)), "{}", k.body);
+    let last: Value = serde_json::from_str(&lines.last().unwrap().unwrap()).unwrap();
+    assert_eq!(last["call"]["exit_code"], 137, "{last}");
+    slow.wait().unwrap();
+    let again = api.json(
+        None,
+        "POST",
+        "/sessions/{id}/calls/{n}/kill",
+        &format!("{id}/{n}"),
+        None,
+    );
+    assert_eq!(again.status, 409, "an ended call: {}", again.body);
+    let a = api.json(
+        Some(USER),
+        "POST",
+        "/sessions/{id}/calls/{n}/kill",
+        &format!("{id}/{n}"),
+        None,
+    );
+    assert_eq!(a.status, 403, "another uid: {}", a.body);
     api.json(None, "GET", "/sessions/{id}/logs", &id, None);
     let st = api.json(None, "GET", "/sessions/{id}/stats", &id, None);
     assert_eq!(st.body["id"], id.as_str());

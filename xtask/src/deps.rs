@@ -44,6 +44,10 @@ const HOST_PACKAGES: &[(&str, &str)] = &[
         "curl",
         "API conformance test: requests over the daemon's socket as another uid",
     ),
+    (
+        "python3-venv",
+        "the agentctl mcp VM test's client: the official MCP Python SDK in a venv",
+    ),
 ];
 
 /// QEMU comes from `<codename>-backports`: bookworm's 7.2 would replace the machine's
@@ -115,6 +119,7 @@ pub fn install(workspace: &Path) -> Result<()> {
         )?;
         std::fs::remove_dir_all(root.join("build")).ok();
     }
+    install_mcp_client(workspace)?;
     for flavour in crate::kernel::Flavour::ALL {
         let k = crate::kernel::prepare(workspace, flavour)?;
         println!(
@@ -140,6 +145,45 @@ pub fn virtiofsd_path() -> Result<PathBuf> {
         .join("agentd/tools")
         .join(format!("virtiofsd-{VIRTIOFSD_VERSION}"))
         .join("bin/virtiofsd"))
+}
+
+/// The official MCP Python SDK (PyPI `mcp`), pinned: the client nobody here wrote that the
+/// `agentctl mcp` VM test (tests/tests/mcp.rs) drives the server with.
+pub const PYTHON_MCP_VERSION: &str = "2.3.0";
+
+/// Its virtualenv, under target/ (the VM sees the host root, so the test finds it there).
+pub fn mcp_client_dir(workspace: &Path) -> PathBuf {
+    workspace
+        .join("target/mcp-client")
+        .join(format!("python-mcp-{PYTHON_MCP_VERSION}"))
+}
+
+fn install_mcp_client(workspace: &Path) -> Result<()> {
+    let dir = mcp_client_dir(workspace);
+    let py = dir.join("bin/python");
+    let present = Command::new(&py)
+        .args(["-c", "import mcp"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        println!("deps: python mcp      present    ({})", dir.display());
+        return Ok(());
+    }
+    println!(
+        "deps: python mcp      installing (PyPI mcp=={PYTHON_MCP_VERSION} into {})",
+        dir.display()
+    );
+    status(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&dir),
+    )?;
+    status(Command::new(dir.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("mcp=={PYTHON_MCP_VERSION}"),
+    ]))
 }
 
 fn dpkg_installed(package: &str) -> bool {

@@ -117,6 +117,26 @@ enum Cmd {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Serve the Model Context Protocol (stdio, or Streamable HTTP with --http) so an agent
+    /// outside runs its tool calls in a session: exec, read_file, write_file, list, status
+    /// (docs/mcp.md). Attaches to --session, or creates a session on --workspace.
+    Mcp {
+        /// Attach to this running session.
+        #[arg(long, conflicts_with_all = ["workspace", "policy", "keep"])]
+        session: Option<String>,
+        /// Create a session on this repo (default: the current directory).
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+        /// Its repo policy (default: .agentd/policy.toml in the workspace if present).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Serve Streamable HTTP at /mcp on `unix:PATH` (mode 0600) or a loopback IP:PORT.
+        #[arg(long, value_name = "unix:PATH|IP:PORT")]
+        http: Option<String>,
+        /// Leave the created session running when this server exits.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Probe this host: which mechanism runs in which mode.
     Doctor,
     /// Check and explain policy files (locally, no daemon needed).
@@ -405,6 +425,23 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 agentd::term::err(&l.stderr);
             }
             Ok(0)
+        }
+        Cmd::Mcp {
+            session,
+            workspace,
+            policy,
+            http,
+            keep,
+        } => {
+            let o = agentd::mcp::Options {
+                socket: cli.socket.clone(),
+                session,
+                workspace,
+                policy,
+                http,
+                keep,
+            };
+            agentd::mcp::run(o).await.map(|()| 0)
         }
         Cmd::Doctor => {
             let report = agentd::doctor::run(&agentd::doctor::RealHost::new());

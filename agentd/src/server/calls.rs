@@ -23,7 +23,8 @@ use super::stream::{Ndjson, Utf8Carry};
 use super::systemd::RemoveSystemdEnv as _;
 use super::{ApiError, Peer, State};
 use crate::api::{
-    CallInfo, CallLimits, CallRequest, CallState, SessionState, StreamEvent, StreamQuery, now,
+    CallInfo, CallKilled, CallLimits, CallRequest, CallState, SessionState, StreamEvent,
+    StreamQuery, now,
 };
 
 /// Output kept per stream in the answer; the rest is cut (the call is not slowed).
@@ -213,6 +214,10 @@ async fn run_call(
             return Err(ApiError::Internal(format!("call {n}: cgroup: {e}")));
         }
     };
+    if let Some(tx) = &events {
+        // The call's number, before any output: what a client needs to kill it.
+        let _ = tx.send(StreamEvent::Started(Box::new(info.clone()))).await;
+    }
     let outcome = exec(
         d,
         live,
@@ -356,6 +361,28 @@ async fn pump(
         }
     }
     kept
+}
+
+/// `POST /v1/sessions/{id}/calls/{n}/kill`: kills everything in the running call's cgroup
+/// (`cgroup.kill`); the call then ends (exit 137) and is journalled as usual. 409 when call
+/// `n` has no cgroup (it ended, or never existed).
+pub async fn kill(
+    AxState(d): AxState<State>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath((id, n)): UrlPath<(String, u64)>,
+) -> Result<Json<CallKilled>, ApiError> {
+    visible(&d, &peer, &id)?;
+    let live = d
+        .live(&id)
+        .ok_or_else(|| ApiError::Conflict(format!("session {id} is not running")))?;
+    let call = live
+        .cg
+        .call(n)
+        .map_err(|e| ApiError::Conflict(format!("call {n} of session {id} is not running: {e}")))?;
+    call.cgroup()
+        .kill()
+        .map_err(|e| ApiError::Internal(format!("killing call {n}'s cgroup: {e}")))?;
+    Ok(Json(CallKilled { session: id, n }))
 }
 
 /// `GET /v1/sessions/{id}/calls`: the calls with their reports.

@@ -228,6 +228,10 @@ pub fn router(state: State) -> Router {
             &format!("{p}/sessions/{{id}}/calls"),
             get(calls::list).post(calls::create),
         )
+        .route(
+            &format!("{p}/sessions/{{id}}/calls/{{n}}/kill"),
+            post(calls::kill),
+        )
         .with_state(state)
         .layer(axum::middleware::map_response(errors::json_errors))
 }
