@@ -154,6 +154,8 @@ async fn create(client: &Client, o: &Options) -> Result<SessionInfo, String> {
         policy,
         argv: IDLE_AGENT.iter().map(|s| s.to_string()).collect(),
         stdin: false,
+        // The agent runs as the workspace's owner (as for `agentctl run` without --user).
+        user: None,
     };
     client
         .post(&format!("{}/sessions", api::PREFIX), &req)
