@@ -135,10 +135,7 @@ pub type Packet = (Vec<u8>, Vec<OwnedFd>);
 
 /// The exec candidates for argv[0] (execvp's search over the session's PATH, done before
 /// the fork), the environment (the session's, then the call's) and the working directory.
-pub fn exec_strings(
-    plan: &SessionPlan,
-    req: &SpawnRequest,
-) -> Result<ExecStrings, Error> {
+pub fn exec_strings(plan: &SessionPlan, req: &SpawnRequest) -> Result<ExecStrings, Error> {
     let cstr = |s: &str| CString::new(s).map_err(|e| Error::Plan(e.to_string()));
     let Some(prog) = req.argv.first() else {
         return Err(Error::Plan("no command".into()));
@@ -215,10 +212,7 @@ pub fn send_packet(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> Result<(
 }
 
 /// Receives one packet and the descriptors it carries; `Ok(None)` at end of stream.
-pub fn recv_packet(
-    sock: BorrowedFd<'_>,
-    flags: MsgFlags,
-) -> Result<Option<Packet>, Error> {
+pub fn recv_packet(sock: BorrowedFd<'_>, flags: MsgFlags) -> Result<Option<Packet>, Error> {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut space = nix::cmsg_space!([RawFd; REQUEST_FDS]);
     let (n, fds, truncated) = {

@@ -123,6 +123,7 @@ const PROBE: &str = "id -u; id -G; \
     (echo x > /etc/agentd-probe) 2>/dev/null && echo etc-writable || echo etc-denied; \
     sed -E 's/^[0-9]+ [0-9]+ //' /proc/self/mountinfo | sort; \
     sed -E 's#/(exec|spawner)$#/CALL#' /proc/self/cgroup; \
+    [ \"$(cut -d' ' -f6 /proc/$$/stat)\" = \"$$\" ] && echo own-session || echo no-session; \
     ulimit -a; pwd; env | sort";
 
 #[test]
@@ -163,6 +164,7 @@ fn spawner_call_has_exactly_the_confinement_of_an_exec_call() {
         new.contains("landlock-denied") && new.contains("etc-denied"),
         "{new}"
     );
+    assert!(new.contains("own-session"), "{new}");
     assert!(
         new.lines()
             .any(|l| l.starts_with("0::") && l.ends_with("/CALL")),

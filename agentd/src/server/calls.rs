@@ -138,7 +138,7 @@ fn check_request(live: &Live, req: &CallRequest) -> Result<(), ApiError> {
 }
 
 /// Where a call's output goes as it comes: the stream of a `?stream=true` request.
-type Events = Option<mpsc::Sender<StreamEvent>>;
+pub(super) type Events = Option<mpsc::Sender<StreamEvent>>;
 
 /// `POST /v1/sessions/{id}/calls`: answers with the finished call; with `?stream=true`, an
 /// NDJSON stream of its output as it comes, then the finished call (`{"call":…}`). The call
@@ -254,11 +254,11 @@ async fn run_call(
     Ok(info)
 }
 
-struct Outcome {
-    code: Option<i32>,
-    timed_out: bool,
-    stdout: String,
-    stderr: String,
+pub(super) struct Outcome {
+    pub(super) code: Option<i32>,
+    pub(super) timed_out: bool,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
 }
 
 async fn exec(
@@ -269,6 +269,10 @@ async fn exec(
     timeout_s: u64,
     events: Events,
 ) -> Result<Outcome, String> {
+    // The fast path: the session's spawner forks the tool into the call cgroup (one exec).
+    if super::spawn::available(live) {
+        return super::spawn::exec(live, cgroup, req, timeout_s, events).await;
+    }
     let mut child = tokio::process::Command::new(&d.cfg.sandbox_bin)
         .arg("exec")
         .arg("--state")
@@ -314,11 +318,15 @@ async fn exec(
 /// Reads the call's stdout and stderr until both end: forwards each piece as it comes to
 /// `events` (while its receiver listens) and keeps the first [`OUTPUT_CAP`] bytes of each
 /// for the answer (the call is never slowed by the cap).
-async fn pump(
-    stdout: Option<tokio::process::ChildStdout>,
-    stderr: Option<tokio::process::ChildStderr>,
+pub(super) async fn pump<O, E>(
+    stdout: Option<O>,
+    stderr: Option<E>,
     mut events: Events,
-) -> [Vec<u8>; 2] {
+) -> [Vec<u8>; 2]
+where
+    O: tokio::io::AsyncRead + Unpin,
+    E: tokio::io::AsyncRead + Unpin,
+{
     use tokio::io::AsyncReadExt;
     let mut kept = [Vec::new(), Vec::new()];
     let mut carry = [Utf8Carry::default(), Utf8Carry::default()];

@@ -12,6 +12,7 @@ pub mod leaf;
 pub mod log;
 pub mod sessions;
 pub mod shim;
+pub mod spawn;
 pub mod stats;
 pub mod stream;
 pub mod systemd;

@@ -1,6 +1,7 @@
 //! One call's process, created by the spawner: clone3 straight into the call's cgroup
 //! (`CLONE_INTO_CGROUP`, so not one instruction runs elsewhere) with a pidfd; in the child,
-//! join the session's cgroup namespace, take the call's stdio, chdir, apply exactly the
+//! join the session's cgroup namespace, take the call's stdio, start a new session (setsid,
+//! as `exec` does), chdir, apply exactly the
 //! agent's confinement ([`Confinement::apply`], the same code the init and `exec` run),
 //! then the call's own Landlock layer if it has one (a further layer only narrows), and
 //! exec the tool. A failure before exec comes back as an errno on a CLOEXEC pipe.
@@ -67,6 +68,11 @@ pub fn spawn(
                 if libc::dup2(fd.as_raw_fd(), target as libc::c_int) < 0 {
                     fail(errno());
                 }
+            }
+            // A session of its own, as every exec'd command (no controlling terminal of the
+            // caller's to reach: issue 18).
+            if libc::setsid() < 0 {
+                fail(errno());
             }
             if libc::chdir(cwd.as_ptr()) < 0 {
                 fail(errno());

@@ -108,3 +108,9 @@ pub fn wait_exit(started: &Started) -> Result<i32, Error> {
     recv_exit(started.conn.as_fd(), MsgFlags::empty())?
         .ok_or_else(|| Error::Plan("spawner: no exit status".into()))
 }
+
+/// The call's exit code if it has come (`Ok(None)`: not yet), from [`Started::conn`] (or a
+/// duplicate of it); for a caller that waits for its readability itself (an async runtime).
+pub fn try_recv_exit(conn: BorrowedFd<'_>) -> Result<Option<i32>, Error> {
+    recv_exit(conn, MsgFlags::MSG_DONTWAIT)
+}
