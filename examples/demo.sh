@@ -2,7 +2,8 @@
 # Demo of agentd's main job, for the test VM (needs root and cgroup v2):
 #   cargo xtask vm-run -- sh examples/demo.sh
 # Starts a daemon, runs examples/scripted-agent.sh in a session on a copy of the sample repo,
-# then lists the session's tool calls with their per-call resource reports.
+# then lists the session's tool calls with their per-call resource reports, shows the agent's
+# diff, undoes its last call and commits the rest to the repo.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/agentd-demo.XXXXXX)
@@ -24,5 +25,18 @@ id=$(agentctl --json ps | python3 -c 'import json,sys; print(json.load(sys.stdin
 echo "== agentctl calls $id"
 agentctl calls "$id"
 echo "== the repo itself is untouched (the agent wrote to its overlay):"
+tail -n 1 "$work/repo/main.c"
+echo "== agentctl diff $id --stat (everything the agent changed)"
+agentctl diff "$id" --stat
+echo "== agentctl diff $id --call 5 (what its last tool call changed)"
+agentctl diff "$id" --call 5
+cp=$(agentctl --json checkpoints "$id" |
+    python3 -c 'import json,sys; print([c["id"] for c in json.load(sys.stdin) if c["call"] == 5][0])')
+echo "== agentctl undo $id --to $cp (the checkpoint before call 5: drop the edit of main.c)"
+agentctl undo "$id" --to "$cp"
+echo "== agentctl commit $id (keep the rest: the build output)"
+agentctl commit "$id"
+echo "== the repo now has the agent's build, and main.c without the undone edit:"
+ls "$work/repo/hello"
 tail -n 1 "$work/repo/main.c"
 agentctl rm "$id" > /dev/null

@@ -18,3 +18,4 @@ pub mod mcp;
 pub mod server;
 pub mod term;
 pub mod top;
+pub mod undo_cli;

@@ -5,6 +5,7 @@
 //! benchmarks start: the shim agent and the replay's agent and tool-call workers.
 
 mod calls;
+mod checkpoint;
 mod crun;
 mod fixture;
 mod footprint;
@@ -23,7 +24,7 @@ use clap::{Parser, Subcommand};
 use crate::report::{Machine, Report};
 
 /// The benchmarks, in the order the suite runs them.
-const NAMES: [&str; 4] = ["calls", "lifecycle", "footprint", "replay"];
+const NAMES: [&str; 5] = ["calls", "lifecycle", "footprint", "checkpoint", "replay"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,7 +43,7 @@ enum Cmd {
         /// Small run counts (CI: the whole run, VM boot included, under 5 minutes).
         #[arg(long)]
         quick: bool,
-        /// Only these benchmarks (calls, lifecycle, footprint, replay); default all.
+        /// Only these benchmarks (calls, lifecycle, footprint, checkpoint, replay); default all.
         names: Vec<String>,
         /// Directory for report.json, report.md and plots.
         #[arg(long)]
@@ -192,6 +193,7 @@ fn suite(
             "calls" => calls::run(quick),
             "lifecycle" => lifecycle::run(quick),
             "footprint" => footprint::run(quick),
+            "checkpoint" => checkpoint::run(quick),
             _ => match &trace {
                 Some(t) => replay::run(quick, out, t, replay_sessions),
                 None => Err(anyhow::anyhow!("the replay needs --trace FILE")),

@@ -542,6 +542,88 @@ fn api_every_documented_operation_answers_as_documented() {
     let all = api.json(Some(USER), "GET", "/stats", "", None);
     assert!(!lists(&all.body, &id));
 
+    // Undo (docs/undo.md): checkpoints, diff, undo, commit, discard and their 4xx.
+    let w = r#"{"argv":["sh","-c","echo hi > api-undo.txt"]}"#;
+    let c = api.json(None, "POST", "/sessions/{id}/calls", &id, Some(w));
+    assert_eq!(c.status, 200, "{}", c.body);
+    let n = c.body["n"].as_u64().unwrap();
+    let cps = api.json(None, "GET", "/sessions/{id}/checkpoints", &id, None);
+    assert!(
+        cps.body.as_array().unwrap().iter().any(|c| c["call"] == n),
+        "{}",
+        cps.body
+    );
+    let cp = api.json(
+        None,
+        "POST",
+        "/sessions/{id}/checkpoints",
+        &id,
+        Some(r#"{"reason":"api"}"#),
+    );
+    assert_eq!(cp.body["reason"], "api", "{}", cp.body);
+    let d = api.call(None, "GET", "/sessions/{id}/diff", &id, "?stat=true", None);
+    assert!(
+        d.body["files"].to_string().contains("api-undo.txt"),
+        "{}",
+        d.body
+    );
+    let d = api.call(
+        None,
+        "GET",
+        "/sessions/{id}/diff",
+        &id,
+        &format!("?call={n}"),
+        None,
+    );
+    assert!(
+        d.body["diff"].as_str().unwrap().contains("+hi"),
+        "{}",
+        d.body
+    );
+    let a = api.call(None, "GET", "/sessions/{id}/diff", &id, "?call=9999", None);
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = api.json(
+        None,
+        "POST",
+        "/sessions/{id}/undo",
+        &id,
+        Some(r#"{"to":9999}"#),
+    );
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = api.json(
+        None,
+        "GET",
+        "/sessions/{id}/checkpoints",
+        "no-such-session",
+        None,
+    );
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = api.json(Some(USER), "GET", "/sessions/{id}/checkpoints", &id, None);
+    assert_eq!(a.status, 403, "{}", a.body);
+    let u = api.json(
+        None,
+        "POST",
+        "/sessions/{id}/undo",
+        &id,
+        Some(r#"{"to":0}"#),
+    );
+    assert!(
+        u.body["paths"].to_string().contains("api-undo.txt"),
+        "{}",
+        u.body
+    );
+    let cm = api.json(None, "POST", "/sessions/{id}/commit", &id, Some("{}"));
+    assert_eq!(cm.body["paths"], json!([]), "{}", cm.body);
+    let a = api.json(
+        None,
+        "POST",
+        "/sessions/{id}/commit",
+        &id,
+        Some(r#"{"git_branch":"x"}"#),
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    api.json(None, "POST", "/sessions/{id}/discard", &id, None);
+
     // A session with a stdin: the body of POST …/stdin is what the agent reads.
     let create = json!({"workspace": repo, "stdin": true,
         "argv": ["sh", "-c", "read line; echo got:$line; echo note >&2"]});

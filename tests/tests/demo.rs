@@ -43,6 +43,10 @@ fn demo_scripted_agent_makes_five_reported_calls() {
             .any(|l| l.contains("batch") && l.contains("make")),
         "{stdout}"
     );
-    // The agent appended to main.c in its overlay; the repo copy still ends with #endif.
+    // The diff shows the agent's build and its edit; the edit (call 5) is undone, the rest
+    // committed: the repo gets `hello`, and main.c still ends with #endif.
+    assert!(stdout.contains("+// reviewed by the agent"), "{stdout}");
+    assert!(stdout.contains("added         hello"), "{stdout}");
+    assert!(stdout.contains("committed checkpoint"), "{stdout}");
     assert!(stdout.trim_end().ends_with("#endif"), "{stdout}");
 }

@@ -70,7 +70,7 @@ enum Cmd {
         /// Measure the release build (default without --quick).
         #[arg(long)]
         release: bool,
-        /// Only these benchmarks: calls, lifecycle, footprint, replay.
+        /// Only these benchmarks: calls, lifecycle, footprint, checkpoint, replay.
         names: Vec<String>,
     },
     /// Build (release) and install the binaries, systemd units, the `agentd` group,

@@ -100,7 +100,14 @@ enum Cmd {
     /// Kill a session (the agent and every call).
     Kill { session: String },
     /// Remove a session (killed first if it runs).
-    Rm { session: String },
+    Rm {
+        session: String,
+        /// Also when the session has uncommitted changes (they are lost).
+        #[arg(long)]
+        force: bool,
+    },
+    #[command(flatten)]
+    Undo(agentd::undo_cli::UndoCmd),
     /// Inspect one session.
     Inspect { session: String },
     /// A session's output so far (the last 8 MiB of each stream).
@@ -391,8 +398,13 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 .map_err(e)?;
             show_session(&s, json)
         }
-        Cmd::Rm { session } => {
-            let s: SessionInfo = c.delete(&sess(&session)).await.map_err(e)?;
+        Cmd::Undo(u) => agentd::undo_cli::run(&c, u, json).await,
+        Cmd::Rm { session, force } => {
+            let q = if force { "?force=true" } else { "" };
+            let s: SessionInfo = c
+                .delete(&format!("{}{q}", sess(&session)))
+                .await
+                .map_err(e)?;
             if json {
                 print_json(&s)?;
             } else {

@@ -164,6 +164,7 @@ pub async fn create(
     let plan = live.plan.call(&req.argv, &req.intent);
     let (view, cg_limits) = call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
+    super::undo::before_call(&d, &live, n).await;
     live.inflight.fetch_add(1, Ordering::SeqCst);
     if !q.stream {
         let r = run_call(&d, &live, n, &req, view, &cg_limits, None).await;

@@ -16,6 +16,7 @@ pub mod spawn;
 pub mod stats;
 pub mod stream;
 pub mod systemd;
+pub mod undo;
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -86,6 +87,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Existed once, no longer (a pruned checkpoint): 410.
+    #[error("{0}")]
+    Gone(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -103,6 +107,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (
@@ -233,8 +238,26 @@ pub fn router(state: State) -> Router {
             &format!("{p}/sessions/{{id}}/calls/{{n}}/kill"),
             post(calls::kill),
         )
+        .merge(undo_routes())
         .with_state(state)
         .layer(axum::middleware::map_response(errors::json_errors))
+}
+
+/// The undo routes ([`undo`]).
+fn undo_routes() -> Router<State> {
+    let p = api::PREFIX;
+    Router::new()
+        .route(
+            &format!("{p}/sessions/{{id}}/checkpoints"),
+            get(undo::list).post(undo::create),
+        )
+        .route(&format!("{p}/sessions/{{id}}/diff"), get(undo::diff))
+        .route(&format!("{p}/sessions/{{id}}/undo"), post(undo::undo_route))
+        .route(
+            &format!("{p}/sessions/{{id}}/commit"),
+            post(undo::commit_route),
+        )
+        .route(&format!("{p}/sessions/{{id}}/discard"), post(undo::discard))
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -296,6 +319,7 @@ pub fn open(mut cfg: Config) -> Result<State, ServeError> {
         live: Mutex::new(HashMap::new()),
     });
     let adopted = adopt::readopt(&d)?;
+    undo::recover_all(&d, &adopted);
     d.root
         .sweep(
             |id| !adopted.iter().any(|a| a == id),

@@ -419,6 +419,8 @@ async fn start_container(
         .arg(&live.sandbox_state)
         .arg("--cgroup")
         .arg(live.cg.agent().path())
+        // The layer outlives the agent until the final checkpoint (undo::session_ended).
+        .arg("--keep-state")
         // The agent's host uid: the workspace's owner, or the root caller's `--user`.
         .arg("--owner-uid")
         .arg(live.agent_uid.to_string())
@@ -452,6 +454,12 @@ async fn fail(d: &Arc<Daemon>, live: &Live, why: &str) {
         i.ended_at = Some(now());
     });
     remove_cgroups(d, &live.id).await;
+    let (sd, id, ws) = (
+        d.cfg.state_dir.clone(),
+        live.id.clone(),
+        live.info().workspace,
+    );
+    let _ = tokio::task::spawn_blocking(move || super::undo::session_ended(&sd, &id, &ws)).await;
 }
 
 async fn remove_cgroups(d: &Arc<Daemon>, id: &str) {
@@ -525,6 +533,12 @@ pub async fn finish(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     remove_cgroups(d, &live.id).await;
+    let (sd, id, ws) = (
+        d.cfg.state_dir.clone(),
+        live.id.clone(),
+        live.info().workspace,
+    );
+    let _ = tokio::task::spawn_blocking(move || super::undo::session_ended(&sd, &id, &ws)).await;
     d.live
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -639,8 +653,10 @@ pub async fn remove(
     AxState(d): AxState<State>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath(id): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<super::undo::RemoveQuery>,
 ) -> Result<Json<SessionInfo>, ApiError> {
-    visible(&d, &peer, &id)?;
+    let row = visible(&d, &peer, &id)?;
+    super::undo::check_removable(&d, &row, q.force).await?;
     if let Some(live) = d.live(&id) {
         kill_live(&live)?;
         wait_done(&d, &id, Some(Duration::from_secs(30))).await;

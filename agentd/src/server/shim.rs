@@ -125,6 +125,7 @@ async fn shim_call(
     let plan = live.plan.call(&req.argv, &intent);
     let (view, cg_limits) = call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
+    super::undo::before_call(&s.d, live, n).await;
     let mut info = CallInfo::running(&live.id, n, &req.argv, intent, view.clone());
     s.d.journal(|j| j.put_call(&info))?;
     live.update(&s.d, |i| i.calls = i.calls.max(n))?;

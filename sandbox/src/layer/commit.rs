@@ -23,7 +23,7 @@ use std::path::Path;
 use rustix::fs::FileType;
 use serde::{Deserialize, Serialize};
 
-use super::apply::{Root, StoreSource, restore};
+use super::apply::{Root, Source, StoreSource, restore};
 use super::store::{Store, hash_reader, write_durably};
 use super::view::{Change, Content, State, changes, lower_state, same};
 use super::{Entry, LayerError, Manifest, join};
@@ -191,7 +191,8 @@ fn removes(c: &Change) -> bool {
     }
 }
 
-fn run(ops: &[Change], repo: &Root, store: &Store, tick: Tick) -> Result<(), LayerError> {
+/// Performs `ops` (an intent's) on `repo`, contents from `src`; idempotent.
+pub fn run(ops: &[Change], repo: &Root, src: &dyn Source, tick: Tick) -> Result<(), LayerError> {
     for c in ops.iter().rev().filter(|c| removes(c)) {
         tick()?;
         // Already done (a re-run after a crash): the path has its new kind.
@@ -207,15 +208,37 @@ fn run(ops: &[Change], repo: &Root, store: &Store, tick: Tick) -> Result<(), Lay
             repo.remove_one(&c.path)?;
         }
     }
-    let src = StoreSource {
-        store,
-        lower: Some(repo),
-    };
     for c in ops.iter().filter(|c| !matches!(c.new, State::Absent)) {
         tick()?;
-        restore(repo, std::slice::from_ref(c), &src, true)?;
+        restore(repo, std::slice::from_ref(c), src, true)?;
     }
     Ok(())
+}
+
+/// Writes the intent of `plan` (which must have no conflicts) durably to `intent`.
+pub fn write_intent(plan: &Plan, intent: &Path) -> Result<(), LayerError> {
+    if let Some(c) = plan.conflicts.first() {
+        return Err(LayerError::Invalid {
+            path: c.path.clone(),
+            reason: format!("conflict: {}", c.reason),
+        });
+    }
+    let json = serde_json::to_vec(&Intent {
+        ops: plan.ops.clone(),
+    })
+    .map_err(|e| LayerError::Json(e.to_string()))?;
+    write_durably(intent, &json)
+}
+
+/// The intent of an unfinished commit, if any.
+pub fn read_intent(intent: &Path) -> Result<Option<Intent>, LayerError> {
+    match std::fs::read(intent) {
+        Ok(d) => serde_json::from_slice(&d)
+            .map(Some)
+            .map_err(|e| LayerError::Json(format!("{}: {e}", intent.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LayerError::io("read", intent, e)),
+    }
 }
 
 /// Applies `plan` (with no conflicts) to `repo` under the intent journal at `intent`.
@@ -226,33 +249,27 @@ pub fn apply(
     intent: &Path,
     tick: Tick,
 ) -> Result<(), LayerError> {
-    if !plan.conflicts.is_empty() {
-        return Err(LayerError::Invalid {
-            path: plan.conflicts[0].path.clone(),
-            reason: "the plan has conflicts".into(),
-        });
-    }
-    let json = serde_json::to_vec(&Intent {
-        ops: plan.ops.clone(),
-    })
-    .map_err(|e| LayerError::Json(e.to_string()))?;
     tick()?;
-    write_durably(intent, &json)?;
-    run(&plan.ops, repo, store, tick)?;
+    write_intent(plan, intent)?;
+    let src = StoreSource {
+        store,
+        lower: Some(repo),
+    };
+    run(&plan.ops, repo, &src, tick)?;
     std::fs::remove_file(intent).map_err(|e| LayerError::io("remove", intent, e))
 }
 
 /// Finishes a commit a crash interrupted (a no-op without an intent); returns whether
 /// there was one.
 pub fn recover(repo: &Root, store: &Store, intent: &Path) -> Result<bool, LayerError> {
-    let data = match std::fs::read(intent) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(LayerError::io("read", intent, e)),
+    let Some(i) = read_intent(intent)? else {
+        return Ok(false);
     };
-    let i: Intent = serde_json::from_slice(&data)
-        .map_err(|e| LayerError::Json(format!("{}: {e}", intent.display())))?;
-    run(&i.ops, repo, store, &mut || Ok(()))?;
+    let src = StoreSource {
+        store,
+        lower: Some(repo),
+    };
+    run(&i.ops, repo, &src, &mut || Ok(()))?;
     std::fs::remove_file(intent).map_err(|e| LayerError::io("remove", intent, e))?;
     Ok(true)
 }

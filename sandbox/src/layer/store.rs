@@ -247,6 +247,19 @@ impl Store {
         Ok(ids)
     }
 
+    /// The id the next checkpoint gets (above every present and pruned one).
+    pub fn next_id(&self) -> Result<u64, LayerError> {
+        let mut max: Option<u64> = self.ids()?.last().copied();
+        let d = self.root.join("pruned");
+        for e in fs::read_dir(&d).map_err(io("list", &d))? {
+            let e = e.map_err(io("list", &d))?;
+            if let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+                max = Some(max.map_or(id, |m| m.max(id)));
+            }
+        }
+        Ok(max.map_or(0, |m| m + 1))
+    }
+
     /// Whether checkpoint `id` existed and was pruned.
     pub fn pruned(&self, id: u64) -> bool {
         self.root.join("pruned").join(id.to_string()).exists()
