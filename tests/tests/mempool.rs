@@ -140,6 +140,21 @@ fn watch_frozen(files: Vec<PathBuf>, stop: Arc<AtomicBool>) -> std::thread::Join
 #[test]
 #[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
 fn mempool_lends_freezes_the_newest_call_instead_of_killing_and_thaws_it() {
+    // Whether A's loans run out while B holds its grant depends on how fast the emulated
+    // VM runs both; an attempt in which A got all it needed without pressure on B proves
+    // nothing about freezing, so it is repeated (every safety assertion holds in each one).
+    for attempt in 1..=3 {
+        if lend_freeze_thaw_once() {
+            return;
+        }
+        eprintln!("attempt {attempt}: A's loans sufficed (no freeze needed); again");
+    }
+    panic!("in 3 attempts the pool never froze the newer call under pressure");
+}
+
+/// One run of the scenario; asserts the safety properties and returns whether the pool
+/// froze B (and thawed it) in it.
+fn lend_freeze_thaw_once() -> bool {
     // 200 MiB host, 16 MiB reserve: 184 MiB to hand out; loans of 8 MiB; PSI at 50 ms/s.
     let c = capped(
         200,
@@ -182,14 +197,25 @@ fn mempool_lends_freezes_the_newest_call_instead_of_killing_and_thaws_it() {
     let oom = read(&c.cap.join("memory.events")).unwrap();
     assert!(oom.lines().any(|l| l == "oom_kill 0"), "{oom}");
     assert!(p["loans_made"].as_u64().unwrap() >= 1, "{p}");
-    assert!(seen[0], "call B was never frozen; pool: {p}");
-    assert!(p["freezes"].as_u64().unwrap() >= 1, "{p}");
-    assert!(p["thaws"].as_u64().unwrap() >= 1, "{p}");
     assert_eq!(p["kills"], 0, "{p}");
     assert!(!seen[1] && !seen[2], "an agent leaf was frozen: {seen:?}");
     // The agent leaves are protected from reclaim at their measured usage.
     let min = read(&d.session_cgroup(&a).join("agent/memory.min")).unwrap();
     assert!(min.parse::<u64>().unwrap() > 0, "agent memory.min {min}");
+    let freezes = p["freezes"].as_u64().unwrap();
+    if freezes == 0 {
+        assert!(
+            !seen[0],
+            "B's cgroup.freeze was set without a pool freeze: {p}"
+        );
+        return false;
+    }
+    assert!(
+        seen[0],
+        "the pool counted a freeze but B's cgroup.freeze was never set: {p}"
+    );
+    assert!(p["thaws"].as_u64().unwrap() >= 1, "{p}");
+    true
 }
 
 #[test]
