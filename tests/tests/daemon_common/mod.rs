@@ -268,16 +268,29 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
-        // Sessions outlive the daemon by design: end them, then let their runtimes unmount
-        // their state before the tempdir goes.
+        // Sessions outlive the daemon by design: end them, then remove their state before
+        // the tempdir goes. The daemon runs sessions with --keep-state (undo keeps the
+        // layer until a final checkpoint), so an ended session's state stays mounted until
+        // `agentd-sandbox destroy`; left mounted, the tempdir (with its 100+ MiB copy of
+        // the shim) could not be removed and the VM's /tmp filled up.
         let _ = fs::write(self.cgroup_root.join("cgroup.kill"), "1");
         let sessions = self.root.join("state/sessions");
         let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(30)
-            && fs::read_dir(&sessions)
-                .map(|r| r.count() > 0)
-                .unwrap_or(false)
-        {
+        while t.elapsed() < Duration::from_secs(30) {
+            let left: Vec<PathBuf> = fs::read_dir(&sessions)
+                .map(|r| r.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            if left.is_empty() {
+                break;
+            }
+            for state in left {
+                let _ = Command::new(agentd_tests::project_binary("agentd-sandbox"))
+                    .arg("destroy")
+                    .arg("--state")
+                    .arg(&state)
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         remove_cgroup_tree(&self.cgroup_root);
