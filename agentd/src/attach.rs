@@ -219,6 +219,16 @@ impl InProcess {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+        // Sessions run with their state kept (undo): unmount and remove each one; this
+        // daemon lives for one session, so its checkpoints go with it.
+        if let Ok(rd) = std::fs::read_dir(state.join("sessions")) {
+            for e in rd.flatten() {
+                if let Err(err) = agentd_sandbox::container::destroy_state(&e.path()) {
+                    eprintln!("agentctl: removing {}: {err}", e.path().display());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(state.join("undo"));
         // Never recursive: a session dir still there may hold a mount.
         for d in [state.join("logs"), state.join("sessions"), state.clone()] {
             let _ = std::fs::remove_dir(d);
