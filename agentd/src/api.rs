@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use agentd_policy::DeclaredIntent;
+use agentd_policy::{CpuClass, DeclaredIntent};
 use serde::{Deserialize, Serialize};
 
 /// API version prefix of every route.
@@ -239,7 +239,7 @@ pub struct CallLimits {
     /// memory.max, bytes.
     pub memory: u64,
     /// `latency` or `batch`.
-    pub cpu_class: String,
+    pub cpu_class: CpuClass,
     /// cpu.weight derived from the class.
     pub cpu_weight: u16,
     /// Seconds before the call's cgroup is killed.
@@ -304,8 +304,11 @@ pub struct CallInfo {
     pub oom_killed: bool,
     pub started_at: u64,
     pub ended_at: Option<u64>,
-    /// cgctl's report (wall time, CPU, memory peak, IO, pids, memory events), as JSON.
-    pub report: Option<serde_json::Value>,
+    /// cgctl's report (wall time, CPU, memory peak, IO, pids, memory events).
+    pub report: Option<cgctl::Report>,
+    /// What the host's memory pool did for the call (docs/memory.md); absent without a pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_pool: Option<PoolOutcome>,
     /// Only in the answer to `POST …/calls` (not kept in the journal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<String>,
@@ -313,6 +316,15 @@ pub struct CallInfo {
     pub stderr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The memory pool's part in a call: its admitted grant (memory.high), the memory.max loans
+/// could reach, and the reason it was killed as the pool's last resort.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolOutcome {
+    pub grant: u64,
+    pub memory_max: u64,
+    pub killed: Option<String>,
 }
 
 impl CallInfo {
@@ -336,25 +348,10 @@ impl CallInfo {
             started_at: now(),
             ended_at: None,
             report: None,
+            memory_pool: None,
             stdout: None,
             stderr: None,
             error: None,
-        }
-    }
-}
-
-impl CallInfo {
-    /// Records the outcome of `cgctl::Call::finish` (report, OOM kills, or why it failed).
-    pub fn record_report<E: std::fmt::Display>(&mut self, report: Result<cgctl::Report, E>) {
-        match report {
-            Ok(r) => {
-                self.oom_killed = r
-                    .stats
-                    .memory
-                    .is_some_and(|m| m.events.oom_kill > 0 || m.events.oom_group_kill > 0);
-                self.report = serde_json::to_value(&r).ok();
-            }
-            Err(e) => self.error = Some(format!("report: {e}")),
         }
     }
 }
@@ -410,4 +407,35 @@ pub struct SessionStats {
     pub agent: Usage,
     /// Calls with a cgroup now, by number.
     pub calls: Vec<CallStats>,
+}
+
+// The session socket's protocol (`routes::SHIM`, served inside each container for its
+// agent's `agentd-shim`; see `server::shim`).
+
+/// `POST /v1/shim/calls` from the shim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimCall {
+    /// The command's words (for the policy's intent rules and the journal).
+    pub argv: Vec<String>,
+    /// `AGENTD_INTENT` as the shim found it (parsed by the daemon).
+    #[serde(default)]
+    pub intent: String,
+}
+
+/// The answer: the call number, or `nested` (already inside a call: run in place).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimAnswer {
+    /// The call the shim is in now (a nested shim: the call it already was in, if known).
+    pub n: Option<u64>,
+    /// Already inside a call: run in place, no new call.
+    pub nested: bool,
+    /// The new call's limits.
+    pub limits: Option<CallLimits>,
+}
+
+/// `POST /v1/shim/calls/{n}/exit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimExit {
+    /// The shell's exit status (128+n for signal n).
+    pub code: i32,
 }

@@ -11,10 +11,11 @@ use hyper::body::Bytes;
 
 use crate::api::{self, CallInfo, CallRequest, SessionInfo, StdinDone, StreamEvent};
 use crate::client::{Client, ClientError};
+use crate::routes;
 
 /// `/v1/sessions/{id}`.
 pub fn sess(id: &str) -> String {
-    format!("{}/sessions/{id}", api::PREFIX)
+    routes::SESSION.at(&[id])
 }
 
 /// Prints one event: output to our stdout/stderr as it comes (text mode), or the event as
@@ -39,7 +40,7 @@ pub async fn follow(c: &Client, id: &str, json: bool) -> Result<Option<SessionIn
     let mut end = None;
     c.stream::<()>(
         Method::GET,
-        &format!("{}/logs?follow=true", sess(id)),
+        &format!("{}?follow=true", routes::SESSION_LOGS.at(&[id])),
         None,
         |ev| {
             print_event(&ev, json);
@@ -71,7 +72,7 @@ fn forward_stdin(c: &Client, id: &str) {
         }
     });
     let c = c.clone();
-    let path = format!("{}/stdin", sess(id));
+    let path = routes::SESSION_STDIN.at(&[id]);
     tokio::spawn(async move {
         if let Err(e) = c.feed::<StdinDone>(&path, rx).await {
             eprintln!("agentctl: forwarding stdin: {e}");
@@ -90,7 +91,7 @@ pub async fn attach(c: &Client, s: &SessionInfo, json: bool) -> Result<u8, Clien
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("agentctl: interrupted: killing session {id}");
                 let _ = c
-                    .post::<(), SessionInfo>(&format!("{}/kill", sess(&id)), &())
+                    .post::<(), SessionInfo>(&routes::SESSION_KILL.at(&[&id]), &())
                     .await;
             }
         })
@@ -117,7 +118,7 @@ pub async fn exec_streamed(
     let mut end = None;
     c.stream(
         Method::POST,
-        &format!("{}/calls?stream=true", sess(session)),
+        &format!("{}?stream=true", routes::CALLS.at(&[session])),
         Some(req),
         |ev| {
             print_event(&ev, false);
@@ -173,10 +174,7 @@ impl InProcess {
         };
         let c = Client::new(&me.cfg.socket);
         for _ in 0..600 {
-            if c.get::<api::Health>(&format!("{}/health", api::PREFIX))
-                .await
-                .is_ok()
-            {
+            if c.get::<api::Health>(&routes::HEALTH.at(&[])).await.is_ok() {
                 return Ok((me, c));
             }
             if me.task.as_ref().is_some_and(|t| t.is_finished()) {

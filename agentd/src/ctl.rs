@@ -1,66 +1,15 @@
-//! `agentctl`'s commands as library code: intent parsing, the tables (`ps`, `calls`), the
+//! `agentctl`'s commands as library code: the tables (`ps`, `calls`), the
 //! per-call report summary, and the `policy` commands wrapping agentd-policy's CLI functions.
 //! The binary (`src/bin/agentctl.rs`) only parses arguments and calls these.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use agentd_policy::units::{parse_duration, parse_size};
-use agentd_policy::{CpuClass, DeclaredIntent, LoadOptions, RealFs};
-use serde_json::Value;
+use agentd_policy::{DeclaredIntent, LoadOptions, RealFs};
 
 use crate::api::{CallInfo, SessionInfo, SessionStats, Usage, now};
 
-/// A bad `--intent` value, naming the part.
-#[derive(Debug, thiserror::Error)]
-pub enum IntentError {
-    #[error("intent part {part:?}: expected key=value")]
-    NoValue { part: String },
-    #[error("intent part {part:?}: {detail}")]
-    Value { part: String, detail: String },
-    #[error("intent part {part:?}: unknown key (use memory, cpu, timeout, pids)")]
-    Key { part: String },
-}
-
-/// Parses `memory=64M,cpu=batch,timeout=60,pids=100` (timeout: seconds, or `90s`, `10m`).
-pub fn parse_intent(text: &str) -> Result<DeclaredIntent, IntentError> {
-    let mut out = DeclaredIntent::default();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').ok_or_else(|| IntentError::NoValue {
-            part: part.to_string(),
-        })?;
-        let bad = |detail: String| IntentError::Value {
-            part: part.to_string(),
-            detail,
-        };
-        match k.trim() {
-            "memory" | "mem" => out.memory = Some(parse_size(v).map_err(bad)?),
-            "cpu" | "cpu_class" => {
-                out.cpu_class = Some(match v.trim() {
-                    "batch" => CpuClass::Batch,
-                    "latency" => CpuClass::Latency,
-                    other => return Err(bad(format!("{other:?} is not `batch` or `latency`"))),
-                })
-            }
-            "timeout" => {
-                let v = v.trim();
-                let v = if v.bytes().all(|b| b.is_ascii_digit()) {
-                    format!("{v}s")
-                } else {
-                    v.to_string()
-                };
-                out.timeout = Some(parse_duration(&v).map_err(bad)?);
-            }
-            "pids" => out.pids = Some(v.trim().parse().map_err(|e| bad(format!("{e}")))?),
-            _ => {
-                return Err(IntentError::Key {
-                    part: part.to_string(),
-                });
-            }
-        }
-    }
-    Ok(out)
-}
+pub use agentd_policy::intent::{IntentError, parse_intent};
 
 /// Bytes as `512M`-style text.
 pub fn bytes(n: u64) -> String {
@@ -99,19 +48,16 @@ pub fn sessions_table(list: &[SessionInfo]) -> String {
     out
 }
 
-fn u(v: &Value, ptr: &str) -> Option<u64> {
-    v.pointer(ptr).and_then(Value::as_u64)
-}
-
 /// The figures of a report the tables show: (wall ms, cpu ms, memory peak, oom kills).
 fn figures(c: &CallInfo) -> (String, String, String, String) {
     let Some(r) = &c.report else {
         return ("-".into(), "-".into(), "-".into(), "-".into());
     };
-    let wall = u(r, "/wall_ms").map_or("-".into(), |w| format!("{w}ms"));
-    let cpu = u(r, "/stats/cpu/usage_usec").map_or("-".into(), |c| format!("{}ms", c / 1000));
-    let peak = u(r, "/stats/memory/peak").map_or("-".into(), bytes);
-    let oom = u(r, "/stats/memory/events/oom_kill").map_or("-".into(), |n| n.to_string());
+    let wall = format!("{}ms", r.wall_ms);
+    let cpu = format!("{}ms", r.stats.cpu.usage_usec / 1000);
+    let mem = r.stats.memory.as_ref();
+    let peak = mem.and_then(|m| m.peak).map_or("-".into(), bytes);
+    let oom = mem.map_or("-".into(), |m| m.events.oom_kill.to_string());
     (wall, cpu, peak, oom)
 }
 
@@ -131,7 +77,7 @@ pub fn calls_table(list: &[CallInfo]) -> String {
             c.state.as_str(),
             exit,
             bytes(c.limits.memory),
-            c.limits.cpu_class,
+            c.limits.cpu_class.to_string(),
             wall,
             cpu,
             peak,
@@ -267,26 +213,4 @@ pub fn policy_explain(
 /// `agentctl policy schema`.
 pub fn policy_schema() -> agentd_policy::cli::Output {
     agentd_policy::cli::schema()
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
-    use super::*;
-
-    #[test]
-    fn intent_parses_every_key_and_names_bad_parts() {
-        let i = parse_intent("memory=64M,cpu=batch,timeout=60,pids=100").unwrap();
-        assert_eq!(i.memory.unwrap().0, 64 << 20);
-        assert_eq!(i.cpu_class, Some(CpuClass::Batch));
-        assert_eq!(i.timeout.unwrap().0, 60);
-        assert_eq!(i.pids, Some(100));
-        assert_eq!(parse_intent("timeout=2m").unwrap().timeout.unwrap().0, 120);
-        assert!(parse_intent("").unwrap() == DeclaredIntent::default());
-        let e = parse_intent("memory").unwrap_err().to_string();
-        assert!(e.contains("memory"), "{e}");
-        let e = parse_intent("cpu=fast").unwrap_err().to_string();
-        assert!(e.contains("fast"), "{e}");
-        assert!(parse_intent("disk=1G").is_err());
-    }
 }

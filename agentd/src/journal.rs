@@ -4,6 +4,14 @@
 //!
 //! Access is synchronous behind a mutex held for one statement: every statement is a
 //! single-row insert/update or a small select, far below the cost of starting a process.
+//!
+//! **Schema versions.** `PRAGMA user_version` is the number of [`MIGRATIONS`] applied;
+//! [`Journal::open`] applies the missing ones in order, each in its own transaction with
+//! its version bump, and refuses a journal newer than this daemon. To add a table or a
+//! column, append ONE entry to [`MIGRATIONS`] (a SQL batch, e.g.
+//! `"CREATE TABLE checkpoints (session_id TEXT NOT NULL, n INTEGER NOT NULL, …);"`) and
+//! a test that reads what it adds; never edit, reorder or remove a shipped entry (journals
+//! in the field have run it).
 
 use std::path::{Path, PathBuf};
 
@@ -28,11 +36,25 @@ pub enum JournalError {
     },
     #[error("journal: bad row {what}: {detail}")]
     Row { what: String, detail: String },
+    #[error(
+        "journal {path}: schema version {found} is newer than this daemon's ({known}): \
+         refusing to run an older daemon on it"
+    )]
+    Newer {
+        path: PathBuf,
+        found: usize,
+        known: usize,
+    },
 }
 
 type Result<T> = std::result::Result<T, JournalError>;
 
-const SCHEMA: &str = "
+/// The schema, one migration per entry: entry `i` takes a journal from version `i` to
+/// `i + 1` (see the module header for how to add one).
+pub const MIGRATIONS: &[&str] = &[
+    // 1: sessions, the policy text each was started with, tool calls. `IF NOT EXISTS`:
+    // journals from before versioning (user_version 0) already have these tables.
+    "
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     owner_uid INTEGER NOT NULL,
@@ -53,7 +75,31 @@ CREATE TABLE IF NOT EXISTS calls (
     info TEXT NOT NULL,
     PRIMARY KEY (session_id, n)
 );
-";
+",
+    // 2: what each session runs with, resolved at its start: the host policy text then in
+    // force, the resolved policy plan (JSON) and the sandbox plan handed to the runtime.
+    // Re-adoption resolves from these texts (not from today's host file) and checks it
+    // gets the same plan.
+    "
+CREATE TABLE session_plan (
+    id TEXT PRIMARY KEY,
+    host_policy TEXT,
+    plan TEXT NOT NULL,
+    sandbox TEXT NOT NULL
+);
+",
+];
+
+/// What a session runs with, as journalled at its start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanRow {
+    /// The host policy text in force at the start (`None`: no host file, built-in caps).
+    pub host_policy: Option<String>,
+    /// The resolved policy plan, as JSON.
+    pub plan: serde_json::Value,
+    /// The sandbox plan the runtime got.
+    pub sandbox: agentd_sandbox::SessionPlan,
+}
 
 /// The open journal.
 #[derive(Debug)]
@@ -92,8 +138,74 @@ impl Journal {
             .map_err(sql("journal_mode=WAL"))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql("synchronous"))?;
-        conn.execute_batch(SCHEMA).map_err(sql("schema"))?;
-        Ok(Journal { conn })
+        let mut j = Journal { conn };
+        j.migrate(path)?;
+        Ok(j)
+    }
+
+    /// The schema version (`PRAGMA user_version`).
+    pub fn version(&self) -> Result<usize> {
+        let v: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql("user_version"))?;
+        Ok(usize::try_from(v).unwrap_or(usize::MAX))
+    }
+
+    /// Applies the migrations this journal has not run yet.
+    fn migrate(&mut self, path: &Path) -> Result<()> {
+        let found = self.version()?;
+        if found > MIGRATIONS.len() {
+            return Err(JournalError::Newer {
+                path: path.to_path_buf(),
+                found,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(found) {
+            let what = format!("migration {}", i + 1);
+            let tx = self.conn.transaction().map_err(sql(what.clone()))?;
+            tx.execute_batch(m).map_err(sql(what.clone()))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(sql(what.clone()))?;
+            tx.commit().map_err(sql(what))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps what a session runs with (see [`PlanRow`]).
+    pub fn put_plan(&self, id: &str, row: &PlanRow) -> Result<()> {
+        let plan = to_json("plan", &row.plan)?;
+        let sandbox = to_json("sandbox plan", &row.sandbox)?;
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO session_plan (id, host_policy, plan, sandbox)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![id, row.host_policy, plan, sandbox],
+            )
+            .map_err(sql(format!("put plan {id}")))?;
+        Ok(())
+    }
+
+    /// What session `id` runs with (`None`: started by a daemon before schema 2).
+    pub fn plan(&self, id: &str) -> Result<Option<PlanRow>> {
+        let row: Option<(Option<String>, String, String)> = self
+            .conn
+            .query_row(
+                "SELECT host_policy, plan, sandbox FROM session_plan WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(sql(format!("plan {id}")))?;
+        row.map(|(host_policy, plan, sandbox)| {
+            Ok(PlanRow {
+                host_policy,
+                plan: from_json(&format!("plan {id}"), &plan)?,
+                sandbox: from_json(&format!("sandbox plan {id}"), &sandbox)?,
+            })
+        })
+        .transpose()
     }
 
     /// The journal mode in force (for tests: `wal`).
@@ -322,5 +434,54 @@ mod tests {
         assert!(j.session("a").unwrap().is_none());
         j.mark_lost(session("b", 1001), "daemon restarted").unwrap();
         assert_eq!(j.session("b").unwrap().unwrap().state, SessionState::Failed);
+    }
+
+    #[test]
+    fn migrations_bring_an_old_journal_up_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        // A journal from before versioning: the version 1 tables, user_version 0.
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute(
+                "INSERT INTO sessions (id, owner_uid, state, created_at, info) VALUES ('old', 1, 'exited', 1, '{}')",
+                [],
+            )
+            .unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.version().unwrap(), MIGRATIONS.len());
+        let n: i64 = j
+            .conn
+            .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "the old rows stay");
+        let row = PlanRow {
+            host_policy: Some("version = 1\n".into()),
+            plan: serde_json::json!({"require": []}),
+            sandbox: agentd_sandbox::SessionPlan::new(
+                Path::new("/w"),
+                Path::new("/s"),
+                1 << 30,
+                1000,
+                100_000,
+            ),
+        };
+        j.put_plan("old", &row).unwrap();
+        assert_eq!(j.plan("old").unwrap(), Some(row));
+        assert_eq!(j.plan("nope").unwrap(), None);
+        // Reopening is a no-op.
+        drop(j);
+        assert_eq!(
+            Journal::open(&path).unwrap().version().unwrap(),
+            MIGRATIONS.len()
+        );
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", 99).unwrap();
+        }
+        let e = Journal::open(&path).unwrap_err().to_string();
+        assert!(e.contains("schema version 99 is newer"), "{e}");
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Modules: [`doctor`] (which mechanisms run in which mode on this host), [`api`] (the
 //! HTTP/JSON types shared by daemon and client), [`journal`] (SQLite), [`server`]
-//! (`agentd serve`: sessions and tool calls), [`client`] (HTTP over the Unix socket),
+//! (`agentd serve`: sessions and tool calls), [`routes`] (the one route table),
+//! [`client`] (HTTP over the Unix socket),
 //! [`ctl`] (`agentctl`'s commands and their output), [`attach`] (its live commands and
 //! the in-process daemon), [`term`] (sandbox-originated text escaped before a terminal),
 //! [`top`] (`agentctl top`'s live view).
@@ -16,6 +17,7 @@ pub mod doctor;
 pub mod journal;
 pub mod mcp;
 pub mod mem;
+pub mod routes;
 pub mod server;
 pub mod term;
 pub mod top;

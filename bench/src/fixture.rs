@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use agentd::api::{CallInfo, CallRequest, CreateSession, Health, SessionInfo};
 use agentd::client::Client;
+use agentd::routes;
+use agentd_sandbox::launch::{ExecRequest, RunRequest, Sandbox};
 use anyhow::{Context, Result, bail};
 
 /// The uid that owns the repo (the agent's host uid), as in the daemon's VM tests.
@@ -32,6 +34,11 @@ pub fn bin(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(p)
+}
+
+/// The sandbox runtime, through the sandbox crate's one command builder.
+pub fn sandbox() -> Result<Sandbox> {
+    Ok(Sandbox::new(bin("agentd-sandbox")?))
 }
 
 /// Runs a command to completion with no output kept; an error names it and its status.
@@ -247,7 +254,10 @@ impl Daemon {
         };
         let t = Instant::now();
         loop {
-            match d.rt.block_on(d.client.get::<Health>("/v1/health")) {
+            match d
+                .rt
+                .block_on(d.client.get::<Health>(&routes::HEALTH.at(&[])))
+            {
                 Ok(_) => break,
                 Err(e) if t.elapsed() > Duration::from_secs(60) => {
                     bail!("agentd did not answer within 60 s: {e}")
@@ -278,7 +288,7 @@ impl Daemon {
             user: None,
         };
         self.rt
-            .block_on(self.client.post("/v1/sessions", &req))
+            .block_on(self.client.post(&routes::SESSIONS.at(&[]), &req))
             .context("POST /v1/sessions")
     }
 
@@ -300,7 +310,7 @@ impl Daemon {
             user: None,
         };
         self.rt
-            .block_on(self.client.post("/v1/sessions", &req))
+            .block_on(self.client.post(&routes::SESSIONS.at(&[]), &req))
             .context("POST /v1/sessions")
     }
 
@@ -314,7 +324,7 @@ impl Daemon {
         };
         let info: CallInfo = self
             .rt
-            .block_on(self.client.post(&format!("/v1/sessions/{id}/calls"), &req))
+            .block_on(self.client.post(&routes::CALLS.at(&[id]), &req))
             .with_context(|| format!("POST /v1/sessions/{id}/calls"))?;
         if info.exit_code != Some(0) {
             bail!("call {argv:?} in session {id} did not exit 0: {info:?}");
@@ -327,7 +337,7 @@ impl Daemon {
         self.rt
             .block_on(
                 self.client
-                    .post::<(), SessionInfo>(&format!("/v1/sessions/{id}/wait"), &()),
+                    .post::<(), SessionInfo>(&routes::SESSION_WAIT.at(&[id]), &()),
             )
             .with_context(|| format!("waiting for session {id}"))
     }
@@ -336,7 +346,7 @@ impl Daemon {
     pub fn stdout(&self, id: &str) -> Result<String> {
         let logs: agentd::api::Logs = self
             .rt
-            .block_on(self.client.get(&format!("/v1/sessions/{id}/logs")))
+            .block_on(self.client.get(&routes::SESSION_LOGS.at(&[id])))
             .with_context(|| format!("logs of session {id}"))?;
         Ok(logs.stdout)
     }
@@ -345,7 +355,7 @@ impl Daemon {
     pub fn destroy(&self, id: &str) -> Result<()> {
         let _: SessionInfo = self
             .rt
-            .block_on(self.client.delete(&format!("/v1/sessions/{id}")))
+            .block_on(self.client.delete(&routes::SESSION.at(&[id])))
             .with_context(|| format!("DELETE /v1/sessions/{id}"))?;
         Ok(())
     }
@@ -396,13 +406,9 @@ pub struct SandboxSession {
 impl SandboxSession {
     pub fn start(scratch: &Scratch, name: &str) -> Result<SandboxSession> {
         let state = scratch.path().join(name);
-        let child = Command::new(bin("agentd-sandbox")?)
-            .arg("run")
-            .arg("--workspace")
-            .arg(scratch.repo())
-            .arg("--state")
-            .arg(&state)
-            .args(["--", "sleep", "1000000"])
+        let req = RunRequest::default_for(&scratch.repo(), &state, &["sleep", "1000000"])?;
+        let child = sandbox()?
+            .run(&req, None)?
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -419,16 +425,10 @@ impl SandboxSession {
         Ok(s)
     }
 
-    /// `agentd-sandbox exec --state S -- argv`.
+    /// `agentd-sandbox exec` of `argv` in this session (a typed request).
     pub fn exec(&self, argv: &[&str]) -> Result<()> {
-        run_quiet(
-            Command::new(bin("agentd-sandbox")?)
-                .arg("exec")
-                .arg("--state")
-                .arg(&self.state)
-                .arg("--")
-                .args(argv),
-        )
+        let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
+        run_quiet(&mut sandbox()?.exec(&ExecRequest::new(&self.state, &argv))?)
     }
 }
 

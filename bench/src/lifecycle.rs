@@ -41,7 +41,6 @@ pub fn run(quick: bool) -> Result<Section> {
     )?;
     let daemon = Daemon::start(&scratch, &base.path.join("agentd"))?;
     let bundle = Bundle::create(scratch.path(), "crun-run", &["true"])?;
-    let sandbox_bin = fixture::bin("agentd-sandbox")?;
     let repo = scratch.repo();
     let pid = std::process::id();
 
@@ -69,15 +68,10 @@ pub fn run(quick: bool) -> Result<Section> {
             "sandbox_run",
             "`agentd-sandbox run -- true` (the sandbox alone: namespaces, overlay, tmpfs state, teardown)",
             Box::new(|i| {
-                run_quiet(
-                    Command::new(&sandbox_bin)
-                        .arg("run")
-                        .arg("--workspace")
-                        .arg(&repo)
-                        .arg("--state")
-                        .arg(scratch.path().join(format!("sb-{i}")))
-                        .args(["--", "true"]),
-                )
+                let state = scratch.path().join(format!("sb-{i}"));
+                let req =
+                    agentd_sandbox::launch::RunRequest::default_for(&repo, &state, &["true"])?;
+                run_quiet(&mut fixture::sandbox()?.run(&req, None)?)
             }),
             Vec::new(),
             None,

@@ -1,7 +1,8 @@
 //! Finding the agentd root on this host: the cgroup2 mount from /proc/self/mountinfo (one
 //! that offers controllers: on hybrid hosts the only cgroup2 mount, /sys/fs/cgroup/unified,
 //! has none) and `agentd.slice` somewhere near the top of it (systemd puts a delegated
-//! service subtree at `system.slice/agentd.service/`).
+//! service subtree at `system.slice/agentd.service/`). Also the one reader of
+//! `/proc/<pid>/cgroup` (where a process is in the hierarchy) for the whole project.
 
 use std::path::{Path, PathBuf};
 
@@ -103,6 +104,38 @@ pub fn find_root_under(mount: &Path, max_depth: usize) -> Option<PathBuf> {
     None
 }
 
+/// Where the cgroup2 hierarchy is mounted on a unified host (and in the test VM).
+pub const UNIFIED_MOUNT: &str = "/sys/fs/cgroup";
+
+/// The cgroup v2 path in a `/proc/<pid>/cgroup` text (its `0::` line), relative to the
+/// cgroup2 mount and starting with `/`; `None` when the process has no v2 cgroup line.
+pub fn proc_cgroup_path(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::trim_end)
+}
+
+/// Where process `pid` (a number, or `self`) is in the cgroup2 hierarchy.
+pub fn cgroup_of(pid: &str) -> Result<String> {
+    let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    proc_cgroup_path(&text)
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Parse {
+            path,
+            detail: format!("no cgroup v2 (`0::`) line in {text:?}"),
+        })
+}
+
+/// A cgroup directory under `mount` as `/proc/<pid>/cgroup` spells it (`/a/b`).
+pub fn as_proc_path(dir: &Path, mount: &Path) -> String {
+    let rel = dir.strip_prefix(mount).unwrap_or(dir);
+    format!("/{}", rel.display().to_string().trim_start_matches('/'))
+}
+
 /// The default agentd root on this host.
 pub fn default_root() -> Result<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
@@ -125,6 +158,22 @@ mod tests {
 35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
 ";
+
+    #[test]
+    fn proc_cgroup_lines_give_the_v2_path() {
+        assert_eq!(
+            proc_cgroup_path("1:name=systemd:/x\n0::/a/b\n"),
+            Some("/a/b")
+        );
+        assert_eq!(proc_cgroup_path("1:name=systemd:/x\n"), None);
+        assert_eq!(
+            as_proc_path(
+                Path::new("/sys/fs/cgroup/agentd.slice/s"),
+                Path::new(UNIFIED_MOUNT)
+            ),
+            "/agentd.slice/s"
+        );
+    }
 
     #[test]
     fn finds_cgroup2_mounts_only() {

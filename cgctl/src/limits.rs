@@ -181,34 +181,6 @@ impl Limits {
     }
 }
 
-/// Parses a size like `512M`, `2G`, `1.5GiB`, `4096`, or `max` (binary multiples: cgroup
-/// sizes are in bytes and people mean MiB when they write M).
-pub fn parse_size(s: &str) -> Option<Max> {
-    let s = s.trim();
-    if s == "max" {
-        return Some(Max::Unlimited);
-    }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        _ => return None,
-    };
-    if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult).map(Max::Limit);
-    }
-    let f: f64 = num.parse().ok()?;
-    let bytes = f * mult as f64;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64)
-        .then_some(Max::Limit(bytes as u64))
-}
-
 /// Formats bytes for people: `512.0M`, `1.50G`.
 pub fn format_bytes(n: u64) -> String {
     const UNITS: [(&str, u64); 4] = [
@@ -288,18 +260,6 @@ mod tests {
         assert_eq!(l.knobs()[0].value, "max 100000");
         assert!(Limits::default().knobs().is_empty());
         assert_eq!(CpuMax::cpus(0.001).quota_usec, Some(1000));
-    }
-
-    #[test]
-    fn sizes_parse_with_binary_units() {
-        assert_eq!(parse_size("512M"), Some(Max::Limit(512 << 20)));
-        assert_eq!(parse_size("2GiB"), Some(Max::Limit(2 << 30)));
-        assert_eq!(parse_size("1.5g"), Some(Max::Limit(3 << 29)));
-        assert_eq!(parse_size("4096"), Some(Max::Limit(4096)));
-        assert_eq!(parse_size("max"), Some(Max::Unlimited));
-        assert_eq!(parse_size("12Q"), None);
-        assert_eq!(parse_size(""), None);
-        assert_eq!(parse_size("99999999999999T"), None);
     }
 
     #[test]

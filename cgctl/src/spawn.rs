@@ -238,24 +238,30 @@ impl Command {
             placement,
             status: None,
         };
-        // The pipe reaches EOF at a successful exec (CLOEXEC); otherwise the child wrote its
-        // errno before _exit.
-        let mut buf = [0u8; 4];
-        let mut got = 0;
-        while got < 4 {
-            match rustix::io::read(&err_r, &mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(err(e.into())),
-            }
-        }
-        if got == 4 {
+        if let Some(errno) = read_exec_errno(&err_r).map_err(err)? {
             let _ = child.wait();
-            return Err(err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf))));
+            return Err(err(io::Error::from_raw_os_error(errno)));
         }
         Ok(child)
     }
+}
+
+/// The parent's side of an exec-status pipe (the child has the close-on-exec write end):
+/// `None` at EOF, i.e. the exec succeeded and closed it; `Some(errno)` when the child wrote
+/// the errno of what failed before `_exit` (4 bytes, native endian). Used by every fork
+/// child that must report why it did not exec (this module, the sandbox's exec).
+pub fn read_exec_errno(r: impl std::os::fd::AsFd) -> io::Result<Option<i32>> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match rustix::io::read(&r, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((got == 4).then(|| i32::from_ne_bytes(buf)))
 }
 
 fn cstring(s: &OsStr) -> io::Result<CString> {

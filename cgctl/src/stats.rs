@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
@@ -23,7 +23,7 @@ pub fn parse_flat_keyed(text: &str) -> BTreeMap<String, u64> {
 }
 
 /// `memory.events` counters (cumulative since the cgroup was created).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryEvents {
     /// Times reclaim ran below memory.low protection.
     pub low: u64,
@@ -57,7 +57,7 @@ impl MemoryEvents {
 
 /// Key `memory.stat` fields, in bytes (page-fault fields are counts). Missing fields (older
 /// kernels) read as 0.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryStat {
     /// Anonymous memory (heap, stacks, private mappings).
     pub anon: u64,
@@ -105,7 +105,7 @@ impl MemoryStat {
 }
 
 /// `cpu.stat`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuStat {
     /// Total CPU time in microseconds.
     pub usage_usec: u64,
@@ -138,7 +138,7 @@ impl CpuStat {
 }
 
 /// `io.stat` summed over all devices.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoStat {
     /// Bytes read.
     pub rbytes: u64,
@@ -178,7 +178,7 @@ impl IoStat {
 }
 
 /// One PSI line (`some` or `full`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct PsiLine {
     /// Percentage of the last 10 s with stalls.
     pub avg10: f64,
@@ -191,7 +191,7 @@ pub struct PsiLine {
 }
 
 /// A `*.pressure` file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Psi {
     /// Some tasks stalled.
     pub some: PsiLine,
@@ -229,7 +229,7 @@ impl Psi {
 }
 
 /// Memory figures of a cgroup.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryStats {
     /// memory.current.
     pub current: u64,
@@ -244,7 +244,7 @@ pub struct MemoryStats {
 }
 
 /// pids figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PidsStats {
     /// pids.current.
     pub current: u64,
@@ -255,7 +255,7 @@ pub struct PidsStats {
 }
 
 /// Pressure stall information of a cgroup.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pressure {
     /// memory.pressure.
     pub memory: Option<Psi>,
@@ -267,7 +267,7 @@ pub struct Pressure {
 
 /// Everything readable about one cgroup at one moment. Controllers that are not enabled
 /// on the cgroup give `None`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// Memory controller figures.
     pub memory: Option<MemoryStats>,
@@ -343,7 +343,7 @@ impl Stats {
 }
 
 /// The resource report of one tool call, read just before its cgroup is removed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The call's cgroup path.
     pub path: String,

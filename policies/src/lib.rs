@@ -8,11 +8,13 @@
 //!
 //! Modules: `units` (sizes, durations, CPU), `error` (diagnostics), `schema` (file format),
 //! `enforcement` (the table), `validate` (one file), `layer` (layers and merging), `plan`
-//! (resolution), `load` (files, extends, examples), `cli` (the `policy` commands).
+//! (resolution), `load` (files, extends, examples), `intent` (`memory=64M,cpu=batch`
+//! declarations), `cli` (the `policy` commands).
 
 pub mod cli;
 pub mod enforcement;
 pub mod error;
+pub mod intent;
 pub mod layer;
 pub mod load;
 pub mod plan;

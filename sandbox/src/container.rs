@@ -4,10 +4,12 @@
 //! namespaces with clone3 (optionally straight into a cgroup with CLONE_INTO_CGROUP, and
 //! with a pidfd), writes its uid/gid maps, hands it the plan, waits, and tears down.
 //!
-//! The cloned child does only async-signal-safe work: it blocks on a pipe until its id maps
-//! are written (so it is container root with full capabilities in its namespace when it
-//! execs), then execs `/proc/self/exe init` — the container init ([`crate::init`]) — which
-//! reads the plan from fd 3.
+//! The cloned child does only async-signal-safe work ([`child_prologue`], one for both
+//! launch paths): it blocks on a pipe until its id maps are written (so it is container
+//! root with full capabilities in its namespace when it execs), then execs
+//! `/proc/self/exe init` — the container init ([`crate::init`]) — which reads the plan from
+//! fd 3, builds the container, says so on the handshake socket (fd 4) and waits for the
+//! runtime's go ([`wait_ready`], [`go`]) before it starts the agent.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -99,6 +101,8 @@ pub struct Container {
     /// What Landlock enforces for the agent on this kernel (decided before the clone; the
     /// agent's confinement applies exactly this or fails).
     pub landlock: crate::fsrules::Enforcement,
+    /// The runtime's end of the start handshake with the init.
+    pub sync: std::os::unix::net::UnixStream,
 }
 
 /// The namespace flags for a plan.
@@ -128,8 +132,9 @@ pub fn id_map(plan: &SessionPlan) -> String {
     )
 }
 
-/// Starts the container init for `plan`, which will run `argv` (the state dir must be prepared). `cgroup`: a
-/// cgroup directory fd to start the init in (CLONE_INTO_CGROUP).
+/// Starts the container init for `plan`, which will run `argv` (the state dir must be
+/// prepared). `cgroup`: a cgroup directory fd to start the init in (CLONE_INTO_CGROUP).
+/// The init builds the container, then waits: see [`wait_ready`] and [`go`].
 pub fn start(
     plan: &SessionPlan,
     argv: &[String],
@@ -152,13 +157,16 @@ pub fn start(
     let arg1 = CString::new("init").map_err(|e| Error::Plan(e.to_string()))?;
     let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null::<libc::c_char>()];
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` is a two-int array the kernel fills.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(Error::sys("pipe2", std::io::Error::last_os_error()));
-    }
-    // SAFETY: pipe2 just returned these two fresh descriptors; each is owned once.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The plan pipe and the init's end of the start handshake, numbered above every fd the
+    // child installs them on (so its dup2s never clobber one another).
+    let high =
+        |fd: OwnedFd| rustix::io::fcntl_dupfd_cloexec(&fd, 10).map_err(|e| Error::sys("dup", e));
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
+    let rd = high(rd)?;
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| Error::sys("socketpair", e))?;
+    let theirs = high(theirs.into())?;
     let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
         flags: clone_flags(plan) | libc::CLONE_PIDFD as u64,
@@ -170,49 +178,38 @@ pub fn start(
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = fd as u64;
     }
-    let rfd = rd.as_raw_fd();
+    let fds = ChildFds {
+        plan: rd.as_raw_fd(),
+        sync: theirs.as_raw_fd(),
+    };
     // A single-threaded runtime (the `agentd-sandbox` binary) may run the init's Rust code
     // straight in the clone3 child, which is then an ordinary fork child; that saves the
     // second exec of this binary (the largest part of a session's start under emulation).
     // A multi-threaded caller (the daemon) gets the async-signal-safe path: exec the init.
     let in_process = single_threaded();
     // SAFETY: clone3 without CLONE_VM or a stack behaves like fork. The child branch below
-    // only calls async-signal-safe functions (read, setgroups/setresgid/setresuid, dup2, fcntl,
-    // execve, _exit) on memory
-    // prepared before the call, and never returns into Rust code.
+    // only calls async-signal-safe functions (read, setgroups/setresgid/setresuid, prctl,
+    // dup2, execve, _exit) on memory prepared before the call, and never returns into Rust
+    // code.
     let ret = match unsafe { cgctl::clone3::clone3(&mut args) } {
         Ok(pid) => pid,
         Err(e) => return Err(Error::sys("clone3", e)),
     };
-    if ret == 0 && in_process {
-        // SAFETY: child of a fork-like clone of a single-threaded process: it may run any
-        // code; `child_in_process` never returns.
-        unsafe { child_in_process(rfd, &launch) }
-    }
     if ret == 0 {
         // SAFETY: child of a fork-like clone; async-signal-safe calls only (see above).
+        unsafe { child_prologue(fds) };
+        if in_process {
+            // SAFETY: child of a fork-like clone of a single-threaded process: it may run
+            // any code; `child_in_process` never returns.
+            unsafe { child_in_process(&launch) }
+        }
+        // SAFETY: as above; execve replaces the process or we _exit.
         unsafe {
-            let mut b = 0u8;
-            if libc::read(rfd, (&mut b as *mut u8).cast(), 1) != 1 {
-                libc::_exit(120);
-            }
-            // The child still has the host ids it was cloned with (unmapped here); become
-            // container root so the exec keeps the namespace's full capability set. Raw
-            // syscalls: this process is a fork child (no libc setxid broadcast wanted).
-            if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
-                || libc::syscall(libc::SYS_setresgid, 0, 0, 0) < 0
-                || libc::syscall(libc::SYS_setresuid, 0, 0, 0) < 0
-            {
-                libc::_exit(123);
-            }
-            if libc::dup2(rfd, PLAN_FD) < 0 || libc::fcntl(PLAN_FD, libc::F_SETFD, 0) < 0 {
-                libc::_exit(121);
-            }
             libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
             libc::_exit(122);
         }
     }
-    drop(rd);
+    drop((rd, theirs));
     let pid = Pid::from_raw(ret);
     // SAFETY: CLONE_PIDFD stored a fresh descriptor owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -220,6 +217,7 @@ pub fn start(
         pid,
         pidfd,
         landlock,
+        sync: ours,
     };
     let map = id_map(plan);
     let write_maps = || -> std::io::Result<()> {
@@ -231,9 +229,8 @@ pub fn start(
         return Err(Error::sys("writing the id maps", e));
     }
     let mut w = std::fs::File::from(wr);
-    // The init blocks for the first byte, then reads the plan to EOF (the write end closes
-    // when `w` drops; the child's copy was closed by its exec).
-    // The in-process init already has the plan: it only waits for the go byte.
+    // The child blocks for the first byte, then (exec'd init) reads the plan to EOF (the
+    // write end closes when `w` drops). The in-process init already has the plan.
     let sent = if in_process {
         w.write_all(b"G")
     } else {
@@ -244,6 +241,68 @@ pub fn start(
         return Err(Error::sys("sending the plan", e));
     }
     Ok(container)
+}
+
+/// Waits until the init has built the container (mounts, pivot_root; the agent is not
+/// started yet). `false`: the init exited first (its stderr said why; [`wait`] for it).
+pub fn wait_ready(c: &Container) -> Result<bool, Error> {
+    match crate::launch::read_byte(&mut &c.sync) {
+        Ok(Some(crate::launch::READY)) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(e) => Err(Error::sys("waiting for the container init", e)),
+    }
+}
+
+/// Lets the init start the agent (after [`wait_ready`]).
+pub fn go(c: &Container) -> Result<(), Error> {
+    (&c.sync)
+        .write_all(&[crate::launch::GO])
+        .map_err(|e| Error::sys("starting the agent", e))
+}
+
+/// Where the clone3 child finds its descriptors (both close-on-exec, numbered ≥ 10).
+#[derive(Clone, Copy)]
+struct ChildFds {
+    plan: RawFd,
+    sync: RawFd,
+}
+
+/// The clone3 child's first steps, the same on both launch paths: wait until the runtime
+/// has written the id maps (the first byte on the plan pipe), become container root (the
+/// child still has the host ids it was cloned with, unmapped here, and needs root in its
+/// namespace so the init keeps the full capability set), then ask to die with the runtime
+/// (after the id change, which would clear it), and install the plan pipe on [`PLAN_FD`]
+/// and the handshake on [`crate::init::SYNC_FD`] for the init. Raw syscalls: this is a fork
+/// child (no libc setxid broadcast wanted). Returns only when all of it worked.
+///
+/// # Safety
+/// Only in the child of a fork-like clone; async-signal-safe calls only.
+unsafe fn child_prologue(fds: ChildFds) {
+    // SAFETY: integer-only syscalls on this process, on descriptors it owns.
+    unsafe {
+        let mut b = 0u8;
+        if libc::read(fds.plan, (&mut b as *mut u8).cast(), 1) != 1 {
+            libc::_exit(120);
+        }
+        if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
+            || libc::syscall(libc::SYS_setresgid, 0, 0, 0) < 0
+            || libc::syscall(libc::SYS_setresuid, 0, 0, 0) < 0
+        {
+            libc::_exit(123);
+        }
+        // The runtime going away takes the whole session with it.
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        // dup2 leaves the targets open across exec (the sources stay close-on-exec).
+        if libc::dup2(fds.plan, PLAN_FD) < 0 || libc::dup2(fds.sync, crate::init::SYNC_FD) < 0 {
+            libc::_exit(121);
+        }
+    }
 }
 
 /// Each read-only bind's source must be an existing regular file or directory on the host
@@ -280,41 +339,30 @@ fn single_threaded() -> bool {
     std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1)
 }
 
-/// The clone3 child of a single-threaded runtime: waits for its id maps, becomes container
-/// root, and runs the init ([`crate::init::run_launch`]) without a new exec.
+/// The clone3 child of a single-threaded runtime, after [`child_prologue`]: runs the init
+/// ([`crate::init::run_launch`]) without a new exec.
 ///
 /// # Safety
 /// Only in the child of a fork-like clone of a single-threaded process; never returns.
-unsafe fn child_in_process(rfd: RawFd, launch: &crate::init::Launch) -> ! {
-    // SAFETY: integer-only syscalls on this process (see the exec path in `start` for why
-    // the ids are switched with raw syscalls before anything else).
+unsafe fn child_in_process(launch: &crate::init::Launch) -> ! {
+    // SAFETY: integer-only syscalls on this process.
     unsafe {
-        // The runtime going away takes the whole session with it (as `init::run` does).
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        let mut b = 0u8;
-        if libc::read(rfd, (&mut b as *mut u8).cast(), 1) != 1 {
-            libc::_exit(120);
-        }
-        if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
-            || libc::syscall(libc::SYS_setresgid, 0, 0, 0) < 0
-            || libc::syscall(libc::SYS_setresuid, 0, 0, 0) < 0
-        {
-            libc::_exit(123);
-        }
         // The id change made us non-dumpable; an exec'd init would be dumpable again
         // (so its /proc files belong to container root, not to host root).
         libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
         // Nothing of the runtime's (the cgroup dir fd, the plan pipe, the caller's files)
-        // stays open in the container: the exec path closes them through O_CLOEXEC.
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        // stays open in the container but the handshake: the exec path closes them
+        // through O_CLOEXEC.
+        libc::close(PLAN_FD);
+        libc::syscall(
+            libc::SYS_close_range,
+            (crate::init::SYNC_FD + 1) as u32,
+            u32::MAX,
+            0u32,
+        );
     }
-    let code = match crate::init::run_launch(launch.clone()) {
+    let code = match crate::init::sync_fd().and_then(|s| crate::init::run_launch(launch.clone(), s))
+    {
         Ok(code) => code,
         Err(e) => {
             eprintln!("agentd-sandbox: {e}");
@@ -373,16 +421,7 @@ pub fn wait_forwarding_signals(c: &Container) -> Result<i32, Error> {
         .map_err(|e| Error::sys("dup pidfd", e))?;
     std::thread::spawn(move || {
         while let Ok(sig) = set.wait() {
-            // SAFETY: pidfd_send_signal with a live pidfd, a signal number and no siginfo.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    sig as libc::c_int,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
+            crate::pty::send_signal(&pidfd, sig as libc::c_int);
         }
     });
     wait(c)

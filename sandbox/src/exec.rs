@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::confine::Confinement;
+use crate::launch::ExecRequest;
 use crate::plan::SessionPlan;
 
 /// What `run` leaves in the state dir for `exec`.
@@ -50,17 +51,12 @@ pub fn read_record(state: &Path) -> Result<SessionRecord, Error> {
     serde_json::from_slice(&s).map_err(|e| Error::Plan(e.to_string()))
 }
 
-fn pidfd_open(pid: i32) -> Result<OwnedFd, Error> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if r < 0 {
-        return Err(Error::sys(
-            format!("pidfd_open {pid}"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+/// A pidfd for `pid` (the session's init, by its host pid).
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Error> {
+    let err = |e: std::io::Error| Error::sys(format!("pidfd_open {pid}"), e);
+    let p = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| err(std::io::Error::from_raw_os_error(libc::ESRCH)))?;
+    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).map_err(|e| err(e.into()))
 }
 
 /// A command started inside a session by [`spawn`]: its pid (in the caller's pid
@@ -77,33 +73,25 @@ pub struct ExecChild {
 /// descriptor (one end of a pipe, a pty's follower side, /dev/null).
 pub type ExecStdio = [Option<OwnedFd>; 3];
 
-/// Starts `argv` in the session recorded in `state` and hands back its pid and pidfd.
+/// Starts `req` in the session recorded in its state dir and hands back its pid and pidfd.
 ///
 /// The calling process joins the session's user, mount, pid, net, ipc and uts namespaces
 /// through the init's pidfd, so it must be single-threaded (joining a user namespace
 /// requires it) and must not need its own namespaces afterwards: the `agentd-sandbox exec`
 /// binary, or a helper process forked by the daemon. The command is then created with
-/// clone3 `CLONE_PIDFD`, and with `CLONE_INTO_CGROUP` into `cgroup` (a cgroup2 directory
-/// fd) when given, so it never runs outside its call cgroup; the child joins the session's
-/// cgroup namespace, sets up its stdio, and applies the agent's confinement before exec.
-pub fn spawn(
-    state: &Path,
-    argv: &[String],
-    cgroup: Option<BorrowedFd<'_>>,
-    stdio: ExecStdio,
-) -> Result<ExecChild, Error> {
-    spawn_inner(state, argv, cgroup, Io::Fds(stdio)).map(|(c, _)| c)
+/// clone3 `CLONE_PIDFD`, and with `CLONE_INTO_CGROUP` into `req.cgroup` when given, so it
+/// never runs outside its call cgroup; the child joins the session's cgroup namespace,
+/// sets up its stdio and working directory, and applies the agent's confinement before
+/// exec, with the session's environment plus `req.env`.
+pub fn spawn(req: &ExecRequest, stdio: ExecStdio) -> Result<ExecChild, Error> {
+    spawn_inner(req, Io::Fds(stdio)).map(|(c, _)| c)
 }
 
 /// Like [`spawn`], with the command's stdin, stdout and stderr on a new pty of the
 /// session's own devpts instance (the command gets it as its controlling terminal, in a
 /// new session); returns the pty's controlling side for the caller to relay.
-pub fn spawn_pty(
-    state: &Path,
-    argv: &[String],
-    cgroup: Option<BorrowedFd<'_>>,
-) -> Result<(ExecChild, OwnedFd), Error> {
-    match spawn_inner(state, argv, cgroup, Io::Pty)? {
+pub fn spawn_pty(req: &ExecRequest) -> Result<(ExecChild, OwnedFd), Error> {
+    match spawn_inner(req, Io::Pty)? {
         (c, Some(master)) => Ok((c, master)),
         (_, None) => Err(Error::Plan("no pty was allocated".into())),
     }
@@ -146,17 +134,19 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd), Error> {
     Ok((master, unsafe { OwnedFd::from_raw_fd(peer) }))
 }
 
-fn spawn_inner(
-    state: &Path,
-    argv: &[String],
-    cgroup: Option<BorrowedFd<'_>>,
-    io: Io,
-) -> Result<(ExecChild, Option<OwnedFd>), Error> {
+fn spawn_inner(req: &ExecRequest, io: Io) -> Result<(ExecChild, Option<OwnedFd>), Error> {
     use cgctl::clone3::{CLONE_INTO_CGROUP, CLONE_PIDFD, CloneArgs};
-    if argv.is_empty() {
-        return Err(Error::Plan("no command".into()));
-    }
-    let rec = read_record(state)?;
+    req.validate()?;
+    let argv = &req.argv;
+    // Opened before joining the mount namespace, where the cgroup tree is read-only.
+    let cg = match &req.cgroup {
+        Some(p) => Some(
+            std::fs::File::open(p).map_err(|e| Error::sys(format!("open {}", p.display()), e))?,
+        ),
+        None => None,
+    };
+    let cgroup: Option<BorrowedFd<'_>> = cg.as_ref().map(|f| f.as_fd());
+    let rec = read_record(&req.state)?;
     let plan = rec.plan;
     let pidfd = pidfd_open(rec.init_pid)?;
     let flags = crate::container::clone_flags(&plan) as libc::c_int;
@@ -179,8 +169,9 @@ fn spawn_inner(
     };
     let cstr = |s: &str| CString::new(s).map_err(|e| Error::Plan(e.to_string()));
     let args: Vec<CString> = argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
-    let envs: Vec<CString> = plan
-        .env
+    let mut env = plan.env.clone();
+    env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let envs: Vec<CString> = env
         .iter()
         .map(|(k, v)| cstr(&format!("{k}={v}")))
         .collect::<Result<_, _>>()?;
@@ -188,13 +179,18 @@ fn spawn_inner(
     let candidates: Vec<CString> = if argv[0].contains('/') {
         vec![cstr(&argv[0])?]
     } else {
-        let path = plan.env.get("PATH").map_or("/usr/bin:/bin", String::as_str);
+        let path = env.get("PATH").map_or("/usr/bin:/bin", String::as_str);
         path.split(':')
             .filter(|d| !d.is_empty())
             .map(|d| cstr(&format!("{d}/{}", argv[0])))
             .collect::<Result<_, _>>()?
     };
-    let cwd = cstr(&plan.workspace.mount_at.to_string_lossy())?;
+    let cwd = req
+        .cwd
+        .as_ref()
+        .or(plan.cwd.as_ref())
+        .unwrap_or(&plan.workspace.mount_at);
+    let cwd = cstr(&cwd.to_string_lossy())?;
     let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
         v.iter()
             .map(|c| c.as_ptr())
@@ -317,58 +313,29 @@ fn spawn_inner(
         pid: nix::unistd::Pid::from_raw(pid),
         pidfd: child_pidfd,
     };
-    let mut buf = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match nix::unistd::read(&err_r, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(Error::sys("reading the exec status", e)),
-        }
-    }
-    if got == 4 {
+    let status = cgctl::spawn::read_exec_errno(&err_r)
+        .map_err(|e| Error::sys("reading the exec status", e))?;
+    if let Some(errno) = status {
         let _ = nix::sys::wait::waitpid(child.pid, None);
         return Err(Error::sys(
             format!("starting {}", argv[0]),
-            std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)),
+            std::io::Error::from_raw_os_error(errno),
         ));
     }
     Ok((child, master))
 }
 
-/// Runs `argv` in the session recorded in `state` (see [`spawn`]; `cgroup` is a cgroup
-/// directory path) with the caller's stdio; returns its exit code. Must be called from a
-/// single-threaded process (joining a user namespace requires it).
-pub fn exec(state: &Path, argv: &[String], cgroup: Option<&Path>) -> Result<i32, Error> {
-    let cg = match cgroup {
-        Some(p) => Some(
-            std::fs::File::open(p).map_err(|e| Error::sys(format!("open {}", p.display()), e))?,
-        ),
-        None => None,
-    };
-    let child = spawn(
-        state,
-        argv,
-        cg.as_ref().map(|f| f.as_fd()),
-        [None, None, None],
-    )?;
-    drop(cg);
-    crate::container::wait_pid(child.pid)
-}
-
-/// Like [`exec`], with the command on a pty ([`spawn_pty`]): relays this process's stdin to
-/// the pty and the pty's output to stdout until the command exits. A terminal on stdin is
-/// in raw mode meanwhile and restored afterwards; its window size is the pty's.
-pub fn exec_pty(state: &Path, argv: &[String], cgroup: Option<&Path>) -> Result<i32, Error> {
-    let cg = match cgroup {
-        Some(p) => Some(
-            std::fs::File::open(p).map_err(|e| Error::sys(format!("open {}", p.display()), e))?,
-        ),
-        None => None,
-    };
-    let (child, master) = spawn_pty(state, argv, cg.as_ref().map(|f| f.as_fd()))?;
-    drop(cg);
+/// Runs `req` in its session (see [`spawn`]) with the caller's stdio, or on a pty when
+/// `req.pty` ([`spawn_pty`]: relays this process's stdin to the pty and the pty's output
+/// to stdout until the command exits; a terminal on stdin is in raw mode meanwhile and
+/// restored afterwards, its window size is the pty's). Returns the exit code. Must be
+/// called from a single-threaded process (joining a user namespace requires it).
+pub fn exec(req: &ExecRequest) -> Result<i32, Error> {
+    if !req.pty {
+        let child = spawn(req, [None, None, None])?;
+        return crate::container::wait_pid(child.pid);
+    }
+    let (child, master) = spawn_pty(req)?;
     // The relay puts a local terminal in raw mode and restores it however it ends; if it
     // fails, the command does not outlive this exec.
     if let Err(e) = crate::pty::relay(&master, &child.pidfd) {

@@ -80,9 +80,10 @@ fn names(rights: &[FsRight]) -> String {
         .join(", ")
 }
 
-/// The running kernel's Landlock ABI: 0 when Landlock is not built in (ENOSYS) or not
-/// enabled at boot (EOPNOTSUPP).
-pub fn kernel_abi() -> Result<u32, Error> {
+/// The one Landlock ABI probe of the project (the sandbox before each session, and
+/// `agentd doctor`): the kernel's answer to `landlock_create_ruleset(NULL, 0, VERSION)`,
+/// the errno as is (ENOSYS: not built in; EOPNOTSUPP: not enabled at boot).
+pub fn probe_abi() -> std::io::Result<u32> {
     // LANDLOCK_CREATE_RULESET_VERSION: with a NULL attr and size 0 it only returns the ABI.
     const VERSION: libc::c_uint = 1;
     // SAFETY: landlock_create_ruleset with a NULL attribute pointer and size 0 reads no
@@ -95,13 +96,19 @@ pub fn kernel_abi() -> Result<u32, Error> {
             VERSION,
         )
     };
-    if r >= 0 {
-        return u32::try_from(r).map_err(|_| Error::Landlock(format!("unexpected ABI {r}")));
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENOSYS | libc::EOPNOTSUPP) => Ok(0),
-        _ => Err(Error::sys("querying the Landlock ABI", e)),
+    u32::try_from(r).map_err(|_| std::io::Error::other(format!("unexpected Landlock ABI {r}")))
+}
+
+/// The running kernel's Landlock ABI: 0 when Landlock is not built in (ENOSYS) or not
+/// enabled at boot (EOPNOTSUPP).
+pub fn kernel_abi() -> Result<u32, Error> {
+    match probe_abi() {
+        Ok(abi) => Ok(abi),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EOPNOTSUPP)) => Ok(0),
+        Err(e) => Err(Error::sys("querying the Landlock ABI", e)),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The container init (PID 1 of the session's pid namespace): `agentd-sandbox init`,
 //! exec'd by [`crate::container::start`] as container root with full capabilities in its
 //! new user namespace. It reads the plan from fd 3, builds the mount namespace
-//! ([`crate::mounts`]), brings loopback up, sets the hostname, then starts the agent command
+//! ([`crate::mounts`]), brings loopback up, sets the hostname, tells the runtime on fd 4
+//! and waits for its go (the daemon binds its sockets inside meanwhile), then starts the agent command
 //! confined ([`crate::confine`]) and stays as a reaper: it forwards signals to the agent,
 //! reaps orphans, and when the agent exits kills whatever is left and exits with its status.
 
@@ -81,26 +82,27 @@ pub fn loopback_up() -> Result<(), Error> {
     Ok(())
 }
 
+/// The fd of the init's end of the start handshake with the runtime.
+pub const SYNC_FD: std::os::fd::RawFd = 4;
+
+/// Takes the handshake socket the clone3 child installed on [`SYNC_FD`].
+pub fn sync_fd() -> Result<std::os::unix::net::UnixStream, Error> {
+    crate::launch::sync_socket(SYNC_FD)
+}
+
 /// Runs the init: returns the agent's exit code once it and every other process are gone.
+/// (The death signal was set by the clone3 child, after its id change; execve keeps it.)
 pub fn run() -> Result<i32, Error> {
-    // The runtime going away takes the whole session with it.
-    // SAFETY: integer-only prctl.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    run_launch(read_launch()?)
+    let sync = sync_fd()?;
+    run_launch(read_launch()?, sync)
 }
 
 /// The init's work once it has its launch message: used by [`run`] (the re-executed init)
 /// and directly by the clone3 child when the runtime was single-threaded
-/// ([`crate::container::start`] skips the second exec then).
-pub fn run_launch(launch: Launch) -> Result<i32, Error> {
+/// ([`crate::container::start`] skips the second exec then). Once the container is built
+/// it says [`crate::launch::READY`] on `sync` and starts the agent only on
+/// [`crate::launch::GO`].
+pub fn run_launch(launch: Launch, sync: std::os::unix::net::UnixStream) -> Result<i32, Error> {
     let Launch { plan, argv } = launch;
     if argv.is_empty() {
         return Err(Error::Plan("no command".into()));
@@ -111,6 +113,18 @@ pub fn run_launch(launch: Launch) -> Result<i32, Error> {
     crate::mounts::apply(&LinuxSys, &plan.mount_steps())?;
     if plan.namespaces.net {
         loopback_up()?;
+    }
+    {
+        use std::io::Write;
+        let mut sync = sync;
+        sync.write_all(&[crate::launch::READY])
+            .map_err(|e| Error::sys("telling the runtime the container is up", e))?;
+        match crate::launch::read_byte(&mut sync) {
+            Ok(Some(crate::launch::GO)) => {}
+            Ok(_) => return Err(Error::Plan("the runtime did not start the agent".into())),
+            Err(e) => return Err(Error::sys("waiting for the runtime's go", e)),
+        }
+        // Dropped here: the agent never inherits the handshake.
     }
     let confinement = Confinement {
         agent_id: plan.ids.agent_id,

@@ -12,6 +12,7 @@ pub mod container;
 pub mod exec;
 pub mod fsrules;
 pub mod init;
+pub mod launch;
 pub mod layer;
 pub mod mounts;
 pub mod oci;

@@ -212,13 +212,7 @@ mod tests {
     use crate::sys::fake::Recorder;
 
     fn plan() -> SessionPlan {
-        SessionPlan::new(
-            Path::new("/srv/repo"),
-            Path::new("/st"),
-            64 << 20,
-            1000,
-            100_000,
-        )
+        crate::plan::example("/st")
     }
 
     #[test]

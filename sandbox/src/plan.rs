@@ -589,19 +589,25 @@ impl SessionPlan {
     }
 }
 
+/// The unit tests' plan: the default for `/srv/repo` with its state at `state`, 64 MiB.
+#[cfg(test)]
+pub(crate) fn example(state: &str) -> SessionPlan {
+    SessionPlan::new(
+        Path::new("/srv/repo"),
+        Path::new(state),
+        64 << 20,
+        1000,
+        100_000,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
     use super::*;
 
     fn plan() -> SessionPlan {
-        SessionPlan::new(
-            Path::new("/srv/repo"),
-            Path::new("/var/lib/agentd/s1"),
-            64 << 20,
-            1000,
-            100_000,
-        )
+        example("/var/lib/agentd/s1")
     }
 
     #[test]

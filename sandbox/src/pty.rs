@@ -103,17 +103,12 @@ impl Drop for TakenSignals {
     }
 }
 
-fn send_signal(pidfd: &OwnedFd, sig: libc::c_int) {
-    // SAFETY: pidfd_send_signal with a live pidfd, a signal number and no siginfo.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
+/// Sends `sig` to the process of `pidfd` (race-free: never a recycled pid); an unknown
+/// signal number or a process already gone is ignored.
+pub(crate) fn send_signal(pidfd: &OwnedFd, sig: libc::c_int) {
+    if let Some(s) = rustix::process::Signal::from_named_raw(sig) {
+        let _ = rustix::process::pidfd_send_signal(pidfd, s);
+    }
 }
 
 fn copy(from: libc::c_int, to: libc::c_int, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -493,15 +493,12 @@ fn sandbox_teardown_many_sessions_leave_nothing_behind() {
         let cg = cg_parent.join(format!("s{i}"));
         fs::create_dir(&cg).unwrap();
         let t = Instant::now();
-        let mut child = Command::new(agentd_tests::project_binary("agentd-sandbox"))
-            .arg("run")
-            .arg("--workspace")
-            .arg(&f.repo)
-            .arg("--state")
-            .arg(&state)
-            .arg("--cgroup")
-            .arg(&cg)
-            .args(["--", "true"])
+        let mut req =
+            agentd_sandbox::launch::RunRequest::default_for(&f.repo, &state, &["true"]).unwrap();
+        req.cgroup = Some(cg.clone());
+        let mut child = sandbox()
+            .run(&req, None)
+            .unwrap()
             .stdin(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -611,20 +608,19 @@ fn sandbox_exec_joins_the_running_session_confined_and_in_its_cgroup() {
     let cg = Path::new("/sys/fs/cgroup/agentd-sbx-exec-test");
     fs::create_dir(cg).unwrap();
     // With --pty: the command's stdio is a terminal of the session's devpts.
-    let pty = Command::new(agentd_tests::project_binary("agentd-sandbox"))
-        .arg("exec")
-        .arg("--state")
-        .arg(&f.state)
-        .arg("--pty")
-        .args([
-            "--",
+    let pty = exec_cmd(
+        &f.state,
+        &[
             "sh",
             "-c",
             "tty; [ -t 0 ] && [ -t 1 ] && echo IS-A-TTY; id -u",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+        ],
+        None,
+        true,
+    )
+    .stdin(std::process::Stdio::null())
+    .output()
+    .unwrap();
     let pty_out = String::from_utf8_lossy(&pty.stdout).into_owned();
     eprintln!(
         "exec --pty stdout:\n{pty_out}\nstderr:\n{}",
@@ -634,22 +630,20 @@ fn sandbox_exec_joins_the_running_session_confined_and_in_its_cgroup() {
     assert!(pty_out.contains("/dev/pts/"), "{pty_out}");
     assert!(pty_out.contains("IS-A-TTY"), "{pty_out}");
     assert!(pty_out.contains("1000"), "{pty_out}");
-    let out = Command::new(agentd_tests::project_binary("agentd-sandbox"))
-        .arg("exec")
-        .arg("--state")
-        .arg(&f.state)
-        .arg("--cgroup")
-        .arg(cg)
-        .args([
-            "--",
+    let out = exec_cmd(
+        &f.state,
+        &[
             "sh",
             "-c",
             "while [ ! -e /tmp/marker ]; do sleep 0.1; done; cat /tmp/marker; id -u; \
              grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status; cat /proc/self/cgroup; \
              ls /proc | grep -cE '^[0-9]+$'; touch /tmp/stop",
-        ])
-        .output()
-        .unwrap();
+        ],
+        Some(cg),
+        false,
+    )
+    .output()
+    .unwrap();
     let so = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!(
         "exec stdout:\n{so}\nstderr:\n{}",

@@ -273,13 +273,7 @@ fn sandbox_start_latency_median_and_p95_of_50() {
     let mut totals = Vec::with_capacity(n);
     for i in 0..n {
         let before = monotonic_ns();
-        let out = Command::new(agentd_tests::project_binary("agentd-sandbox"))
-            .arg("run")
-            .arg("--workspace")
-            .arg(&f.repo)
-            .arg("--state")
-            .arg(&f.state)
-            .args(["--", "./t0"])
+        let out = session_cmd(&f.repo, &f.state, &["./t0"])
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
@@ -375,13 +369,8 @@ fn read_until(m: &std::os::fd::OwnedFd, acc: &mut String, needle: &str) {
 /// controlling terminal of its own session, so a resize reaches it as SIGWINCH.
 fn exec_pty_on(f: &Fixture, s: &std::os::fd::OwnedFd, script: &str) -> std::process::Child {
     use std::os::unix::process::CommandExt;
-    let mut c = Command::new(agentd_tests::project_binary("agentd-sandbox"));
-    c.arg("exec")
-        .arg("--state")
-        .arg(&f.state)
-        .arg("--pty")
-        .args(["--", "sh", "-c", script])
-        .stdin(s.try_clone().unwrap())
+    let mut c = exec_cmd(&f.state, &["sh", "-c", script], None, true);
+    c.stdin(s.try_clone().unwrap())
         .stdout(s.try_clone().unwrap())
         .stderr(s.try_clone().unwrap());
     // SAFETY: setsid and TIOCSCTTY act on the child only, before exec.
@@ -464,11 +453,7 @@ fn sandbox_exec_pty_raw_mode_is_restored_and_window_size_follows() {
         .unwrap();
     assert!(!st.success());
     assert!(!is_raw(&s));
-    let st = Command::new(agentd_tests::project_binary("agentd-sandbox"))
-        .arg("exec")
-        .arg("--state")
-        .arg(&f.state)
-        .args(["--", "touch", "/tmp/stop"])
+    let st = exec_cmd(&f.state, &["touch", "/tmp/stop"], None, false)
         .status()
         .unwrap();
     assert!(st.success());
@@ -501,16 +486,7 @@ fn sandbox_another_running_session_and_host_abstract_sockets_are_out_of_reach() 
         .unwrap();
     fs::set_permissions(states.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let (a, b) = (states.path().join("a"), states.path().join("b"));
-    let session = |state: &Path, script: &str| {
-        let mut c = Command::new(agentd_tests::project_binary("agentd-sandbox"));
-        c.arg("run")
-            .arg("--workspace")
-            .arg(&f.repo)
-            .arg("--state")
-            .arg(state)
-            .args(["--", "sh", "-c", script]);
-        c
-    };
+    let session = |state: &Path, script: &str| session_cmd(&f.repo, state, &["sh", "-c", script]);
     // Session A keeps a secret in its upper layer and runs until told to stop.
     let sa = session(
         &a,
@@ -556,11 +532,7 @@ fn sandbox_another_running_session_and_host_abstract_sockets_are_out_of_reach() 
     );
     let after = snapshot(&a.join("upper"));
     // Stop A through exec, as the daemon would.
-    let st = Command::new(agentd_tests::project_binary("agentd-sandbox"))
-        .arg("exec")
-        .arg("--state")
-        .arg(&a)
-        .args(["--", "touch", "/tmp/stop"])
+    let st = exec_cmd(&a, &["touch", "/tmp/stop"], None, false)
         .status()
         .unwrap();
     assert!(st.success());

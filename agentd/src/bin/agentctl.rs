@@ -13,6 +13,7 @@ use agentd::api::{
 use agentd::attach::{self, sess};
 use agentd::client::{Client, ClientError};
 use agentd::ctl;
+use agentd::routes;
 use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -234,8 +235,8 @@ async fn run(cli: Cli) -> Result<u8, String> {
         }
         Cmd::Stats { session } => {
             let list: Vec<SessionStats> = match session {
-                Some(id) => vec![c.get(&format!("{}/stats", sess(&id))).await.map_err(e)?],
-                None => c.get(&format!("{}/stats", api::PREFIX)).await.map_err(e)?,
+                Some(id) => vec![c.get(&routes::SESSION_STATS.at(&[&id])).await.map_err(e)?],
+                None => c.get(&routes::STATS.at(&[])).await.map_err(e)?,
             };
             if json {
                 print_json(&list)?;
@@ -277,7 +278,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 stdin: !detach,
                 user,
             };
-            let path = format!("{}/sessions", api::PREFIX);
+            let path = routes::SESSIONS.at(&[]);
             let first = c.post::<_, SessionInfo>(&path, &req).await;
             // No daemon, but root and attached: a daemon in this process for this session.
             let (c, mut inproc) = match first {
@@ -313,9 +314,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
                     let code = attach::attach(&c, &s, json).await.map_err(e);
                     if inproc.is_some()
                         && !json
-                        && let Ok(calls) = c
-                            .get::<Vec<CallInfo>>(&format!("{}/calls", sess(&s.id)))
-                            .await
+                        && let Ok(calls) = c.get::<Vec<CallInfo>>(&routes::CALLS.at(&[&s.id])).await
                     {
                         // Nothing will be left to ask afterwards: show the calls now.
                         agentd::term::err(&ctl::calls_table(&calls));
@@ -352,7 +351,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             };
             let call: CallInfo = if json {
                 let call = c
-                    .post(&format!("{}/calls", sess(&session)), &req)
+                    .post(&routes::CALLS.at(&[&session]), &req)
                     .await
                     .map_err(e)?;
                 print_json(&call)?;
@@ -368,10 +367,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             Ok(call.exit_code.unwrap_or(125).clamp(0, 255) as u8)
         }
         Cmd::Ps { all } => {
-            let mut list: Vec<SessionInfo> = c
-                .get(&format!("{}/sessions", api::PREFIX))
-                .await
-                .map_err(e)?;
+            let mut list: Vec<SessionInfo> = c.get(&routes::SESSIONS.at(&[])).await.map_err(e)?;
             if !all {
                 list.retain(|s| !s.state.ended());
             }
@@ -396,10 +392,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             Ok(0)
         }
         Cmd::Calls { session } => {
-            let list: Vec<CallInfo> = c
-                .get(&format!("{}/calls", sess(&session)))
-                .await
-                .map_err(e)?;
+            let list: Vec<CallInfo> = c.get(&routes::CALLS.at(&[&session])).await.map_err(e)?;
             if json {
                 print_json(&list)?;
             } else {
@@ -409,7 +402,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
         }
         Cmd::Kill { session } => {
             let s: SessionInfo = c
-                .post(&format!("{}/kill", sess(&session)), &())
+                .post(&routes::SESSION_KILL.at(&[&session]), &())
                 .await
                 .map_err(e)?;
             show_session(&s, json)
@@ -443,7 +436,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
         }
         Cmd::Logs { session, .. } => {
             let l: Logs = c
-                .get(&format!("{}/logs", sess(&session)))
+                .get(&routes::SESSION_LOGS.at(&[&session]))
                 .await
                 .map_err(e)?;
             if json {
@@ -479,7 +472,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 print!("{}", report.render());
             }
             // Say whether the daemon answers too (not an error when it does not).
-            match c.get::<Health>(&format!("{}/health", api::PREFIX)).await {
+            match c.get::<Health>(&routes::HEALTH.at(&[])).await {
                 Ok(h) if !json => println!(
                     "daemon: agentd {} on {} (cgroup root {})",
                     h.version,

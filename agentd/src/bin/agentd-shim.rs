@@ -15,7 +15,8 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use agentd::server::shim::{ShimAnswer, ShimCall, ShimExit};
+use agentd::api::{ShimAnswer, ShimCall, ShimExit};
+use agentd::routes;
 
 fn real_shell() -> String {
     std::env::var("AGENTD_REAL_SHELL").unwrap_or_else(|_| "/bin/sh".to_string())
@@ -58,7 +59,7 @@ fn ask(socket: &str, cmd: &str) -> Result<ShimAnswer, AskError> {
         intent: std::env::var("AGENTD_INTENT").unwrap_or_default(),
     };
     let body = serde_json::to_vec(&req).map_err(|e| AskError::Refused(e.to_string()))?;
-    let (status, body) = post(socket, "/v1/shim/calls", &body).map_err(|e| {
+    let (status, body) = post(socket, &routes::SHIM_CALLS.at(&[]), &body).map_err(|e| {
         if restarting(&e) {
             AskError::Io(e.to_string())
         } else {
@@ -96,7 +97,7 @@ const REPORT_RETRY: Duration = Duration::from_secs(60);
 /// for up to [`REPORT_RETRY`]: the shim is still in the call's cgroup, so the next daemon
 /// (which re-adopts the session and rebinds this socket) waits for it and records the status.
 fn report_exit(socket: &str, n: u64, body: &[u8]) -> Result<(), String> {
-    let path = format!("/v1/shim/calls/{n}/exit");
+    let path = routes::SHIM_EXIT.at(&[&n.to_string()]);
     let start = Instant::now();
     loop {
         match post(socket, &path, body) {

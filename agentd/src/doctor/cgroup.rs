@@ -164,10 +164,7 @@ pub(super) fn check(host: &dyn Host) -> Check {
     let own = host
         .read("/proc/self/cgroup")
         .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_string()))
-        })
+        .and_then(|t| cgctl::discover::proc_cgroup_path(&t).map(|p| p.trim().to_string()))
         .unwrap_or_else(|| "/".into());
     let own_dir = format!("{}{}", mount.mount_point.trim_end_matches('/'), own);
     let mut detail = format!(

@@ -90,8 +90,6 @@ fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
-
 impl LiveProbes for RealHost {
     fn namespaces(&self) -> Result<(), String> {
         let flags = libc::CLONE_NEWUSER
@@ -134,19 +132,8 @@ impl LiveProbes for RealHost {
     }
 
     fn landlock_abi(&self) -> Result<u32, String> {
-        // SAFETY: landlock_create_ruleset with a NULL attr and size 0 only queries the ABI.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_landlock_create_ruleset,
-                std::ptr::null::<u8>(),
-                0usize,
-                LANDLOCK_CREATE_RULESET_VERSION,
-            )
-        };
-        if rc < 0 {
-            return Err(errno_text(last_errno()));
-        }
-        u32::try_from(rc).map_err(|_| format!("unexpected Landlock ABI {rc}"))
+        // The sandbox's own probe: doctor and sessions can never disagree on the ABI.
+        agentd_sandbox::fsrules::probe_abi().map_err(|e| e.to_string())
     }
 
     fn clone_into_cgroup(&self) -> Result<bool, String> {

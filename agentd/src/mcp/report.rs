@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use rmcp::model::{CallToolResult, ContentBlock};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::api::{CallInfo, CallState};
 use crate::client::ClientError;
@@ -127,8 +127,8 @@ pub fn reason(c: &CallInfo, cancelled: bool) -> Option<(&'static str, String)> {
     let pids_peak = c
         .report
         .as_ref()
-        .and_then(|r| r.pointer("/stats/pids/peak"))
-        .and_then(Value::as_u64);
+        .and_then(|r| r.stats.pids)
+        .and_then(|p| p.peak);
     if c.exit_code != Some(0) && pids_peak.is_some_and(|p| p >= u64::from(c.limits.pids)) {
         return Some((
             "pids-limit",
@@ -149,7 +149,6 @@ fn code(c: &CallInfo) -> String {
 /// One line of figures from the report.
 pub fn figures(c: &CallInfo) -> String {
     let r = c.report.as_ref();
-    let u = |p: &str| r.and_then(|r| r.pointer(p)).and_then(Value::as_u64);
     let mut s = format!(
         "call {}: {}",
         c.n,
@@ -158,13 +157,11 @@ pub fn figures(c: &CallInfo) -> String {
             None => c.state.as_str().to_string(),
         }
     );
-    if let Some(w) = u("/wall_ms") {
-        s.push_str(&format!(" · wall {w}ms"));
+    if let Some(r) = r {
+        s.push_str(&format!(" · wall {}ms", r.wall_ms));
+        s.push_str(&format!(" · cpu {}ms", r.stats.cpu.usage_usec / 1000));
     }
-    if let Some(cpu) = u("/stats/cpu/usage_usec") {
-        s.push_str(&format!(" · cpu {}ms", cpu / 1000));
-    }
-    if let Some(p) = u("/stats/memory/peak") {
+    if let Some(p) = r.and_then(|r| r.stats.memory).and_then(|m| m.peak) {
         s.push_str(&format!(" · memory peak {}", bytes(p)));
     }
     s.push_str(&format!(
@@ -245,7 +242,7 @@ mod tests {
             Default::default(),
             CallLimits {
                 memory: 64 << 20,
-                cpu_class: "batch".into(),
+                cpu_class: agentd_policy::CpuClass::Batch,
                 cpu_weight: 50,
                 timeout_s: 30,
                 pids: 16,
@@ -304,7 +301,17 @@ mod tests {
         );
         assert_eq!(reason(&oom, true).unwrap().0, "cancelled");
         let mut forked = call(CallState::Exited, Some(1), false);
-        forked.report = Some(json!({"stats": {"pids": {"peak": 16}}}));
+        let mut report = cgctl::Report {
+            path: String::new(),
+            limits: Default::default(),
+            wall_ms: 0,
+            stats: Default::default(),
+        };
+        report.stats.pids = Some(cgctl::stats::PidsStats {
+            peak: Some(16),
+            ..Default::default()
+        });
+        forked.report = Some(report);
         assert_eq!(reason(&forked, false).unwrap().0, "pids-limit");
         let plain = call(CallState::Exited, Some(1), false);
         assert!(reason(&plain, false).is_none());

@@ -33,7 +33,7 @@ fn info(n: u64, argv: &[String]) -> CallInfo {
         Default::default(),
         CallLimits {
             memory: 64 << 20,
-            cpu_class: "latency".into(),
+            cpu_class: agentd_policy::CpuClass::Latency,
             cpu_weight: 200,
             timeout_s: 60,
             pids: 64,
@@ -84,7 +84,14 @@ impl Backend for Arc<Fake> {
             c.exit_code = Some(137);
         } else {
             c.exit_code = Some(0);
-            c.report = Some(json!({"wall_ms": 5, "stats": {"cpu": {"usage_usec": 3000}}}));
+            let mut r = cgctl::Report {
+                path: String::new(),
+                limits: Default::default(),
+                wall_ms: 5,
+                stats: Default::default(),
+            };
+            r.stats.cpu.usage_usec = 3000;
+            c.report = Some(r);
         }
         let _ = events.send(StreamEvent::Call(Box::new(c)));
         Ok(())

@@ -2,23 +2,25 @@
 //! daemon (the `agentd-sandbox run` runtime is not killed with it), so a new daemon finds the
 //! journal's live sessions again through the sandbox's `session.json` (init pid), opens the
 //! init's pidfd (checking through /proc that the pid is still this session's init, in its
-//! `agent` leaf, and not a reused pid), re-resolves the session's policy from the journal,
+//! `agent` leaf, and not a reused pid), takes the session's resolved plan from the journal
+//! (re-resolved from the texts journalled at its start and checked equal),
 //! and watches the init's exit through the pidfd. Calls that were running when the old
 //! daemon died are finished when their cgroup empties: their report is recorded, their exit
 //! status is unknown (the process that waited for them died with the old daemon).
 
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+use super::apply::Exit;
 use super::sessions::{self, Live};
 use super::{Daemon, ServeError};
-use crate::api::{CallInfo, CallState, SessionInfo, now};
+use crate::api::{CallInfo, CallState, SessionInfo};
 
 /// Why a session could not be re-adopted.
 #[derive(Debug, thiserror::Error)]
@@ -33,75 +35,56 @@ pub enum AdoptError {
     Cgroup(#[from] cgctl::Error),
 }
 
-fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
-}
-
 /// Opens the init's pidfd and checks it is still in the session's agent leaf (so a reused
 /// pid is never adopted). The pidfd is opened first: after that the pid cannot be reused.
-fn open_init(d: &Daemon, s: &SessionInfo) -> Result<(i32, OwnedFd), AdoptError> {
+fn open_init(
+    d: &Daemon,
+    s: &SessionInfo,
+) -> Result<(agentd_sandbox::exec::SessionRecord, OwnedFd), AdoptError> {
     let state = d.cfg.state_dir.join("sessions").join(&s.id);
-    let pid = sessions::read_init_pid(&state).map_err(|e| AdoptError::Record {
+    let rec = sessions::read_record(&state).map_err(|e| AdoptError::Record {
         path: state.display().to_string(),
         detail: e.to_string(),
     })?;
-    let fd = pidfd_open(pid).map_err(|e| AdoptError::Init {
+    let pid = rec.init_pid;
+    let fd = agentd_sandbox::exec::pidfd_open(pid).map_err(|e| AdoptError::Init {
         pid,
         detail: e.to_string(),
     })?;
-    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let cg = cgctl::discover::cgroup_of(&pid.to_string()).unwrap_or_default();
     let leaf = format!("/session-{}/agent", s.id);
-    if !cg
-        .lines()
-        .any(|l| l.starts_with("0::") && l.ends_with(&leaf))
-    {
+    if !cg.ends_with(&leaf) {
         return Err(AdoptError::Init {
             pid,
-            detail: format!("not in {leaf} (cgroup {:?})", cg.trim()),
+            detail: format!("not in {leaf} (cgroup {cg:?})"),
         });
     }
-    Ok((pid, fd))
+    Ok((rec, fd))
 }
 
 fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
-    let (pid, fd) = open_init(d, s)?;
+    let (rec, fd) = open_init(d, s)?;
+    let pid = rec.init_pid;
     let policy = d
         .journal(|j| j.policy(&s.id))
         .map_err(|e| AdoptError::Policy(e.to_string()))?;
-    let plan = sessions::resolve_policy(d.cfg.host_policy.as_deref(), policy.as_ref())
-        .map_err(|e| AdoptError::Policy(e.to_string()))?;
+    let plan = resolve_journalled(d, &s.id, policy.as_ref())?;
     let cg = d.root.session(&s.id)?;
     let calls = d
         .journal(|j| j.calls(&s.id))
         .map_err(|e| AdoptError::Policy(e.to_string()))?;
-    let (done_tx, done_rx) = watch::channel(false);
-    let live = Arc::new(Live {
+    let (live, done_tx) = Live::new(sessions::NewLive {
         id: s.id.clone(),
         owner: s.owner_uid,
         // The uid the runtime mapped the agent to (`--user` may differ from the owner's).
-        agent_uid: agentd_sandbox::exec::read_record(&d.cfg.state_dir.join("sessions").join(&s.id))
-            .map(|r| r.plan.ids.agent_host_id)
-            .or_else(|_| {
-                std::fs::metadata(&s.workspace).map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-            })
-            .unwrap_or(s.owner_uid),
+        agent_uid: rec.plan.ids.agent_host_id,
         plan,
         cg,
         sandbox_state: d.cfg.state_dir.join("sessions").join(&s.id),
-        next_call: AtomicU64::new(calls.iter().map(|c| c.n).max().unwrap_or(0)),
-        inflight: AtomicU64::new(0),
-        killed: AtomicBool::new(false),
-        info: Mutex::new(s.clone()),
-        shim_exits: Mutex::new(std::collections::HashMap::new()),
-        done: done_rx,
+        info: s.clone(),
+        last_call: calls.iter().map(|c| c.n).max().unwrap_or(0),
         // The previous daemon held the stdin pipe's write end: the agent has read its end.
-        stdin: Mutex::new(None),
+        stdin: None,
     });
     d.live
         .lock()
@@ -118,6 +101,33 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
     }
     tokio::spawn(watch_init(d.clone(), live, pid, fd, done_tx));
     Ok(())
+}
+
+/// The plan a session started with: resolved again from the host policy text and repo
+/// policy journalled at its start (not from today's host file), and checked against the
+/// resolved plan journalled then, so a re-adopted session keeps exactly its limits and
+/// intent rules. A session from before the plan was journalled resolves against today's
+/// host policy, as it always did.
+fn resolve_journalled(
+    d: &Daemon,
+    id: &str,
+    policy: Option<&crate::api::PolicySource>,
+) -> Result<agentd_policy::Plan, AdoptError> {
+    let perr = |e: &dyn std::fmt::Display| AdoptError::Policy(e.to_string());
+    let host = d.cfg.host_policy.as_deref();
+    let Some(row) = d.journal(|j| j.plan(id)).map_err(|e| perr(&e))? else {
+        return sessions::resolve_policy(host, policy).map_err(|e| perr(&e));
+    };
+    let plan = sessions::resolve_with(host, row.host_policy, policy).map_err(|e| perr(&e))?;
+    let now = serde_json::to_value(&plan).map_err(|e| perr(&e))?;
+    if now != row.plan {
+        return Err(AdoptError::Policy(
+            "resolving the journalled policy texts no longer gives the plan the session \
+             started with (were the shipped profiles changed by an upgrade?)"
+                .into(),
+        ));
+    }
+    Ok(plan)
 }
 
 /// Re-adopts every journal-live session it can; marks the others failed with the reason.
@@ -184,61 +194,23 @@ async fn watch_init(
 }
 
 /// Finishes a call that was running when the previous daemon died: waits until its cgroup
-/// is empty (or its timeout), then records its report.
-async fn resume_call(d: Arc<Daemon>, live: Arc<Live>, mut c: CallInfo) {
+/// is empty (or its timeout), then records its report. A shim call's shim reports its
+/// status to the new daemon (it retries while the socket is down); a call from outside
+/// lost the process that waited for it.
+async fn resume_call(d: Arc<Daemon>, live: Arc<Live>, c: CallInfo) {
     let deadline = c.started_at + c.limits.timeout_s;
-    let call = match live.cg.call(c.n) {
-        Ok(call) => Some(call),
+    match live.cg.call(c.n) {
+        Ok(call) => {
+            let timed_out =
+                super::calls::wait_empty(&call, deadline, Duration::from_millis(250)).await;
+            let code = live.take_shim_exit(c.n);
+            let exit = Exit::Orphaned(code);
+            let _ = super::calls::finish(&d, Some(call), c, exit, timed_out, None).await;
+        }
         Err(e) => {
-            c.error = Some(format!("call cgroup gone across a daemon restart: {e}"));
-            None
+            let why = format!("call cgroup gone across a daemon restart: {e}");
+            let _ = super::calls::finish(&d, None, c, Exit::Failed(why), false, None).await;
         }
-    };
-    if let Some(call) = call {
-        loop {
-            let populated = call.cgroup().populated().unwrap_or(false);
-            if !populated {
-                break;
-            }
-            if now() >= deadline {
-                c.state = CallState::TimedOut;
-                let _ = call.cgroup().kill();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        match tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await {
-            Ok(Ok(r)) => {
-                c.oom_killed = r
-                    .stats
-                    .memory
-                    .is_some_and(|m| m.events.oom_kill > 0 || m.events.oom_group_kill > 0);
-                c.report = serde_json::to_value(&r).ok();
-            }
-            Ok(Err(e)) => c.error = Some(format!("report: {e}")),
-            Err(e) => c.error = Some(format!("report: {e}")),
-        }
-        if c.state == CallState::Running {
-            c.state = CallState::Exited;
-        }
-        // A shim call's shim reports its status to the new daemon (it retries while the
-        // socket is down); a call from outside lost the process that waited for it.
-        c.exit_code = live
-            .shim_exits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&c.n);
-        if c.exit_code.is_none() && c.oom_killed {
-            c.exit_code = Some(137);
-        }
-        if c.exit_code.is_none() && c.error.is_none() {
-            c.error =
-                Some("the daemon restarted during the call: its exit status is unknown".into());
-        }
-    } else {
-        c.state = CallState::Failed;
     }
-    c.ended_at = Some(now());
-    let _ = d.journal(|j| j.put_call(&c));
     live.inflight.fetch_sub(1, Ordering::SeqCst);
 }

@@ -1,140 +1,55 @@
 //! Tool calls from outside: `POST /v1/sessions/{id}/calls` gives the call its own
 //! `calls/<n>` cgroup with the limits the policy resolves for its argv and declared intent
 //! (an intent only lowers them), runs it inside the session container with
-//! `agentd-sandbox exec --cgroup calls/<n>` (see `sessions` for why the binary), enforces
+//! `agentd-sandbox exec` and an `ExecRequest` (argv, cwd, env, cgroup `calls/<n>`; see
+//! `sessions` for why the binary), enforces
 //! the timeout by killing the call's cgroup, and returns the exit status, the buffered
-//! output and cgctl's report; the journal keeps the call and its report.
+//! output and cgctl's report; the journal keeps the call and its report. Every call, from
+//! here, from the shim or re-adopted, ends through [`finish`].
 
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use agentd_policy::{CallPlan, CpuClass};
+use agentd_sandbox::launch::{ExecRequest, Sandbox};
 use axum::Json;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path as UrlPath, Query, State as AxState};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
+use super::apply::{self, CallEnd, Exit};
 use super::sessions::{Live, visible};
 use super::stream::{Ndjson, Utf8Carry};
 use super::systemd::RemoveSystemdEnv as _;
-use super::{ApiError, Peer, State};
+use super::{ApiError, Daemon, Peer, State};
 use crate::api::{
-    CallInfo, CallKilled, CallLimits, CallRequest, CallState, SessionState, StreamEvent,
-    StreamQuery, now,
+    CallInfo, CallKilled, CallLimits, CallRequest, SessionState, StreamEvent, StreamQuery, now,
 };
 
 /// Output kept per stream in the answer; the rest is cut (the call is not slowed).
 const OUTPUT_CAP: usize = 1 << 20;
 
-/// cpu.weight per CPU class (default 100): latency work is served first under contention.
-pub fn cpu_weight(class: CpuClass) -> u16 {
-    match class {
-        CpuClass::Latency => 200,
-        CpuClass::Batch => 50,
-    }
-}
-
-/// The cgroup limits and their API view for one resolved call.
-pub fn call_limits(p: &CallPlan) -> (CallLimits, cgctl::Limits) {
-    let weight = cpu_weight(p.cpu_class.value);
-    let mut notes = Vec::new();
-    let mut note = |what: &str, cap: Option<String>, clamped: Option<String>, allowed: String| {
-        if let Some(c) = cap {
-            notes.push(format!("{what}: capped by {c}"));
-        }
-        if let Some(d) = clamped {
-            notes.push(format!(
-                "{what}: declared {d} lowered to the policy limit {allowed}"
-            ));
-        }
-    };
-    note(
-        "memory",
-        p.memory.capped_by.as_ref().map(ToString::to_string),
-        p.memory.declared_clamped.map(|v| v.to_string()),
-        p.memory.allowed.to_string(),
-    );
-    note(
-        "timeout",
-        p.timeout.capped_by.as_ref().map(ToString::to_string),
-        p.timeout.declared_clamped.map(|v| v.to_string()),
-        p.timeout.allowed.to_string(),
-    );
-    note(
-        "pids",
-        p.pids.capped_by.as_ref().map(ToString::to_string),
-        p.pids.declared_clamped.map(|v| v.to_string()),
-        p.pids.allowed.to_string(),
-    );
-    let view = CallLimits {
-        memory: p.memory.value.0,
-        cpu_class: p.cpu_class.value.to_string(),
-        cpu_weight: weight,
-        timeout_s: p.timeout.value.0,
-        pids: p.pids.value,
-        rule: p.rule.clone(),
-        notes,
-    };
-    let cg = cgctl::Limits {
-        memory_max: Some(cgctl::Max::Limit(view.memory)),
-        // The whole call dies together on OOM: no half-killed build left running.
-        memory_oom_group: Some(true),
-        cpu_weight: Some(weight),
-        pids_max: Some(cgctl::Max::Limit(u64::from(view.pids))),
-        ..cgctl::Limits::default()
-    };
-    (view, cg)
-}
-
-/// The command actually run: `env -C cwd -- K=V … argv` when a cwd or env is given (the
-/// sandbox's exec starts commands in the workspace with the session environment).
-pub fn wrapped_argv(req: &CallRequest) -> Vec<String> {
-    if req.cwd.is_none() && req.env.is_empty() {
-        return req.argv.clone();
-    }
-    let mut v = vec!["/usr/bin/env".to_string()];
-    if let Some(cwd) = &req.cwd {
-        v.push("-C".into());
-        v.push(cwd.display().to_string());
-    }
-    // After `--` env takes NAME=VALUE words, then the command (whose name has no `=`).
-    v.push("--".into());
-    for (k, val) in &req.env {
-        v.push(format!("{k}={val}"));
-    }
-    v.extend(req.argv.iter().cloned());
-    v
-}
-
-fn check_request(live: &Live, req: &CallRequest) -> Result<(), ApiError> {
-    if req.argv.is_empty() || req.argv[0].contains('=') {
+/// The sandbox request for `req` (its cgroup set once created): refused with a reason
+/// when the runtime would refuse it or the policy does not let an env name in.
+fn exec_request(live: &Live, req: &CallRequest) -> Result<ExecRequest, ApiError> {
+    if req.argv.first().is_some_and(|a| a.contains('=')) {
         return Err(ApiError::BadRequest(
-            "argv is empty or its program contains `=`: give a command".into(),
+            "the program contains `=`: give a command".into(),
         ));
     }
-    if let Some(cwd) = &req.cwd
-        && !cwd.is_absolute()
-    {
+    let mut exec = ExecRequest::new(&live.sandbox_state, &req.argv);
+    exec.cwd = req.cwd.clone();
+    exec.env = req.env.clone();
+    exec.validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let Some(k) = req.env.keys().find(|k| !live.plan.env_allowed(k)) {
         return Err(ApiError::BadRequest(format!(
-            "cwd {} must be an absolute path inside the container",
-            cwd.display()
+            "environment variable {k} is not allowed into the session by its policy"
         )));
     }
-    for k in req.env.keys() {
-        if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(ApiError::BadRequest(format!("bad environment name {k:?}")));
-        }
-        if !live.plan.env_allowed(k) {
-            return Err(ApiError::BadRequest(format!(
-                "environment variable {k} is not allowed into the session by its policy"
-            )));
-        }
-    }
-    Ok(())
+    Ok(exec)
 }
 
 /// Where a call's output goes as it comes: the stream of a `?stream=true` request.
@@ -160,16 +75,16 @@ pub async fn create(
             )));
         }
     };
-    check_request(&live, &req)?;
+    let exec = exec_request(&live, &req)?;
     let plan = live.plan.call(&req.argv, &req.intent);
-    let (view, mut cg_limits) = call_limits(&plan);
+    let (view, mut cg_limits) = apply::call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
     super::undo::before_call(&d, &live, n).await;
     live.inflight.fetch_add(1, Ordering::SeqCst);
     // The memory pool's admission: waits while the call's grant does not fit.
     let grant = super::mempool::admit(&d, &live, n, &plan, &mut cg_limits).await;
     if !q.stream {
-        let r = run_call(&d, &live, n, &req, view, &cg_limits, grant, None).await;
+        let r = run_call(&d, &live, n, &req, exec, view, &cg_limits, grant, None).await;
         live.inflight.fetch_sub(1, Ordering::SeqCst);
         return r.map(|c| Json(c).into_response());
     }
@@ -181,6 +96,7 @@ pub async fn create(
             &live,
             n,
             &req,
+            exec,
             view,
             &cg_limits,
             grant,
@@ -205,71 +121,95 @@ pub async fn create(
     Ok(resp)
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // the call's parts, each used once
 async fn run_call(
     d: &State,
     live: &Arc<Live>,
     n: u64,
     req: &CallRequest,
+    mut exec: ExecRequest,
     view: CallLimits,
     cg_limits: &cgctl::Limits,
     grant: Option<super::mempool::Grant>,
     events: Events,
 ) -> Result<CallInfo, ApiError> {
-    let mut info = CallInfo::running(&live.id, n, &req.argv, req.intent.clone(), view);
+    let info = CallInfo::running(&live.id, n, &req.argv, req.intent.clone(), view);
     d.journal(|j| j.put_call(&info))?;
     live.update(d, |s| s.calls = s.calls.max(n))?;
     let call = match live.cg.create_call(n, cg_limits) {
         Ok(c) => c,
         Err(e) => {
-            info.state = CallState::Failed;
-            info.error = Some(format!("call cgroup: {e}"));
-            info.ended_at = Some(now());
-            super::mempool::finish(grant, &mut info);
-            d.journal(|j| j.put_call(&info))?;
+            let why = format!("call cgroup: {e}");
+            finish(d, None, info, Exit::Failed(why), false, grant).await?;
             return Err(ApiError::Internal(format!("call {n}: cgroup: {e}")));
         }
     };
     super::mempool::attach(&grant, call.cgroup());
+    exec.cgroup = Some(call.cgroup().path().to_path_buf());
     if let Some(tx) = &events {
         // The call's number, before any output: what a client needs to kill it.
         let _ = tx.send(StreamEvent::Started(Box::new(info.clone()))).await;
     }
-    let outcome = exec(
-        d,
-        live,
-        call.cgroup().path(),
-        req,
-        info.limits.timeout_s,
-        events,
-    )
-    .await;
-    // Kill leftovers, read the report, remove calls/<n> (blocking cgroupfs work).
-    let report = tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await;
-    match report {
-        Ok(r) => info.record_report(r),
-        Err(e) => info.error = Some(format!("report: {e}")),
-    }
-    info.ended_at = Some(now());
-    match outcome {
-        Ok(o) => {
-            info.state = if o.timed_out {
-                CallState::TimedOut
-            } else {
-                CallState::Exited
-            };
-            info.exit_code = o.code;
-            info.stdout = Some(o.stdout);
-            info.stderr = Some(o.stderr);
-        }
-        Err(e) => {
-            info.state = CallState::Failed;
-            info.error = Some(e);
-        }
-    }
+    let (exit, timed_out) = match run_in_sandbox(d, &exec, info.limits.timeout_s, events).await {
+        Ok(o) => (
+            Exit::Waited {
+                code: o.code,
+                stdout: o.stdout,
+                stderr: o.stderr,
+            },
+            o.timed_out,
+        ),
+        Err(e) => (Exit::Failed(e), false),
+    };
+    finish(d, Some(call), info, exit, timed_out, grant).await
+}
+
+/// The one end of every call, whoever ran it: kills what is left in its cgroup, reads the
+/// report and removes `calls/<n>` (blocking cgroupfs work, off the runtime), builds the
+/// row ([`apply::finish_call`]) and journals it.
+pub async fn finish(
+    d: &Daemon,
+    call: Option<cgctl::Call>,
+    info: CallInfo,
+    exit: Exit,
+    timed_out: bool,
+    grant: Option<super::mempool::Grant>,
+) -> Result<CallInfo, ApiError> {
+    let report = match call {
+        Some(call) => Some(
+            match tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+        ),
+        None => None,
+    };
+    let mut info = apply::finish_call(
+        info,
+        CallEnd {
+            exit,
+            timed_out,
+            report,
+            ended_at: now(),
+        },
+    );
     super::mempool::finish(grant, &mut info);
     d.journal(|j| j.put_call(&info))?;
     Ok(info)
+}
+
+/// Waits until a call's cgroup is empty, or kills it at `deadline` (wall-clock seconds);
+/// true when the timeout killed it. For calls whose process the daemon does not wait for
+/// (shim calls, calls a previous daemon started).
+pub async fn wait_empty(call: &cgctl::Call, deadline: u64, period: Duration) -> bool {
+    while call.cgroup().populated().unwrap_or(false) {
+        if now() >= deadline {
+            let _ = call.cgroup().kill();
+            return true;
+        }
+        tokio::time::sleep(period).await;
+    }
+    false
 }
 
 struct Outcome {
@@ -279,30 +219,28 @@ struct Outcome {
     stderr: String,
 }
 
-async fn exec(
+/// The runner of calls from outside: `agentd-sandbox exec` with the request, its output
+/// pumped, the timeout enforced by killing the call's cgroup.
+async fn run_in_sandbox(
     d: &State,
-    live: &Live,
-    cgroup: &Path,
-    req: &CallRequest,
+    req: &ExecRequest,
     timeout_s: u64,
     events: Events,
 ) -> Result<Outcome, String> {
-    let mut child = tokio::process::Command::new(&d.cfg.sandbox_bin)
-        .arg("exec")
-        .arg("--state")
-        .arg(&live.sandbox_state)
-        .arg("--cgroup")
-        .arg(cgroup)
-        .arg("--")
-        .args(wrapped_argv(req))
-        .envs_remove_systemd()
+    let cmd = Sandbox::new(&d.cfg.sandbox_bin)
+        .exec(req)
+        .map_err(|e| e.to_string())?;
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.envs_remove_systemd()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // A restarting daemon leaves the call running; the next one records its report.
-        .kill_on_drop(false)
+        .kill_on_drop(false);
+    let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", d.cfg.sandbox_bin.display()))?;
+    drop(cmd);
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let waiting = async {
         let kept = pump(stdout, stderr, events).await;
@@ -315,7 +253,9 @@ async fn exec(
         () = tokio::time::sleep(timeout) => {
             // The timeout kills the call's cgroup (everything the call started); the exec
             // process then reports the signal and exits.
-            let _ = cgctl::Cgroup::open(cgroup).and_then(|c| c.kill());
+            if let Some(cg) = &req.cgroup {
+                let _ = cgctl::Cgroup::open(cg).and_then(|c| c.kill());
+            }
             ((&mut waiting).await, true)
         }
     };

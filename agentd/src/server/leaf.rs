@@ -10,16 +10,8 @@ use std::path::{Path, PathBuf};
 /// Where the daemon's process sits in the cgroup2 hierarchy, as `/proc/self/cgroup` says
 /// (`0::/system.slice/agentd.service` → that path under `mount`).
 pub fn own_cgroup(mount: &Path) -> std::io::Result<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/cgroup")?;
-    let rel = parse_proc_cgroup(&text).ok_or_else(|| {
-        std::io::Error::other(format!("no cgroup v2 line in /proc/self/cgroup: {text:?}"))
-    })?;
+    let rel = cgctl::discover::cgroup_of("self").map_err(std::io::Error::other)?;
     Ok(mount.join(rel.trim_start_matches('/')))
-}
-
-/// The cgroup v2 path of a `/proc/<pid>/cgroup` text (the `0::` line).
-pub fn parse_proc_cgroup(text: &str) -> Option<&str> {
-    text.lines().find_map(|l| l.strip_prefix("0::"))
 }
 
 /// The leaf the daemon moves into, when `root`'s parent is the daemon's own cgroup `own`
@@ -31,7 +23,7 @@ pub fn leaf_needed(own: &Path, root: &Path, mount: &Path) -> Option<PathBuf> {
 /// Moves this process (all its threads) into `<own>/daemon` when the managed root is a
 /// child of its own cgroup. Returns the leaf it moved into, if it did.
 pub fn move_self_if_needed(root: &Path) -> std::io::Result<Option<PathBuf>> {
-    let mount = Path::new("/sys/fs/cgroup");
+    let mount = Path::new(cgctl::discover::UNIFIED_MOUNT);
     if !root.starts_with(mount) {
         return Ok(None);
     }
@@ -65,9 +57,5 @@ mod tests {
         assert_eq!(leaf_needed(own, &m.join("agentd.slice"), m), None);
         // A daemon in the hierarchy's root is exempt.
         assert_eq!(leaf_needed(m, &m.join("agentd.slice"), m), None);
-        assert_eq!(
-            parse_proc_cgroup("1:name=systemd:/x\n0::/a/b\n"),
-            Some("/a/b")
-        );
     }
 }

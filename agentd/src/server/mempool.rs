@@ -107,27 +107,21 @@ pub fn attach(g: &Option<Grant>, cg: &cgctl::Cgroup) {
 }
 
 /// The call ended (or failed to start): its memory returns to the pool. What the pool did
-/// goes into the call's report (`report.memory_pool`) and a kill's reason into its error.
+/// goes into the call's `memory_pool` and a kill's reason into its error.
 pub fn finish(g: Option<Grant>, info: &mut CallInfo) {
     let Some(g) = g else { return };
-    let reason = g.pool.finish(&g.key);
-    let entry = serde_json::json!({
-        "grant": g.high,
-        "memory_max": g.max,
-        "killed": reason,
-    });
-    match info.report.as_mut().and_then(|r| r.as_object_mut()) {
-        Some(r) => {
-            r.insert("memory_pool".into(), entry);
-        }
-        None => info.report = Some(serde_json::json!({ "memory_pool": entry })),
-    }
-    if let Some(r) = reason {
+    let killed = g.pool.finish(&g.key);
+    if let Some(r) = &killed {
         info.error = Some(match info.error.take() {
             Some(e) => format!("{e}; {r}"),
-            None => r,
+            None => r.clone(),
         });
     }
+    info.memory_pool = Some(crate::api::PoolOutcome {
+        grant: g.high,
+        memory_max: g.max,
+        killed,
+    });
 }
 
 /// The answer of `GET /v1/pool`: `enabled: false` alone when the host policy has no pool.

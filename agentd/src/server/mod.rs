@@ -6,12 +6,14 @@
 //! [`calls`] (tool calls from outside into `calls/<n>`).
 
 pub mod adopt;
+pub mod apply;
 pub mod calls;
 pub mod conn;
 mod errors;
 pub mod leaf;
 pub mod log;
 pub mod mempool;
+pub mod require;
 pub mod sessions;
 pub mod shim;
 pub mod stats;
@@ -34,7 +36,7 @@ use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use tokio::net::UnixListener;
 
-use crate::api::{self, ErrorBody, Health};
+use crate::api::{ErrorBody, Health};
 use crate::journal::{Journal, JournalError};
 
 /// Daemon configuration (`agentd serve` flags).
@@ -225,32 +227,27 @@ async fn health(
 
 /// The API routes (see [`crate::api`]).
 pub fn router(state: State) -> Router {
-    let p = api::PREFIX;
+    use crate::routes as r;
+    // Exactly the table's routes and methods (host-tested: `routes_answer_exactly_their_methods`).
     Router::new()
-        .route(&format!("{p}/health"), get(health))
+        .route(&r::HEALTH.template(), get(health))
         .route(
-            &format!("{p}/sessions"),
+            &r::SESSIONS.template(),
             get(sessions::list).post(sessions::create),
         )
         .route(
-            &format!("{p}/sessions/{{id}}"),
+            &r::SESSION.template(),
             get(sessions::inspect).delete(sessions::remove),
         )
-        .route(&format!("{p}/sessions/{{id}}/kill"), post(sessions::kill))
-        .route(&format!("{p}/sessions/{{id}}/wait"), post(sessions::wait))
-        .route(&format!("{p}/sessions/{{id}}/logs"), get(sessions::logs))
-        .route(&format!("{p}/sessions/{{id}}/stdin"), post(stream::stdin))
-        .route(&format!("{p}/sessions/{{id}}/stats"), get(stats::one))
-        .route(&format!("{p}/stats"), get(stats::all))
-        .route(&format!("{p}/pool"), get(mempool::status))
-        .route(
-            &format!("{p}/sessions/{{id}}/calls"),
-            get(calls::list).post(calls::create),
-        )
-        .route(
-            &format!("{p}/sessions/{{id}}/calls/{{n}}/kill"),
-            post(calls::kill),
-        )
+        .route(&r::SESSION_KILL.template(), post(sessions::kill))
+        .route(&r::SESSION_WAIT.template(), post(sessions::wait))
+        .route(&r::SESSION_LOGS.template(), get(sessions::logs))
+        .route(&r::SESSION_STDIN.template(), post(stream::stdin))
+        .route(&r::SESSION_STATS.template(), get(stats::one))
+        .route(&r::STATS.template(), get(stats::all))
+        .route(&r::POOL.template(), get(mempool::status))
+        .route(&r::CALLS.template(), get(calls::list).post(calls::create))
+        .route(&r::CALL_KILL.template(), post(calls::kill))
         .merge(undo_routes())
         .with_state(state)
         .layer(axum::middleware::map_response(errors::json_errors))
@@ -258,19 +255,16 @@ pub fn router(state: State) -> Router {
 
 /// The undo routes ([`undo`]).
 fn undo_routes() -> Router<State> {
-    let p = api::PREFIX;
+    use crate::routes as r;
     Router::new()
         .route(
-            &format!("{p}/sessions/{{id}}/checkpoints"),
+            &r::CHECKPOINTS.template(),
             get(undo::list).post(undo::create),
         )
-        .route(&format!("{p}/sessions/{{id}}/diff"), get(undo::diff))
-        .route(&format!("{p}/sessions/{{id}}/undo"), post(undo::undo_route))
-        .route(
-            &format!("{p}/sessions/{{id}}/commit"),
-            post(undo::commit_route),
-        )
-        .route(&format!("{p}/sessions/{{id}}/discard"), post(undo::discard))
+        .route(&r::DIFF.template(), get(undo::diff))
+        .route(&r::UNDO.template(), post(undo::undo_route))
+        .route(&r::COMMIT.template(), post(undo::commit_route))
+        .route(&r::DISCARD.template(), post(undo::discard))
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {

@@ -1,12 +1,15 @@
 //! Sessions: `POST /v1/sessions` resolves the policy (agentd-policy), creates
-//! `session-<id>/{agent,calls}` with the session caps (cgctl), then starts the container by
-//! running `agentd-sandbox run --cgroup <agent leaf>` as a child of the daemon.
+//! `session-<id>/{agent,calls}` with the session caps (cgctl), builds the session's sandbox
+//! plan ([`super::apply::sandbox_plan`]) and starts the container by running the
+//! `agentd-sandbox` runtime with that plan ([`agentd_sandbox::launch`]) as a child of the
+//! daemon, in the agent leaf.
 //!
 //! Why the sandbox binary and not its library: the container runtime re-executes
 //! `/proc/self/exe` as the container init, and `exec` must join a user namespace, which a
 //! multi-threaded process (this tokio daemon) cannot do. Both need their own process; the
-//! binary is that process. The session is "running" once the runtime has written its
-//! `session.json` record (what `exec` needs).
+//! binary is that process. Start handshake: the runtime says ready once the container is
+//! built and its `session.json` record (what `exec` needs) is written; the daemon then
+//! binds the shim socket inside and says go, and only then does the agent start.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -23,11 +26,12 @@ use axum::extract::{Path as UrlPath, Query, State as AxState};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 
+use agentd_sandbox::launch::{self, RunRequest, Sandbox};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
 use super::systemd::RemoveSystemdEnv as _;
-use super::{ApiError, Daemon, Peer, State};
-use crate::api::{
-    CreateSession, Logs, PolicySource, SessionInfo, SessionLimits, SessionState, StreamQuery, now,
-};
+use super::{ApiError, Daemon, Peer, State, apply};
+use crate::api::{CreateSession, Logs, PolicySource, SessionInfo, SessionState, StreamQuery, now};
 
 /// How long a container may take to come up (TCG VMs are slow: several seconds).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -57,7 +61,52 @@ pub struct Live {
     pub stdin: Mutex<Option<tokio::net::unix::pipe::Sender>>,
 }
 
+/// What [`Live::new`] needs: everything of a live session that is not its runtime state.
+#[derive(Debug)]
+pub struct NewLive {
+    pub id: String,
+    pub owner: u32,
+    pub agent_uid: u32,
+    pub plan: Plan,
+    pub cg: cgctl::Session,
+    pub sandbox_state: PathBuf,
+    pub info: SessionInfo,
+    /// The highest call number used so far.
+    pub last_call: u64,
+    pub stdin: Option<tokio::net::unix::pipe::Sender>,
+}
+
 impl Live {
+    /// The one constructor of a live session (a new one, or one re-adopted after a
+    /// restart); the sender marks it done.
+    pub fn new(n: NewLive) -> (Arc<Live>, watch::Sender<bool>) {
+        let (done_tx, done_rx) = watch::channel(false);
+        let live = Arc::new(Live {
+            id: n.id,
+            owner: n.owner,
+            agent_uid: n.agent_uid,
+            plan: n.plan,
+            cg: n.cg,
+            sandbox_state: n.sandbox_state,
+            next_call: AtomicU64::new(n.last_call),
+            inflight: AtomicU64::new(0),
+            killed: AtomicBool::new(false),
+            info: Mutex::new(n.info),
+            shim_exits: Mutex::new(HashMap::new()),
+            done: done_rx,
+            stdin: Mutex::new(n.stdin),
+        });
+        (live, done_tx)
+    }
+
+    /// The exit status a shim reported for call `n`, taken (once).
+    pub fn take_shim_exit(&self, n: u64) -> Option<i32> {
+        self.shim_exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&n)
+    }
+
     /// A copy of the current row.
     pub fn info(&self) -> SessionInfo {
         self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -74,22 +123,46 @@ impl Live {
     }
 }
 
-/// Policy files for a request: the host policy from disk (root's file), everything else
-/// only from what the client sent, so the daemon never reads a user-chosen path as root.
+/// Policy files for a request: the host policy text (read by the daemon from its own
+/// file, or from the journal on re-adoption), everything else only from what the client
+/// sent, so the daemon never reads a user-chosen path as root.
 struct RequestFiles {
     host: PathBuf,
+    host_text: Option<String>,
 }
 
 impl agentd_policy::load::Files for RequestFiles {
     fn read(&self, path: &Path) -> std::io::Result<String> {
-        if path == self.host {
-            std::fs::read_to_string(path)
-        } else {
-            Err(std::io::Error::new(
+        match &self.host_text {
+            Some(t) if path == self.host => Ok(t.clone()),
+            _ if path == self.host => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no host policy",
+            )),
+            _ => Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "the daemon reads only the policy text sent with the request",
-            ))
+            )),
         }
+    }
+}
+
+/// The host policy's path (the daemon's flag, else the default).
+fn host_path(host: Option<&Path>) -> PathBuf {
+    host.map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(agentd_policy::HOST_POLICY))
+}
+
+/// Reads the host policy text now in force (`None`: no file, the built-in caps alone).
+pub fn read_host_policy(host: Option<&Path>) -> Result<Option<String>, ApiError> {
+    let path = host_path(host);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ApiError::Internal(format!(
+            "cannot read the host policy {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -99,9 +172,16 @@ pub fn resolve_policy(
     host: Option<&Path>,
     policy: Option<&PolicySource>,
 ) -> Result<Plan, ApiError> {
-    let host = host
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(agentd_policy::HOST_POLICY));
+    resolve_with(host, read_host_policy(host)?, policy)
+}
+
+/// Like [`resolve_policy`], with the host policy text given (`host` names it).
+pub fn resolve_with(
+    host: Option<&Path>,
+    host_text: Option<String>,
+    policy: Option<&PolicySource>,
+) -> Result<Plan, ApiError> {
+    let host = host_path(host);
     let opts = LoadOptions {
         host: Some(host.clone()),
         ..LoadOptions::default()
@@ -111,7 +191,8 @@ pub fn resolve_policy(
         Some(p) => (p.name.as_str(), p.text.as_str()),
         None => ("<default>", "version = 1\n"),
     };
-    agentd_policy::load(&RequestFiles { host }, &opts, Some((name, text))).map_err(|e| {
+    let files = RequestFiles { host, host_text };
+    agentd_policy::load(&files, &opts, Some((name, text))).map_err(|e| {
         ApiError::BadRequest(format!(
             "the policy is refused:\n{}",
             agentd_policy::error::render(e.diagnostics())
@@ -119,33 +200,10 @@ pub fn resolve_policy(
     })
 }
 
-/// The container init's pid from the sandbox's `session.json`.
-pub fn read_init_pid(state: &Path) -> Result<i32, ApiError> {
-    let rec = state.join("session.json");
-    let bad = |detail: String| ApiError::Internal(format!("{}: {detail}", rec.display()));
-    let text = std::fs::read_to_string(&rec).map_err(|e| bad(e.to_string()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    v["init_pid"]
-        .as_i64()
-        .and_then(|p| i32::try_from(p).ok())
-        .ok_or_else(|| bad("no init_pid".into()))
-}
-
-/// Waits (bounded) until the container init has forked the agent: by then its mounts and
-/// pivot_root are done, so a socket bound under `/proc/<init>/root/run` lands on the
-/// container's own /run (bound earlier, it would be hidden under that tmpfs).
-async fn wait_agent_forked(init_pid: i32) {
-    let children = format!("/proc/{init_pid}/task/{init_pid}/children");
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    while tokio::time::Instant::now() < deadline {
-        match std::fs::read_to_string(&children) {
-            Ok(c) if !c.trim().is_empty() => return,
-            Ok(_) => {}
-            // The init is gone: the session is ending; nothing to wait for.
-            Err(_) => return,
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The sandbox's record of a session (`session.json` in its state dir), typed.
+pub fn read_record(state: &Path) -> Result<agentd_sandbox::exec::SessionRecord, ApiError> {
+    agentd_sandbox::exec::read_record(state)
+        .map_err(|e| ApiError::Internal(format!("the sandbox record: {e}")))
 }
 
 /// A fresh session id: 12 hex digits from the kernel's CSPRNG.
@@ -160,48 +218,6 @@ fn new_id() -> Result<String, ApiError> {
         )));
     }
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-}
-
-/// The agent leaf's CPU bandwidth: at most one CPU (and never more than the session's).
-const AGENT_CPU_MILLIS: u64 = 1000;
-
-/// The limits of the agent's own leaf (`session-<id>/agent`): what the agent forks without
-/// the shim stays there, so it gets no more than a call with the policy's defaults would
-/// (memory.max and pids.max of `resources.call`), the batch CPU weight (never the latency
-/// class's priority) and at most one CPU. So skipping the shim gains nothing.
-pub fn agent_limits(plan: &Plan, session_cpu_millis: u64) -> (u64, u32, u64, cgctl::Limits) {
-    let memory = plan.call_defaults.memory.value.0;
-    let pids = plan.call_defaults.pids.value;
-    let cpu = AGENT_CPU_MILLIS.min(session_cpu_millis);
-    let cg = cgctl::Limits {
-        memory_max: Some(cgctl::Max::Limit(memory)),
-        pids_max: Some(cgctl::Max::Limit(u64::from(pids))),
-        cpu_weight: Some(super::calls::cpu_weight(agentd_policy::CpuClass::Batch)),
-        cpu_max: Some(cgctl::CpuMax::cpus(cpu as f64 / 1000.0)),
-        ..cgctl::Limits::default()
-    };
-    (memory, pids, cpu, cg)
-}
-
-fn session_limits(plan: &Plan) -> (SessionLimits, cgctl::Limits) {
-    let s = &plan.session;
-    let (agent_memory, agent_pids, agent_cpu_millis, _) = agent_limits(plan, s.cpu.value.0);
-    let lim = SessionLimits {
-        memory: s.memory.value.0,
-        cpu_millis: s.cpu.value.0,
-        pids: s.pids.value,
-        timeout_s: s.timeout.value.0,
-        agent_memory,
-        agent_cpu_millis,
-        agent_pids,
-    };
-    let cg = cgctl::Limits {
-        memory_max: Some(cgctl::Max::Limit(lim.memory)),
-        cpu_max: Some(cgctl::CpuMax::cpus(lim.cpu_millis as f64 / 1000.0)),
-        pids_max: Some(cgctl::Max::Limit(u64::from(lim.pids))),
-        ..cgctl::Limits::default()
-    };
-    (lim, cg)
 }
 
 /// Checks the workspace and decides the agent's host uid: the workspace's owner, or
@@ -270,21 +286,48 @@ pub async fn create(
         ));
     }
     let (workspace, agent_uid) = check_workspace(&peer, &req.workspace, req.user)?;
-    let plan = resolve_policy(d.cfg.host_policy.as_deref(), req.policy.as_ref())?;
+    let host_text = read_host_policy(d.cfg.host_policy.as_deref())?;
+    let plan = resolve_with(
+        d.cfg.host_policy.as_deref(),
+        host_text.clone(),
+        req.policy.as_ref(),
+    )?;
+    // Fail closed on `require`: a mechanism the policy requires that this host lacks (or
+    // runs degraded) refuses the session, naming it.
+    if !plan.require.is_empty()
+        && let Some(why) = super::require::unmet(&plan, super::require::host_probe())
+    {
+        return Err(ApiError::Conflict(why));
+    }
     let id = new_id()?;
-    let (limits, cg_limits) = session_limits(&plan);
+    let (limits, cg_limits) = apply::session_limits(&plan);
     let cg = d
         .root
         .create_session(&id, &cg_limits)
         .map_err(|e| ApiError::Internal(format!("session cgroup: {e}")))?;
     // Fail closed: an agent leaf without its limits would let the agent skip the shim.
-    let (.., agent_cg) = agent_limits(&plan, limits.cpu_millis);
-    if let Err(e) = cg.agent().set_limits(&agent_cg) {
+    let agent = apply::agent_limits(&plan, limits.cpu_millis);
+    if let Err(e) = cg.agent().set_limits(&agent.cgroup) {
         let _ = d.root.remove_session(&id, Duration::from_secs(5));
         return Err(ApiError::Internal(format!("limits of the agent leaf: {e}")));
     }
     let sessions = d.cfg.state_dir.join("sessions");
     let sandbox_state = sessions.join(&id);
+    let run = RunRequest {
+        plan: apply::sandbox_plan(
+            &plan,
+            &apply::SessionContext {
+                workspace: workspace.clone(),
+                state: sandbox_state.clone(),
+                agent_uid,
+                shim_bin: d.cfg.shim_bin.clone(),
+            },
+        ),
+        argv: req.argv.clone(),
+        cgroup: Some(cg.agent().path().to_path_buf()),
+        // The layer outlives the agent until the final checkpoint (undo::session_ended).
+        keep_state: true,
+    };
     let info = SessionInfo {
         id: id.clone(),
         owner_uid: peer.uid,
@@ -299,9 +342,16 @@ pub async fn create(
         calls: 0,
         error: None,
     };
+    let plan_row = crate::journal::PlanRow {
+        host_policy: host_text,
+        plan: serde_json::to_value(&plan)
+            .map_err(|e| ApiError::Internal(format!("the resolved plan: {e}")))?,
+        sandbox: run.plan.clone(),
+    };
     d.journal(|j| {
         j.put_session(&info)?;
-        j.put_policy(&id, req.policy.as_ref())
+        j.put_policy(&id, req.policy.as_ref())?;
+        j.put_plan(&id, &plan_row)
     })?;
     let logs = d.cfg.state_dir.join("logs");
     let (agent_stdin, stdin_writer) = if req.stdin {
@@ -315,39 +365,18 @@ pub async fn create(
     } else {
         (Stdio::null(), None)
     };
-    let (done_tx, done_rx) = watch::channel(false);
-    let live = Arc::new(Live {
+    let (live, done_tx) = Live::new(NewLive {
         id: id.clone(),
         owner: peer.uid,
         agent_uid,
         plan,
         cg,
         sandbox_state: sandbox_state.clone(),
-        next_call: AtomicU64::new(0),
-        inflight: AtomicU64::new(0),
-        killed: AtomicBool::new(false),
-        info: Mutex::new(info),
-        shim_exits: Mutex::new(HashMap::new()),
-        done: done_rx,
-        stdin: Mutex::new(stdin_writer),
+        info,
+        last_call: 0,
+        stdin: stdin_writer,
     });
-    // The agent's $SHELL is the shim; it reaches the daemon through a socket the daemon binds
-    // inside the container once it is up, so the agent first waits (bounded) for it.
-    let mut argv = vec![
-        "/usr/bin/env".to_string(),
-        "--".to_string(),
-        format!("SHELL={}", super::shim::SHIM_IN_CONTAINER),
-        format!("AGENTD_SHIM_SOCKET={}", super::shim::SOCKET_IN_CONTAINER),
-        "/bin/sh".to_string(),
-        "-c".to_string(),
-        "i=0; while [ ! -S \"$AGENTD_SHIM_SOCKET\" ] && [ $i -lt 600 ]; do sleep 0.05; \
-         i=$((i+1)); done; exec \"$@\""
-            .to_string(),
-        "agentd-agent".to_string(),
-    ];
-    argv.extend(req.argv.iter().cloned());
-    let started = start_container(&d, &live, &workspace, &argv, &logs, agent_stdin).await;
-    let mut child = match started {
+    let child = match start_container(&d, &live, &run, &logs, agent_stdin).await {
         Ok(c) => c,
         Err(e) => {
             fail(&d, &live, &e.to_string()).await;
@@ -355,38 +384,49 @@ pub async fn create(
             return Err(e);
         }
     };
-    // Ready when the runtime wrote the record `exec` needs, or failed when it exited first.
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    let record = sandbox_state.join("session.json");
-    loop {
-        if record.exists() {
-            break;
-        }
-        let exited = child.try_wait().ok().flatten();
-        if exited.is_some() || tokio::time::Instant::now() > deadline {
+    let (mut child, mut sync) = child;
+    // The runtime says ready once the container is built and recorded (or closes the
+    // socket: it failed, and its stderr says why).
+    let ready = tokio::time::timeout(START_TIMEOUT, sync.read_u8()).await;
+    let record = match ready {
+        Ok(Ok(launch::READY)) => read_record(&sandbox_state),
+        Ok(_) => Err(ApiError::Internal("the runtime exited".into())),
+        Err(_) => Err(ApiError::Internal("timed out".into())),
+    };
+    let record = match record {
+        Ok(r) => r,
+        Err(e) => {
             let _ = child.start_kill();
-            let _ = child.wait().await;
+            let status = child.wait().await;
             let err = d.cfg.state_dir.join("logs").join(format!("{id}.err"));
             let why = std::fs::read_to_string(&err).unwrap_or_default();
+            let how = match status {
+                Ok(s) if !matches!(e, ApiError::Internal(ref m) if m == "timed out") => {
+                    s.to_string()
+                }
+                _ => e.to_string(),
+            };
             let msg = format!(
-                "the session container did not start ({}): {}",
-                exited.map_or("timed out".to_string(), |s| s.to_string()),
+                "the session container did not start ({how}): {}",
                 why.trim()
             );
             fail(&d, &live, &msg).await;
             let _ = done_tx.send(true);
             return Err(ApiError::Internal(msg));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let init = read_init_pid(&sandbox_state);
-    if let Ok(pid) = &init {
-        wait_agent_forked(*pid).await;
-    }
-    match init.and_then(|pid| super::shim::listen(&d, &live, pid)) {
-        Ok(_) => {}
+    };
+    // The container's /run is mounted now and the agent not started: bind its shim socket.
+    if let Err(e) = super::shim::listen(&d, &live, record.init_pid) {
         // Calls from inside then run in the agent's leaf; said in the session row.
-        Err(e) => live.update(&d, |i| i.error = Some(format!("no shim socket: {e}")))?,
+        live.update(&d, |i| i.error = Some(format!("no shim socket: {e}")))?;
+    }
+    if let Err(e) = sync.write_all(&[launch::GO]).await {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        let msg = format!("the session container went away before its agent started: {e}");
+        fail(&d, &live, &msg).await;
+        let _ = done_tx.send(true);
+        return Err(ApiError::Internal(msg));
     }
     live.update(&d, |i| i.state = SessionState::Running)?;
     d.live
@@ -398,54 +438,46 @@ pub async fn create(
     Ok(Json(live.info()))
 }
 
+/// Starts the runtime for `run` (its stdio: `stdin`, the session's log files) and hands
+/// back the daemon's end of the start handshake.
 async fn start_container(
     d: &Daemon,
     live: &Live,
-    workspace: &Path,
-    argv: &[String],
+    run: &RunRequest,
     logs: &Path,
     stdin: Stdio,
-) -> Result<tokio::process::Child, ApiError> {
+) -> Result<(tokio::process::Child, tokio::net::UnixStream), ApiError> {
     let open = |ext: &str| {
         let p = logs.join(format!("{}.{ext}", live.id));
         std::fs::File::create(&p)
             .map_err(|e| ApiError::Internal(format!("create {}: {e}", p.display())))
     };
     let (out, err) = (open("out")?, open("err")?);
-    tokio::process::Command::new(&d.cfg.sandbox_bin)
-        .arg("run")
-        .arg("--workspace")
-        .arg(workspace)
-        .arg("--state")
-        .arg(&live.sandbox_state)
-        .arg("--cgroup")
-        .arg(live.cg.agent().path())
-        // The layer outlives the agent until the final checkpoint (undo::session_ended).
-        .arg("--keep-state")
-        // The agent's host uid: the workspace's owner, or the root caller's `--user`.
-        .arg("--owner-uid")
-        .arg(live.agent_uid.to_string())
-        // The shim at one fixed path in every container: a host path under /tmp, /run or a
-        // home would be invisible inside (the session has its own).
-        .arg("--bind-ro")
-        .arg(format!(
-            "{}:{}",
-            d.cfg.shim_bin.display(),
-            super::shim::SHIM_IN_CONTAINER
-        ))
-        .arg("--")
-        .args(argv)
-        .envs_remove_systemd()
+    let ierr = |what: &str, e: &dyn std::fmt::Display| ApiError::Internal(format!("{what}: {e}"));
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| ierr("the start handshake socket", &e))?;
+    let cmd = Sandbox::new(&d.cfg.sandbox_bin)
+        .run(run, Some(theirs.into()))
+        .map_err(|e| ierr("the sandbox request", &e))?;
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.envs_remove_systemd()
         .stdin(stdin)
         .stdout(out)
         .stderr(err)
         // The runtime outlives the daemon (restart, crash): the next daemon re-adopts the
         // session through the init's pidfd (see `adopt`).
-        .kill_on_drop(false)
+        .kill_on_drop(false);
+    let child = cmd
         .spawn()
-        .map_err(|e| {
-            ApiError::Internal(format!("cannot start {}: {e}", d.cfg.sandbox_bin.display()))
-        })
+        .map_err(|e| ierr(&format!("cannot start {}", d.cfg.sandbox_bin.display()), &e))?;
+    // Our copy of the runtime's handshake end closes with the command: EOF then means the
+    // runtime is gone.
+    drop(cmd);
+    ours.set_nonblocking(true)
+        .map_err(|e| ierr("the start handshake socket", &e))?;
+    let sync = tokio::net::UnixStream::from_std(ours)
+        .map_err(|e| ierr("the start handshake socket", &e))?;
+    Ok((child, sync))
 }
 
 async fn fail(d: &Arc<Daemon>, live: &Live, why: &str) {

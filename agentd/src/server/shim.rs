@@ -20,36 +20,11 @@ use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path as UrlPath, State as AxState};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 
-use super::calls::call_limits;
+use super::apply::{Exit, SOCKET_IN_CONTAINER, call_limits};
 use super::sessions::Live;
 use super::{ApiError, Daemon, Peer};
-use crate::api::{CallInfo, CallLimits, CallState, SessionState, now};
-
-/// `POST /v1/shim/calls` from the shim.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShimCall {
-    /// The command's words (for the policy's intent rules and the journal).
-    pub argv: Vec<String>,
-    /// `AGENTD_INTENT` as the shim found it (parsed by the daemon).
-    #[serde(default)]
-    pub intent: String,
-}
-
-/// The answer: the call number, or `nested` (already inside a call: run in place).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShimAnswer {
-    pub n: Option<u64>,
-    pub nested: bool,
-    pub limits: Option<CallLimits>,
-}
-
-/// `POST /v1/shim/calls/{n}/exit`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShimExit {
-    pub code: i32,
-}
+use crate::api::{CallInfo, SessionState, ShimAnswer, ShimCall, ShimExit};
 
 #[derive(Debug, Clone)]
 struct ShimState {
@@ -66,20 +41,23 @@ enum Place {
 
 /// The session cgroup as /proc/<pid>/cgroup spells it (relative to the cgroup2 mount).
 fn session_cgroup_name(live: &Live) -> String {
-    let p = live.cg.cgroup().path();
-    let rel = p.strip_prefix("/sys/fs/cgroup").unwrap_or(p);
-    format!("/{}", rel.display().to_string().trim_start_matches('/'))
+    cgctl::discover::as_proc_path(
+        live.cg.cgroup().path(),
+        std::path::Path::new(cgctl::discover::UNIFIED_MOUNT),
+    )
+}
+
+/// Where process `pid` is, as `/proc/<pid>/cgroup` says (empty when it is gone).
+fn cgroup_of(pid: i32) -> String {
+    cgctl::discover::cgroup_of(&pid.to_string()).unwrap_or_default()
 }
 
 fn place(live: &Live, peer: &Peer) -> Result<Place, ApiError> {
     let pid = peer
         .pid
         .ok_or_else(|| ApiError::Forbidden("the kernel did not name the calling process".into()))?;
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let cg = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or_default();
+    let cg = cgroup_of(pid);
+    let cg = cg.as_str();
     let sess = session_cgroup_name(live);
     if cg == format!("{sess}/agent") {
         Ok(Place::Agent)
@@ -126,32 +104,28 @@ async fn shim_call(
     let (view, mut cg_limits) = call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
     super::undo::before_call(&s.d, live, n).await;
-    let mut info = CallInfo::running(&live.id, n, &req.argv, intent, view.clone());
+    let info = CallInfo::running(&live.id, n, &req.argv, intent, view.clone());
     s.d.journal(|j| j.put_call(&info))?;
     live.update(&s.d, |i| i.calls = i.calls.max(n))?;
-    let fail = |info: &mut CallInfo, e: String| {
-        info.state = CallState::Failed;
-        info.error = Some(e.clone());
-        info.ended_at = Some(now());
-        let _ = s.d.journal(|j| j.put_call(info));
-        ApiError::Internal(e)
-    };
     // The memory pool's admission: the shim (and so the agent's command) waits here while
     // the call's grant does not fit.
     let grant = super::mempool::admit(&s.d, live, n, &plan, &mut cg_limits).await;
     let call = match live.cg.create_call(n, &cg_limits) {
         Ok(c) => c,
         Err(e) => {
-            super::mempool::finish(grant, &mut info);
-            return Err(fail(&mut info, format!("call {n}: cgroup: {e}")));
+            let why = format!("call {n}: cgroup: {e}");
+            let fail = Exit::Failed(why.clone());
+            let _ = super::calls::finish(&s.d, None, info, fail, false, grant).await;
+            return Err(ApiError::Internal(why));
         }
     };
     super::mempool::attach(&grant, call.cgroup());
     let pid = peer.pid.unwrap_or_default();
     if let Err(e) = call.cgroup().add_pid(pid as u32) {
-        let _ = call.finish(Duration::from_secs(5));
-        super::mempool::finish(grant, &mut info);
-        return Err(fail(&mut info, format!("call {n}: moving pid {pid}: {e}")));
+        let why = format!("call {n}: moving pid {pid}: {e}");
+        let fail = Exit::Failed(why.clone());
+        let _ = super::calls::finish(&s.d, Some(call), info, fail, false, grant).await;
+        return Err(ApiError::Internal(why));
     }
     live.inflight.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(watch_call(s.d.clone(), live.clone(), call, info, grant));
@@ -162,41 +136,20 @@ async fn shim_call(
     }))
 }
 
-/// Waits until the call's cgroup is empty (or its timeout kills it), then records it.
+/// Waits until the call's cgroup is empty (or its timeout kills it), then records it with
+/// the status its shim reported.
 async fn watch_call(
     d: Arc<Daemon>,
     live: Arc<Live>,
     call: cgctl::Call,
-    mut info: CallInfo,
+    info: CallInfo,
     grant: Option<super::mempool::Grant>,
 ) {
     let deadline = info.started_at + info.limits.timeout_s;
-    while call.cgroup().populated().unwrap_or(false) {
-        if now() >= deadline {
-            info.state = CallState::TimedOut;
-            let _ = call.cgroup().kill();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    match tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await {
-        Ok(r) => info.record_report(r),
-        Err(e) => info.error = Some(format!("report: {e}")),
-    }
-    if info.state == CallState::Running {
-        info.state = CallState::Exited;
-    }
-    info.exit_code = live
-        .shim_exits
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&info.n);
-    if info.exit_code.is_none() && info.oom_killed {
-        info.exit_code = Some(137);
-    }
-    super::mempool::finish(grant, &mut info);
-    info.ended_at = Some(now());
-    let _ = d.journal(|j| j.put_call(&info));
+    let timed_out = super::calls::wait_empty(&call, deadline, Duration::from_millis(100)).await;
+    let code = live.take_shim_exit(info.n);
+    let end = Exit::Reported(code);
+    let _ = super::calls::finish(&d, Some(call), info, end, timed_out, grant).await;
     live.inflight.fetch_sub(1, Ordering::SeqCst);
 }
 
@@ -208,12 +161,8 @@ async fn shim_exit(
 ) -> Result<Json<ShimExit>, ApiError> {
     // Only the call's own processes report its status.
     let pid = peer.pid.unwrap_or_default();
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     let want = format!("{}/calls/{n}", session_cgroup_name(&s.live));
-    if !text
-        .lines()
-        .any(|l| l.strip_prefix("0::") == Some(want.as_str()))
-    {
+    if cgroup_of(pid) != want {
         return Err(ApiError::Forbidden(format!(
             "process {pid} is not in call {n} of session {}",
             s.live.id
@@ -226,12 +175,6 @@ async fn shim_exit(
         .insert(n, req.code);
     Ok(Json(req))
 }
-
-/// Where the shim binary is bound (read-only) in every container: the agent's `$SHELL`.
-pub const SHIM_IN_CONTAINER: &str = "/run/agentd/bin/agentd-shim";
-
-/// The shim socket's path as the agent sees it (`$AGENTD_SHIM_SOCKET`).
-pub const SOCKET_IN_CONTAINER: &str = "/run/agentd-shim.sock";
 
 /// The same socket as the daemon reaches it: through the container init's root.
 pub fn socket_path(init_pid: i32) -> PathBuf {
@@ -293,8 +236,8 @@ pub fn listen(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<PathBu
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| ierr("chmod", e))?;
     let app = Router::new()
-        .route("/v1/shim/calls", post(shim_call))
-        .route("/v1/shim/calls/{n}/exit", post(shim_exit))
+        .route(&crate::routes::SHIM_CALLS.template(), post(shim_call))
+        .route(&crate::routes::SHIM_EXIT.template(), post(shim_exit))
         .with_state(ShimState {
             d: d.clone(),
             live: live.clone(),

@@ -207,3 +207,40 @@ async fn unknown_and_stopped_sessions_get_404_and_409() {
     let (st, _) = call(&f, 0, "POST", "/v1/sessions/old/kill", "").await;
     assert_eq!(st, StatusCode::CONFLICT);
 }
+
+/// The router registers exactly the route table's paths and methods: on each path, a method
+/// no route uses is refused with 405 and an `Allow` header listing exactly the table's
+/// methods (axum adds HEAD to GET), and none of the table's paths is an unknown route.
+#[tokio::test]
+async fn routes_answer_exactly_their_methods() {
+    let f = fixture();
+    for r in crate::routes::DAEMON {
+        let path = r.at(&["x"]);
+        let app = router(f.daemon.clone()).layer(MockConnectInfo(peer(0)));
+        let req = Request::builder()
+            .method("PATCH")
+            .uri(&path)
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        let allow = resp
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let mut got: Vec<&str> = allow
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty() && *m != "head")
+            .collect();
+        got.sort_unstable();
+        let mut want = r.methods.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want, "{path}");
+    }
+    let (st, body) = call(&f, 0, "GET", "/v1/no-such-route", "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(body.contains("no such route"), "{body}");
+}

@@ -199,7 +199,7 @@ impl Sess {
 
     /// The running session's merged view, seen from the host.
     fn merged(&self, live: &Live) -> Result<PathBuf, ApiError> {
-        let pid = sessions::read_init_pid(&live.sandbox_state)?;
+        let pid = sessions::read_record(&live.sandbox_state)?.init_pid;
         let rel = self.workspace.strip_prefix("/").unwrap_or(&self.workspace);
         Ok(PathBuf::from(format!("/proc/{pid}/root")).join(rel))
     }

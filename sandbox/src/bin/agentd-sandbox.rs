@@ -3,10 +3,13 @@
 //! (the container's PID 1, re-executed by `run`).
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+
+use agentd_sandbox::launch::{self, ExecRequest, RunRequest};
 use agentd_sandbox::{SessionPlan, container};
 use clap::{Args, Parser, Subcommand};
 
@@ -19,13 +22,18 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct SessionArgs {
+    /// Read the whole request (a `launch::RunRequest`: plan, command, cgroup) as JSON from
+    /// this fd instead of building it from the flags below: how programs start sessions.
+    #[arg(long, value_name = "FD", conflicts_with_all = ["workspace", "state", "bundle", "bind_ro", "landlock_require", "owner_uid", "host_net", "allow_io_uring"])]
+    plan_fd: Option<i32>,
     /// The repo: the overlay's read-only lower layer, mounted at the same path inside.
-    #[arg(long)]
-    workspace: PathBuf,
+    #[arg(long, required_unless_present = "plan_fd")]
+    workspace: Option<PathBuf>,
     /// The session state dir (created; must not exist): a tmpfs holding the upper layer.
-    #[arg(long)]
-    state: PathBuf,
-    /// Disk quota of the session (size of the state tmpfs): 256M, 1G, 4096K or bytes.
+    #[arg(long, required_unless_present = "plan_fd")]
+    state: Option<PathBuf>,
+    /// Disk quota of the session (size of the state tmpfs): 256M, 1GiB, 4096K or bytes
+    /// (K/M/G = KiB/MiB/GiB; KB/MB/GB are 1000-based, as in policies).
     #[arg(long, default_value = "256M")]
     disk_size: String,
     /// Host uid (= gid) the agent maps to (default: the workspace's owner; never 0).
@@ -67,6 +75,10 @@ enum Cmd {
         /// Start the container inside this cgroup directory (clone3 CLONE_INTO_CGROUP).
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// The start handshake (a Unix socket, see `launch`): `R` once the container is
+        /// up, then the agent starts on `G`.
+        #[arg(long, value_name = "FD")]
+        sync_fd: Option<i32>,
         /// The command (with --bundle: default process.args).
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -78,9 +90,13 @@ enum Cmd {
     },
     /// Run CMD inside a running session (same namespaces and confinement).
     Exec {
+        /// Read the request (a `launch::ExecRequest`: state, command, cwd, env, cgroup) as
+        /// JSON from this fd instead of the flags: how programs run calls.
+        #[arg(long, value_name = "FD", conflicts_with_all = ["state", "cgroup", "pty", "cmd"])]
+        request_fd: Option<i32>,
         /// The session's state dir (run with --keep-state or still running).
-        #[arg(long)]
-        state: PathBuf,
+        #[arg(long, required_unless_present = "request_fd")]
+        state: Option<PathBuf>,
         /// Start the command in this cgroup directory (clone3 CLONE_INTO_CGROUP).
         #[arg(long)]
         cgroup: Option<PathBuf>,
@@ -88,7 +104,7 @@ enum Cmd {
         #[arg(long)]
         pty: bool,
         /// The command.
-        #[arg(last = true, required = true)]
+        #[arg(last = true, required_unless_present = "request_fd")]
         cmd: Vec<String>,
     },
     /// Unmount and remove a session state dir.
@@ -106,16 +122,12 @@ enum Cmd {
     },
 }
 
+/// `--disk-size`: the one size parser of the project (the policy's: K/M/G/T and KiB…TiB
+/// are 1024-based, KB…TB 1000-based), so a size means the same here as in a policy.
 fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .map(|n| n * mult)
-        .map_err(|e| format!("bad size {s:?}: {e}"))
+    agentd_policy::units::parse_size(s)
+        .map(|v| v.0)
+        .map_err(|e| format!("--disk-size: {e}"))
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, String> {
@@ -146,18 +158,33 @@ fn parse_bind(spec: &str) -> Result<agentd_sandbox::plan::BindRo, String> {
     })
 }
 
+/// The request from `--plan-fd`, or the plan from the flags (the command left empty).
+fn build_request(a: &SessionArgs) -> Result<RunRequest, String> {
+    if let Some(fd) = a.plan_fd {
+        let req: RunRequest = launch::read_request(fd).map_err(|e| e.to_string())?;
+        req.plan.validate()?;
+        return Ok(req);
+    }
+    let (plan, bundle_cmd) = build_plan(a)?;
+    Ok(RunRequest {
+        plan,
+        argv: bundle_cmd.unwrap_or_default(),
+        cgroup: None,
+        keep_state: false,
+    })
+}
+
 /// The plan and, with `--bundle`, the bundle's command.
 fn build_plan(a: &SessionArgs) -> Result<(SessionPlan, Option<Vec<String>>), String> {
-    let repo = a
-        .workspace
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", a.workspace.display()))?;
-    let state = absolute(&a.state)?;
-    let owner = match a.owner_uid {
-        Some(u) => u,
-        None => std::fs::metadata(&repo).map_err(|e| e.to_string())?.uid(),
+    let (Some(workspace), Some(state)) = (&a.workspace, &a.state) else {
+        return Err("give --workspace and --state, or --plan-fd".into());
     };
-    let mut plan = SessionPlan::new(&repo, &state, parse_size(&a.disk_size)?, owner, a.root_uid);
+    let mut plan = launch::default_plan(workspace, state).map_err(|e| e.to_string())?;
+    plan.workspace.size_bytes = parse_size(&a.disk_size)?;
+    if let Some(u) = a.owner_uid {
+        plan.ids.agent_host_id = u;
+    }
+    plan.ids.root_host_id = a.root_uid;
     plan.namespaces.net = !a.host_net;
     for name in &a.landlock_require {
         if name == "all" {
@@ -180,11 +207,6 @@ fn build_plan(a: &SessionArgs) -> Result<(SessionPlan, Option<Vec<String>>), Str
         plan.bind_ro.push(parse_bind(spec)?);
     }
     plan.seccomp.allow_io_uring = a.allow_io_uring;
-    for name in agentd_sandbox::plan::ENV_PASSTHROUGH {
-        if let Ok(v) = std::env::var(name) {
-            plan.env.insert((*name).to_owned(), v);
-        }
-    }
     let bundle_cmd = match &a.bundle {
         Some(dir) => Some(
             agentd_sandbox::oci::apply_bundle(&absolute(dir)?, &mut plan)
@@ -200,44 +222,88 @@ fn run(
     session: &SessionArgs,
     keep_state: bool,
     cgroup: Option<&Path>,
+    sync_fd: Option<i32>,
     cmd: &[String],
 ) -> Result<i32, String> {
-    let (plan, bundle_cmd) = build_plan(session)?;
-    let cmd = match (cmd.is_empty(), bundle_cmd) {
-        (false, _) => cmd.to_vec(),
-        (true, Some(args)) => args,
-        (true, None) => return Err("no command: give one after `--`".into()),
-    };
-    let cmd = cmd.as_slice();
-    let cg = match cgroup {
+    let mut req = build_request(session)?;
+    if !cmd.is_empty() {
+        req.argv = cmd.to_vec();
+    }
+    if req.argv.is_empty() {
+        return Err("no command: give one after `--`".into());
+    }
+    req.keep_state |= keep_state;
+    if let Some(p) = cgroup {
+        req.cgroup = Some(p.to_path_buf());
+    }
+    let sync = sync_fd
+        .map(launch::sync_socket)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let cg = match &req.cgroup {
         Some(p) => Some(std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => None,
     };
-    container::prepare_state(&plan).map_err(|e| e.to_string())?;
-    let result = start_and_wait(&plan, cg.as_ref().map(|f| f.as_raw_fd()), cmd);
-    if !keep_state {
-        container::destroy_state(&plan.workspace.state).map_err(|e| e.to_string())?;
+    container::prepare_state(&req.plan).map_err(|e| e.to_string())?;
+    let result = start_and_wait(&req, cg.as_ref().map(|f| f.as_raw_fd()), sync);
+    if !req.keep_state {
+        container::destroy_state(&req.plan.workspace.state).map_err(|e| e.to_string())?;
     }
     result
 }
 
 fn start_and_wait(
-    plan: &SessionPlan,
+    req: &RunRequest,
     cgroup: Option<std::os::fd::RawFd>,
-    cmd: &[String],
+    sync: Option<UnixStream>,
 ) -> Result<i32, String> {
-    let c = container::start(plan, cmd, cgroup).map_err(|e| e.to_string())?;
+    let plan = &req.plan;
+    let c = container::start(plan, &req.argv, cgroup).map_err(|e| e.to_string())?;
     if let Some(gap) = c.landlock.gap() {
         eprintln!("agentd-sandbox: warning: {gap}");
     }
-    // For `exec` into this session while it runs.
+    if !container::wait_ready(&c).map_err(|e| e.to_string())? {
+        // The init failed building the container and said why on stderr.
+        return container::wait(&c).map_err(|e| e.to_string());
+    }
+    // For `exec` into this session while it runs: written once the container is built, so
+    // whoever finds it can exec at once.
     agentd_sandbox::exec::write_record(&agentd_sandbox::exec::SessionRecord {
         plan: plan.clone(),
         init_pid: c.pid.as_raw(),
         landlock: Some(c.landlock.clone()),
     })
     .map_err(|e| e.to_string())?;
+    if let Some(mut s) = sync {
+        let answer = s
+            .write_all(&[launch::READY])
+            .and_then(|()| launch::read_byte(&mut s));
+        if !matches!(answer, Ok(Some(launch::GO))) {
+            let _ = nix::sys::signal::kill(c.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = container::wait(&c);
+            return Err("the caller went away before starting the agent".into());
+        }
+    }
+    container::go(&c).map_err(|e| e.to_string())?;
     container::wait_forwarding_signals(&c).map_err(|e| e.to_string())
+}
+
+/// The exec request from `--request-fd`, or from the flags.
+fn exec_request(
+    fd: Option<i32>,
+    state: Option<&Path>,
+    cgroup: Option<&Path>,
+    pty: bool,
+    cmd: &[String],
+) -> Result<ExecRequest, agentd_sandbox::Error> {
+    if let Some(fd) = fd {
+        return launch::read_request(fd);
+    }
+    let state = state.ok_or_else(|| agentd_sandbox::Error::Plan("give --state".into()))?;
+    let mut req = ExecRequest::new(state, cmd);
+    req.cgroup = cgroup.map(Path::to_path_buf);
+    req.pty = pty;
+    Ok(req)
 }
 
 fn main() -> ExitCode {
@@ -247,9 +313,10 @@ fn main() -> ExitCode {
             session,
             keep_state,
             cgroup,
+            sync_fd,
             cmd,
-        } => run(session, *keep_state, cgroup.as_deref(), cmd),
-        Cmd::Plan { session } => build_plan(session).and_then(|(p, _)| {
+        } => run(session, *keep_state, cgroup.as_deref(), *sync_fd, cmd),
+        Cmd::Plan { session } => build_request(session).map(|r| r.plan).and_then(|p| {
             let json = serde_json::to_string_pretty(&p).map_err(|e| e.to_string())?;
             println!("{json}");
             for s in p.mount_steps() {
@@ -258,16 +325,14 @@ fn main() -> ExitCode {
             Ok(0)
         }),
         Cmd::Exec {
+            request_fd,
             state,
             cgroup,
             pty,
             cmd,
-        } => if *pty {
-            agentd_sandbox::exec::exec_pty(state, cmd, cgroup.as_deref())
-        } else {
-            agentd_sandbox::exec::exec(state, cmd, cgroup.as_deref())
-        }
-        .map_err(|e| e.to_string()),
+        } => exec_request(*request_fd, state.as_deref(), cgroup.as_deref(), *pty, cmd)
+            .and_then(|req| agentd_sandbox::exec::exec(&req))
+            .map_err(|e| e.to_string()),
         Cmd::Destroy { state } => container::destroy_state(state)
             .map(|()| 0)
             .map_err(|e| e.to_string()),

@@ -83,7 +83,25 @@ pub fn snapshot(p: &Path) -> Vec<(String, Vec<u8>, u32)> {
     out
 }
 
+/// The runtime, through the sandbox crate's one command builder.
+pub fn sandbox() -> agentd_sandbox::launch::Sandbox {
+    agentd_sandbox::launch::Sandbox::new(agentd_tests::project_binary("agentd-sandbox"))
+}
+
+/// `argv` in a new session of `repo` with its state at `state`: the default plan, passed
+/// to the runtime as a typed request (as the daemon does).
+pub fn session_cmd(repo: &Path, state: &Path, argv: &[&str]) -> Command {
+    let req = agentd_sandbox::launch::RunRequest::default_for(repo, state, argv).unwrap();
+    sandbox().run(&req, None).unwrap()
+}
+
+/// `sh -c script` in a new session of the fixture. Without `extra` the plan goes to the
+/// runtime as a typed request; `extra` flags test the human command line
+/// (`agentd-sandbox run --workspace … --state … FLAGS`).
 pub fn sandbox_cmd(f: &Fixture, extra: &[&str], script: &str) -> Command {
+    if extra.is_empty() {
+        return session_cmd(&f.repo, &f.state, &["sh", "-c", script]);
+    }
     let mut c = Command::new(agentd_tests::project_binary("agentd-sandbox"));
     c.arg("run")
         .arg("--workspace")
@@ -93,6 +111,16 @@ pub fn sandbox_cmd(f: &Fixture, extra: &[&str], script: &str) -> Command {
         .args(extra)
         .args(["--", "sh", "-c", script]);
     c
+}
+
+/// `agentd-sandbox exec` of `argv` in the session whose state dir is `state` (optionally
+/// in `cgroup`, optionally on a pty), through the typed request.
+pub fn exec_cmd(state: &Path, argv: &[&str], cgroup: Option<&Path>, pty: bool) -> Command {
+    let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
+    let mut req = agentd_sandbox::launch::ExecRequest::new(state, &argv);
+    req.cgroup = cgroup.map(Path::to_path_buf);
+    req.pty = pty;
+    sandbox().exec(&req).unwrap()
 }
 
 /// Runs `script` with `sh -c` in a new session; returns (status, stdout, stderr).
@@ -108,12 +136,7 @@ pub fn run_in(f: &Fixture, extra: &[&str], script: &str) -> (i32, String, String
 }
 
 pub fn destroy(f: &Fixture) {
-    let st = Command::new(agentd_tests::project_binary("agentd-sandbox"))
-        .arg("destroy")
-        .arg("--state")
-        .arg(&f.state)
-        .status()
-        .unwrap();
+    let st = sandbox().destroy(&f.state).status().unwrap();
     assert!(st.success());
     assert!(!f.state.exists());
 }
