@@ -309,6 +309,10 @@ pub struct CallInfo {
     /// What the host's memory pool did for the call (docs/memory.md); absent without a pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_pool: Option<PoolOutcome>,
+    /// The call's connections through the session's egress proxy (docs/egress.md); absent
+    /// when the session's network is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<CallNet>,
     /// Only in the answer to `POST …/calls` (not kept in the journal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<String>,
@@ -325,6 +329,17 @@ pub struct PoolOutcome {
     pub grant: u64,
     pub memory_max: u64,
     pub killed: Option<String>,
+}
+
+/// A call's traffic through the egress proxy, counted by the proxy itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallNet {
+    /// Connections the call opened (allowed and refused).
+    pub connections: u64,
+    /// Bytes the call sent upstream.
+    pub bytes_up: u64,
+    /// Bytes the call received.
+    pub bytes_down: u64,
 }
 
 impl CallInfo {
@@ -349,6 +364,7 @@ impl CallInfo {
             ended_at: None,
             report: None,
             memory_pool: None,
+            net: None,
             stdout: None,
             stderr: None,
             error: None,

@@ -115,11 +115,62 @@ pub fn call_report(c: &CallInfo) -> String {
         "report: wall {wall}, cpu {cpu}, memory peak {peak}, oom kills {oom}{}",
         if c.oom_killed { " — OOM-killed" } else { "" }
     );
+    if let Some(net) = &c.net {
+        let _ = writeln!(
+            out,
+            "network: {} connections, {} out, {} in",
+            net.connections,
+            bytes(net.bytes_up),
+            bytes(net.bytes_down)
+        );
+    }
     for n in &c.limits.notes {
         let _ = writeln!(out, "note: {n}");
     }
     if let Some(e) = &c.error {
         let _ = writeln!(out, "error: {e}");
+    }
+    out
+}
+
+/// `agentctl net SESSION`: connections grouped by call (the agent itself first), each with
+/// destination, decision, bytes and the rule that decided.
+pub fn net_table(list: &[crate::egress::ConnRecord]) -> String {
+    let mut out = String::new();
+    let mut calls: Vec<Option<u64>> = list.iter().map(|r| r.call).collect();
+    calls.sort();
+    calls.dedup();
+    for call in calls {
+        let rows: Vec<_> = list.iter().filter(|r| r.call == call).collect();
+        let allowed = rows.iter().filter(|r| r.decision == "allow").count();
+        let (up, down) = rows
+            .iter()
+            .fold((0, 0), |(u, d), r| (u + r.bytes_up, d + r.bytes_down));
+        let _ = writeln!(
+            out,
+            "{}: {} connections ({allowed} allowed, {} denied), {} out, {} in",
+            call.map_or("agent".to_string(), |n| format!("call {n}")),
+            rows.len(),
+            rows.len() - allowed,
+            bytes(up),
+            bytes(down)
+        );
+        for r in rows {
+            let _ = writeln!(
+                out,
+                "  {:<5} {:<12} {}:{} {} out {} in — {}",
+                r.decision,
+                r.via,
+                r.dest,
+                r.port,
+                bytes(r.bytes_up),
+                bytes(r.bytes_down),
+                r.rule
+            );
+        }
+    }
+    if list.is_empty() {
+        out.push_str("no connections\n");
     }
     out
 }

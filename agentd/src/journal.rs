@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod net;
+
 use crate::api::{CallInfo, CallState, PolicySource, SessionInfo, SessionState};
 
 /// Journal errors, carrying the database path or the row.
@@ -87,6 +89,26 @@ CREATE TABLE session_plan (
     plan TEXT NOT NULL,
     sandbox TEXT NOT NULL
 );
+",
+    // 3: one row per connection the egress proxy handled (allowed or denied), written
+    // when the connection ends, append-only (`journal::net`).
+    "
+CREATE TABLE net_connections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    call INTEGER,
+    via TEXT NOT NULL,
+    dest TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    upstream TEXT,
+    decision TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    bytes_up INTEGER NOT NULL,
+    bytes_down INTEGER NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL
+);
+CREATE INDEX net_connections_session ON net_connections (session_id, call);
 ",
 ];
 

@@ -14,6 +14,7 @@ pub mod attach;
 pub mod client;
 pub mod ctl;
 pub mod doctor;
+pub mod egress;
 pub mod journal;
 pub mod mcp;
 pub mod mem;

@@ -69,6 +69,10 @@ pub const SESSION_STATS: Route = Route {
     path: "/sessions/{id}/stats",
     methods: &["get"],
 };
+pub const SESSION_NET: Route = Route {
+    path: "/sessions/{id}/net",
+    methods: &["get"],
+};
 pub const STATS: Route = Route {
     path: "/stats",
     methods: &["get"],
@@ -118,6 +122,7 @@ pub const DAEMON: &[Route] = &[
     SESSION_LOGS,
     SESSION_STDIN,
     SESSION_STATS,
+    SESSION_NET,
     STATS,
     POOL,
     CALLS,

@@ -7,6 +7,7 @@
 mod calls;
 mod checkpoint;
 mod crun;
+mod egress;
 mod fixture;
 mod footprint;
 mod lifecycle;
@@ -24,7 +25,14 @@ use clap::{Parser, Subcommand};
 use crate::report::{Machine, Report};
 
 /// The benchmarks, in the order the suite runs them.
-const NAMES: [&str; 5] = ["calls", "lifecycle", "footprint", "checkpoint", "replay"];
+const NAMES: [&str; 6] = [
+    "calls",
+    "lifecycle",
+    "footprint",
+    "checkpoint",
+    "egress",
+    "replay",
+];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,7 +51,7 @@ enum Cmd {
         /// Small run counts (CI: the whole run, VM boot included, under 5 minutes).
         #[arg(long)]
         quick: bool,
-        /// Only these benchmarks (calls, lifecycle, footprint, checkpoint, replay); default all.
+        /// Only these benchmarks (calls, lifecycle, footprint, checkpoint, egress, replay); default all.
         names: Vec<String>,
         /// Directory for report.json, report.md and plots.
         #[arg(long)]
@@ -82,6 +90,22 @@ enum Cmd {
         /// through agentd-shim inside an agentd session).
         #[arg(long)]
         calls: String,
+    },
+    /// (egress) the upstream server, inside the upstream network namespace.
+    #[command(hide = true)]
+    EgressServer {
+        #[arg(long)]
+        addr: String,
+    },
+    /// (egress) the client: connect latency and one stream.
+    #[command(hide = true)]
+    EgressClient {
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        n: usize,
+        #[arg(long)]
+        bytes: u64,
     },
     /// (replay) one tool call: holds a memory schedule for its duration.
     #[command(hide = true)]
@@ -126,6 +150,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::ShimAgent { n, warmup } => calls::shim_agent(n, warmup),
         Cmd::ReplayAgent { plan, calls } => replay::agent::run(&plan, &calls),
         Cmd::ReplayCall { steps, end_ms } => replay::agent::call(&steps, end_ms),
+        Cmd::EgressServer { addr } => egress::server(&addr),
+        Cmd::EgressClient { host, n, bytes } => egress::client(&host, n, bytes),
     }
 }
 
@@ -194,6 +220,7 @@ fn suite(
             "lifecycle" => lifecycle::run(quick),
             "footprint" => footprint::run(quick),
             "checkpoint" => checkpoint::run(quick),
+            "egress" => egress::run(quick),
             _ => match &trace {
                 Some(t) => replay::run(quick, out, t, replay_sessions),
                 None => Err(anyhow::anyhow!("the replay needs --trace FILE")),

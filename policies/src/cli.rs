@@ -190,8 +190,10 @@ pub fn explain(
     let _ = writeln!(out, "  {:<10} {:<8} {}", "exec", "allow", call.exec.reason);
     let _ = writeln!(
         out,
-        "  {:<10} {:<8} network rules are not enforced by this build",
-        "network", call.network
+        "  {:<10} {:<8} {}",
+        "network",
+        call.network,
+        plan.session.network.describe_for(&call.argv)
     );
     Output::ok(out)
 }

@@ -102,9 +102,21 @@ pub const TABLE: &[Entry] = &[
     off("resources.max.disk", "workspace disk quotas", "unset"),
     on("intent", "cgctl via the tool-call runner (per-call limits)"),
     off("filesystem", "Landlock filesystem rules", "empty lists"),
-    off("network.enabled", "the network proxy", "false"),
-    off("network.allow", "the network proxy", "[]"),
-    off("network.grant", "the network proxy", "no grants"),
+    on(
+        "network.enabled",
+        "agentd egress proxy (session network namespace)",
+    ),
+    on("network.allow", "agentd egress proxy (per connection)"),
+    on("network.deny", "agentd egress proxy (per connection)"),
+    off(
+        "network.ask",
+        "the approval queue (issue 12): `ask` needs a person to answer",
+        "[]",
+    ),
+    on(
+        "network.grant",
+        "agentd egress proxy (per tool call, by cgroup)",
+    ),
     on("network.max", "agentd-policy (host cap)"),
     off(
         "exec",

@@ -260,9 +260,22 @@ pub struct Layer {
     pub pool: PoolLayer,
     pub caps: Caps,
     pub intents: Vec<Rule>,
-    /// Network explicitly on (only ever true in a layer that was refused as not enforced;
-    /// kept so host-cap checks can name the cap too).
+    /// `network.enabled` as this layer states it.
     pub network_enabled: Option<Val<bool>>,
+    /// `network.allow`: an allowlist, so the later layer's list wins as a whole.
+    pub network_allow: Option<Vec<Val<String>>>,
+    /// `network.deny`: accumulates (deny beats allow).
+    pub network_deny: Vec<Val<String>>,
+    /// `network.grant`: later layers' grants first.
+    pub network_grants: Vec<NetGrant>,
+}
+
+/// A `[[network.grant]]`: calls matching `patterns` may also reach `allow`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct NetGrant {
+    pub patterns: Vec<ArgvPattern>,
+    pub allow: Vec<Val<String>>,
+    pub origin: Origin,
 }
 
 fn over<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
@@ -322,6 +335,14 @@ pub fn merge(a: &Layer, b: &Layer) -> Layer {
         // Later layers' rules are tried first, so a repo can refine a profile's rule.
         intents: b.intents.iter().chain(&a.intents).cloned().collect(),
         network_enabled: over(&a.network_enabled, &b.network_enabled),
+        network_allow: over(&a.network_allow, &b.network_allow),
+        network_deny: union(&a.network_deny, &b.network_deny, |v| v.value.clone()),
+        network_grants: b
+            .network_grants
+            .iter()
+            .chain(&a.network_grants)
+            .cloned()
+            .collect(),
     }
 }
 

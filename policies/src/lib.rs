@@ -8,8 +8,8 @@
 //!
 //! Modules: `units` (sizes, durations, CPU), `error` (diagnostics), `schema` (file format),
 //! `enforcement` (the table), `validate` (one file), `layer` (layers and merging), `plan`
-//! (resolution), `load` (files, extends, examples), `intent` (`memory=64M,cpu=batch`
-//! declarations), `cli` (the `policy` commands).
+//! (resolution), `network` (network rules and decisions), `load` (files, extends, examples),
+//! `intent` (`memory=64M,cpu=batch` declarations), `cli` (the `policy` commands).
 
 pub mod cli;
 pub mod enforcement;
@@ -17,6 +17,7 @@ pub mod error;
 pub mod intent;
 pub mod layer;
 pub mod load;
+pub mod network;
 pub mod plan;
 pub mod schema;
 pub mod sections;
@@ -29,6 +30,7 @@ pub use load::{
     FileKind, Files, HOST_POLICY, LoadOptions, MemFs, PROFILES, REPO_POLICY, RealFs, Stack, load,
     load_stack, resolve_stack,
 };
+pub use network::{Dest, NetDecision, NetEffect, NetworkPlan};
 pub use plan::{CallLimit, CallPlan, CapRef, Decider, DeclaredIntent, Limit, Plan, PoolPlan};
 pub use schema::{CpuClass, Effect, Priority, json_schema};
 pub use units::{Cpu, Duration, Size};

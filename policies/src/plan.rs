@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Diagnostic, DiagnosticKind};
 use crate::layer::{ArgvPattern, CompiledPattern, Layer, LayerKind, Mechanism, Origin, Val};
 use crate::layer::{matcher, merge_all};
+use crate::network::{GrantPlan, NetRule, NetworkPlan};
 use crate::schema::{CpuClass, Effect, Priority, WorkspaceMode};
 use crate::units::{Cpu, Duration, Size};
 
@@ -82,8 +83,8 @@ pub struct SessionPlan {
     pub workspace: WorkspaceMode,
     /// Only the host root (read-only) exists in this build.
     pub root: String,
-    /// Always off in this build (the network proxy is not enforced yet).
-    pub network: String,
+    /// The `[network]` rules the egress proxy enforces (`enabled = false`: loopback only).
+    pub network: NetworkPlan,
     /// The session's memory-pool priority (`resources.priority`), when a layer set one
     /// (the pool treats an unset one as `normal`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -198,6 +199,7 @@ pub struct CallPlan {
     pub timeout: CallLimit<Duration>,
     pub pids: CallLimit<u32>,
     pub exec: Decision,
+    /// `off`, or `proxy` (each connection decided by the session's network rules).
     pub network: String,
 }
 
@@ -403,6 +405,7 @@ pub fn resolve_layers(stack: &[StackLayer<'_>]) -> (Option<Plan>, Vec<Diagnostic
         })
         .collect();
 
+    let network = resolve_network(&all, caps, &mut d);
     let deny: Vec<String> = all.env_deny.iter().map(|v| v.value.clone()).collect();
     let plan = Plan {
         layers: stack.iter().map(|s| s.info.clone()).collect(),
@@ -421,7 +424,7 @@ pub fn resolve_layers(stack: &[StackLayer<'_>]) -> (Option<Plan>, Vec<Diagnostic
             },
             workspace: WorkspaceMode::Overlay,
             root: "host".into(),
-            network: "off".into(),
+            network,
             priority: all
                 .priority
                 .as_ref()
@@ -443,6 +446,80 @@ pub fn resolve_layers(stack: &[StackLayer<'_>]) -> (Option<Plan>, Vec<Diagnostic
         intents,
     };
     (Some(plan), d)
+}
+
+fn net_rules(list: &[Val<String>]) -> Vec<NetRule> {
+    // Validation already parsed every rule; a rule failing here cannot occur.
+    list.iter()
+        .filter_map(|v| NetRule::new(&v.value, v.origin.clone()).ok())
+        .collect()
+}
+
+/// The `[network]` plan. Host caps: `network.max.enabled = false` turns the network off (a
+/// repo or command line asking for it was refused above); `network.max.allow` (globs) bounds
+/// allow rules: a repo/CLI rule outside it is refused, a profile rule outside it dropped.
+fn resolve_network(all: &Layer, caps: &crate::layer::Caps, d: &mut Vec<Diagnostic>) -> NetworkPlan {
+    let on = all.network_enabled.as_ref().is_some_and(|v| v.value);
+    let host_off = caps.network_enabled.as_ref().is_some_and(|c| !c.value);
+    if !on || host_off {
+        return NetworkPlan::off();
+    }
+    let mut within = |v: &Val<String>| -> bool {
+        let Some(cap) = &caps.network_allow else {
+            return true;
+        };
+        if cap
+            .value
+            .iter()
+            .any(|g| matcher(g).is_ok_and(|m| m.is_match(&v.value)))
+        {
+            return true;
+        }
+        if v.origin.layer.bound_by_host() {
+            d.push(exceeds(
+                &v.origin,
+                &format!("\"{}\"", v.value),
+                &cap_ref(&Val {
+                    value: format!("{:?}", cap.value),
+                    origin: cap.origin.clone(),
+                }),
+            ));
+        }
+        false
+    };
+    let allow: Vec<Val<String>> = all
+        .network_allow
+        .iter()
+        .flatten()
+        .filter(|v| within(v))
+        .cloned()
+        .collect();
+    let mut grant_allow = Vec::new();
+    for g in &all.network_grants {
+        let ok: Vec<Val<String>> = g.allow.iter().filter(|v| within(v)).cloned().collect();
+        grant_allow.push(ok);
+    }
+    let grants = all
+        .network_grants
+        .iter()
+        .zip(grant_allow)
+        .map(|(g, ok)| GrantPlan {
+            patterns: g.patterns.clone(),
+            allow: net_rules(&ok),
+            origin: g.origin.clone(),
+            compiled: g
+                .patterns
+                .iter()
+                .filter_map(|p| ArgvPattern::compile(&p.text).ok())
+                .collect(),
+        })
+        .collect();
+    NetworkPlan {
+        enabled: true,
+        allow: net_rules(&allow),
+        deny: net_rules(&all.network_deny),
+        grants,
+    }
 }
 
 fn call_limit<T: Ord + Copy>(
@@ -524,7 +601,11 @@ impl Plan {
                 effect: Effect::Allow,
                 reason: "no exec rules ([exec] is not enforced by this build)".into(),
             },
-            network: self.session.network.clone(),
+            network: if self.session.network.enabled {
+                "proxy".into()
+            } else {
+                "off".into()
+            },
         }
     }
 

@@ -233,8 +233,13 @@ pub struct Filesystem {
 pub struct Network {
     /// Off by default: the session has an empty network namespace.
     pub enabled: Option<L<bool>>,
-    /// Reachable destinations: `domain` or `domain:port`, `*.` wildcards allowed.
+    /// Reachable destinations: `domain`, `domain:port`, `*.suffix[:port|:*]`, an IPv4
+    /// address or CIDR (`10.77.0.0/24[:port]`), or `@registry`. Without a port: 80 and 443.
     pub allow: Option<L<Vec<L<String>>>>,
+    /// Destinations never reached (deny beats ask beats allow); same syntax as `allow`.
+    pub deny: Option<L<Vec<L<String>>>>,
+    /// Destinations that need a person's approval (needs the approval queue: refused today).
+    pub ask: Option<L<Vec<L<String>>>>,
     /// Per-command grants.
     pub grant: Option<Vec<L<NetworkGrant>>>,
     /// Host policy only: what lower layers may enable.

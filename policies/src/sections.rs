@@ -1,5 +1,5 @@
-//! Per-file checks of the sections whose mechanisms are not enforced yet (filesystem,
-//! network, capabilities, secrets): their values are still validated fully (paths, globs,
+//! Per-file checks of the network section (enforced by the egress proxy) and of the
+//! sections whose mechanisms are not enforced yet (filesystem, capabilities, secrets): their values are still validated fully (paths, globs,
 //! domains, names, contradictions) so that a policy is correct the day the mechanism lands,
 //! and then refused through `enforcement.rs`. Split from `validate.rs` to keep files small.
 
@@ -8,47 +8,16 @@ use std::ops::Range;
 use globset::Glob;
 
 use crate::error::DiagnosticKind as K;
-use crate::layer::{Layer, Val};
+use crate::layer::{ArgvPattern, Layer, NetGrant, Val};
 use crate::schema::{self, L};
 use crate::validate::Cx;
 
-/// Well-known package registry sets, written `@name`; the network proxy expands them.
+/// Well-known package registry sets, written `@name`; see `network::REGISTRY_HOSTS`.
 pub const REGISTRY_SETS: [&str; 5] = ["crates", "pypi", "npm", "debian", "go"];
 
-/// `domain`, `domain:port`, `*.domain[:port]` or `@registry`.
+/// A network rule (`network::parse_rule`): `domain[:port]`, `*.suffix`, CIDR, `@registry`.
 pub(crate) fn check_domain(s: &str) -> Result<(), String> {
-    if let Some(name) = s.strip_prefix('@') {
-        return if REGISTRY_SETS.contains(&name) {
-            Ok(())
-        } else {
-            Err(format!(
-                "unknown registry set `{s}` (known: @{})",
-                REGISTRY_SETS.join(", @")
-            ))
-        };
-    }
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (s, None),
-    };
-    if let Some(p) = port {
-        match p.parse::<u16>() {
-            Ok(n) if n > 0 => {}
-            _ => return Err(format!("bad port `{p}` in `{s}`")),
-        }
-    }
-    let bare = host.strip_prefix("*.").unwrap_or(host);
-    let ok = !bare.is_empty()
-        && bare.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("`{s}` is not a domain"))
-    }
+    crate::network::parse_rule(s).map(|_| ())
 }
 
 pub(crate) fn check_filesystem(cx: &mut Cx, fs: &schema::Filesystem) {
@@ -100,31 +69,42 @@ pub(crate) fn check_filesystem(cx: &mut Cx, fs: &schema::Filesystem) {
 
 pub(crate) fn check_network(cx: &mut Cx, n: &schema::Network, layer: &mut Layer) {
     let enabled = n.enabled.as_ref().map(|e| *e.get());
-    if let Some(e) = n.enabled.as_ref().filter(|e| *e.get()) {
-        layer.network_enabled = Some(cx.val(e, "network.enabled"));
-        cx.not_enforced(e.span(), "network.enabled");
+    layer.network_enabled = cx.opt(&n.enabled, "network.enabled");
+    let allow = cx.domains(&n.allow, "network.allow");
+    if n.allow.is_some() {
+        layer.network_allow = Some(allow);
     }
-    cx.domains(&n.allow, "network.allow");
-    if let Some(a) = n.allow.as_ref().filter(|a| !a.get().is_empty()) {
-        if enabled == Some(false) {
-            cx.err(
-                K::Contradiction,
-                a.span(),
-                "network.allow",
-                "destinations are allowed but the network is off".into(),
-                Some("set `enabled = true` or drop `allow`".into()),
-            );
-        }
-        cx.not_enforced(a.span(), "network.allow");
+    if let Some(a) = n.allow.as_ref().filter(|a| !a.get().is_empty())
+        && enabled == Some(false)
+    {
+        cx.err(
+            K::Contradiction,
+            a.span(),
+            "network.allow",
+            "destinations are allowed but the network is off".into(),
+            Some("set `enabled = true` or drop `allow`".into()),
+        );
+    }
+    layer.network_deny = cx.domains(&n.deny, "network.deny");
+    cx.domains(&n.ask, "network.ask");
+    if let Some(a) = n.ask.as_ref().filter(|a| !a.get().is_empty()) {
+        cx.not_enforced(a.span(), "network.ask");
     }
     for g in n.grant.iter().flatten() {
-        cx.patterns(&g.get().patterns, "network.grant.match");
-        cx.domains(&Some(g.get().allow.clone()), "network.grant.allow");
-        cx.not_enforced(g.span(), "network.grant");
+        let patterns = cx.patterns(&g.get().patterns, "network.grant.match");
+        let allow = cx.domains(&Some(g.get().allow.clone()), "network.grant.allow");
+        layer.network_grants.push(NetGrant {
+            patterns: patterns
+                .into_iter()
+                .map(|(v, _)| ArgvPattern { text: v.value })
+                .collect(),
+            allow,
+            origin: cx.origin(&g.span(), "network.grant"),
+        });
     }
     if let Some(m) = &n.max {
         cx.host_only(m.span(), "network.max");
-        let allow = cx.domains(&m.get().allow, "network.max.allow");
+        let allow = cx.globs(&m.get().allow, "network.max.allow");
         layer.caps.network_enabled = cx.opt(&m.get().enabled, "network.max.enabled");
         if let Some(a) = &m.get().allow {
             layer.caps.network_allow = Some(Val {

@@ -270,6 +270,7 @@ fn layer() -> impl Strategy<Value = Layer> {
                 },
                 intents,
                 network_enabled,
+                ..Layer::default()
             },
         )
 }

@@ -37,57 +37,59 @@ fn golden_plan_ci() {
     insta::assert_json_snapshot!("ci_plan", profile("ci").unwrap());
 }
 
-/// `build` declares registry access, which this build cannot enforce: it is refused with
-/// exactly the two network diagnostics (so its examples and everything else check out).
+/// `build` declares registry access, enforced by the egress proxy: it checks clean, its
+/// network plan names exactly the registry hosts, and everything else is denied.
 #[test]
-fn golden_build_is_refused_exactly_for_network() {
-    let err = profile("build").unwrap_err();
-    let d = err.diagnostics();
-    let got: Vec<(K, &str, usize, usize)> = d
-        .iter()
-        .map(|d| (d.kind, d.key.as_deref().unwrap_or(""), d.line, d.column))
-        .collect();
-    assert_eq!(
-        got,
-        [
-            (K::NotEnforced, "network.enabled", 29, 11),
-            (K::NotEnforced, "network.allow", 32, 9)
-        ]
-    );
-    insta::assert_json_snapshot!("build_refusal", d);
-}
-
-/// What `build` resolves to once its network part is enforced: the same file without the
-/// `[network]` table (a test-only view; the shipped profile itself is refused).
-#[test]
-fn golden_plan_build_without_network() {
-    let text = PROFILES.iter().find(|(n, _)| *n == "build").unwrap().1;
-    let start = text.find("\n[network]\n").unwrap() + 1;
-    let end = start + text[start..].find("[[intent]]").unwrap();
-    let stripped = format!("{}{}", &text[..start], &text[end..]);
-    let plan = agentd_policy::load(
-        &MemFs::default(),
-        &profile_opts(),
-        Some(("profile:build", &stripped)),
-    )
-    .unwrap();
+fn golden_plan_build() {
+    use agentd_policy::{Dest, NetEffect};
+    let plan = profile("build").unwrap();
     let call = plan.call(&["cargo", "build", "--release"], &DeclaredIntent::default());
     assert_eq!(
         (call.rule.as_deref(), call.memory.value.to_string()),
         (Some("heavy-build"), "8GiB".into())
     );
-    insta::assert_json_snapshot!("build_plan_without_network", plan);
+    assert_eq!(call.network, "proxy");
+    let net = &plan.session.network;
+    let none: Option<&[&str]> = None;
+    for host in [
+        "crates.io",
+        "static.crates.io",
+        "pypi.org",
+        "files.pythonhosted.org",
+        "registry.npmjs.org",
+    ] {
+        let d = net.decide(Dest::Name(host), 443, none);
+        assert_eq!(d.effect, NetEffect::Allow, "{host}: {d}");
+        assert!(d.rule.contains("profile:build:"), "{}", d.rule);
+    }
+    let d = net.decide(Dest::Name("example.com"), 443, none);
+    assert_eq!(d.effect, NetEffect::Deny);
+    assert_eq!(
+        net.decide(Dest::Name("crates.io"), 22, none).effect,
+        NetEffect::Deny
+    );
+    insta::assert_json_snapshot!("build_plan", plan);
 }
 
 #[test]
-fn a_repo_extending_build_is_refused_too() {
-    let d = errors(None, "version = 1\nextends = \"build\"\n");
-    assert!(
-        d.iter()
-            .all(|d| d.kind == K::NotEnforced && d.file == "profile:build"),
-        "{d:#?}"
-    );
-    assert_eq!(d.len(), 2);
+fn a_repo_extending_build_checks_clean_and_may_deny_more() {
+    use agentd_policy::{Dest, NetEffect};
+    let plan = agentd_policy::load(
+        &MemFs::default(),
+        &LoadOptions::default(),
+        Some((
+            "repo.toml",
+            "version = 1\nextends = \"build\"\n[network]\ndeny = [\"static.crates.io\"]\n",
+        )),
+    )
+    .unwrap();
+    let none: Option<&[&str]> = None;
+    let d = plan
+        .session
+        .network
+        .decide(Dest::Name("static.crates.io"), 443, none);
+    assert_eq!(d.effect, NetEffect::Deny);
+    assert!(d.rule.contains("repo.toml:4:9"), "{}", d.rule);
 }
 
 #[test]
@@ -105,7 +107,7 @@ fn every_profile_starts_with_who_it_is_for_and_has_examples() {
 
 #[test]
 fn profile_examples_hold_and_broken_examples_are_caught() {
-    for name in ["default", "strict", "ci"] {
+    for name in ["default", "strict", "ci", "build"] {
         profile(name).unwrap();
     }
     // Same profile with one example's expectation changed → refused at that example.
@@ -291,7 +293,7 @@ fn cli_schema_and_profiles() {
     assert_eq!(v["title"], "agentd policy");
     assert!(v["properties"]["resources"].is_object());
     let out = cli::profiles(false);
-    assert!(out.stdout.contains("network.enabled                  NOT enforced (only false accepted; lands with the network proxy)"), "{}", out.stdout);
+    assert!(out.stdout.contains("network.ask                      NOT enforced (only [] accepted; lands with the approval queue (issue 12): `ask` needs a person to answer)"), "{}", out.stdout);
 }
 
 #[test]

@@ -12,7 +12,7 @@ fn minimal_policy_stands_on_default_profile() {
     assert_eq!(files, ["built-in host defaults", "profile:default", REPO]);
     assert!(p.layers[1].implied);
     assert_eq!(p.session.memory.value.to_string(), "8GiB");
-    assert_eq!(p.session.network, "off");
+    assert!(!p.session.network.enabled);
 }
 
 #[test]
@@ -303,15 +303,9 @@ fn empty_filesystem_lists_and_network_off_are_accepted() {
 fn repo_enabling_network_is_refused_naming_the_host_cap() {
     let host = "version = 1\n[network.max]\nenabled = false\n";
     let d = errors(Some(host), "version = 1\n[network]\nenabled = true\n");
-    assert_eq!(d.len(), 2, "{d:#?}");
+    assert_eq!(d.len(), 1, "{d:#?}");
     assert_diag(
         &d[0],
-        K::NotEnforced,
-        ".agentd/policy.toml:3:11",
-        "`network.enabled` is not enforced by this build",
-    );
-    assert_diag(
-        &d[1],
         K::ExceedsHostCap,
         ".agentd/policy.toml:3:11",
         "exceeds the host cap: host policy /etc/agentd/policy.toml: network.max.enabled = false",
@@ -334,9 +328,70 @@ fn network_allowlist_validated() {
             "3:28 `bad host` is not a domain",
             "3:40 bad port `99999` in `x:99999`",
             "3:62 unknown registry set `@nope` (known: @crates, @pypi, @npm, @debian, @go)",
-            "3:9 `network.allow` is not enforced by this build",
         ]
     );
+}
+
+#[test]
+fn network_rules_resolve_deny_over_allow_with_positions() {
+    use agentd_policy::{Dest, NetEffect};
+    let p = plan(
+        "version = 1\n[network]\nenabled = true\nallow = [\"*.ex.com\", \"10.77.0.0/24:8080\"]\ndeny = [\"evil.ex.com:*\"]\n[[network.grant]]\nmatch = [\"pip install\"]\nallow = [\"@pypi\"]\n",
+    );
+    let n = &p.session.network;
+    let none: Option<&[&str]> = None;
+    assert_eq!(
+        n.decide(Dest::Name("a.ex.com"), 443, none).effect,
+        NetEffect::Allow
+    );
+    let d = n.decide(Dest::Name("evil.ex.com"), 443, none);
+    assert_eq!(d.effect, NetEffect::Deny);
+    assert!(d.rule.contains(".agentd/policy.toml:5:9"), "{}", d.rule);
+    assert!(!n.resolvable("evil.ex.com"));
+    assert!(n.upstream_addr("10.77.0.5".parse().unwrap()).is_ok());
+    assert!(n.upstream_addr("10.78.0.5".parse().unwrap()).is_err());
+    assert_eq!(
+        n.decide(Dest::Name("pypi.org"), 443, Some(&["pip", "install", "x"]))
+            .effect,
+        NetEffect::Allow
+    );
+    assert_eq!(
+        n.decide(Dest::Name("pypi.org"), 443, Some(&["curl"]))
+            .effect,
+        NetEffect::Deny
+    );
+}
+
+#[test]
+fn network_ask_is_refused_until_the_approval_queue_exists() {
+    let d = one_error("version = 1\n[network]\nenabled = true\nask = [\"ex.com\"]\n");
+    assert_diag(
+        &d,
+        K::NotEnforced,
+        ".agentd/policy.toml:4:7",
+        "`network.ask` is not enforced by this build",
+    );
+    assert!(
+        d.hint
+            .as_deref()
+            .unwrap_or("")
+            .contains("approval queue (issue 12)")
+    );
+    let d = one_error("version = 1\n[network]\nenabled = true\ndeny = [\"10.0.0.1/8\"]\n");
+    assert!(d.message.contains("host bits set"), "{}", d.message);
+    assert_eq!((d.line, d.column), (4, 9));
+}
+
+#[test]
+fn host_max_allow_bounds_repo_rules() {
+    let host = "version = 1\n[network.max]\nenabled = true\nallow = [\"*.corp.example\"]\n";
+    let d = errors(
+        Some(host),
+        "version = 1\n[network]\nenabled = true\nallow = [\"git.corp.example\", \"evil.com\"]\n",
+    );
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0].kind, K::ExceedsHostCap);
+    assert!(d[0].message.contains("evil.com"), "{}", d[0].message);
 }
 
 #[test]

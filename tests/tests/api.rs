@@ -420,6 +420,7 @@ fn api_every_documented_operation_answers_as_documented() {
         ("GET", "/sessions/{id}/logs"),
         ("GET", "/sessions/{id}/calls"),
         ("GET", "/sessions/{id}/stats"),
+        ("GET", "/sessions/{id}/net"),
         ("POST", "/sessions/{id}/kill"),
         ("POST", "/sessions/{id}/wait"),
         ("DELETE", "/sessions/{id}"),
@@ -533,6 +534,9 @@ fn api_every_documented_operation_answers_as_documented() {
     api.json(None, "GET", "/sessions/{id}/logs", &id, None);
     let st = api.json(None, "GET", "/sessions/{id}/stats", &id, None);
     assert_eq!(st.body["id"], id.as_str());
+    // A session without network has no connections (tests/tests/egress.rs covers the rest).
+    let net = api.json(None, "GET", "/sessions/{id}/net", &id, None);
+    assert_eq!(net.body, json!([]), "{}", net.body);
     let all = api.json(None, "GET", "/stats", "", None);
     api.json(None, "GET", "/pool", "", None);
     assert!(lists(&all.body, &id));

@@ -100,6 +100,8 @@ enum Cmd {
     Pool,
     /// A session's tool calls with their reports.
     Calls { session: String },
+    /// A session's network connections per call (destination, decision, rule, bytes).
+    Net { session: String },
     /// Kill a session (the agent and every call).
     Kill { session: String },
     /// Remove a session (killed first if it runs).
@@ -221,7 +223,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
         }
         Cmd::Pool => {
             let p: agentd::server::mempool::PoolAnswer =
-                c.get(&format!("{}/pool", api::PREFIX)).await.map_err(e)?;
+                c.get(&routes::POOL.at(&[])).await.map_err(e)?;
             if json {
                 print_json(&p)?;
             } else if let Some(p) = &p.pool {
@@ -230,6 +232,18 @@ async fn run(cli: Cli) -> Result<u8, String> {
                 println!(
                     "no memory pool: the host policy has no `[resources.pool] enabled = true`"
                 );
+            }
+            Ok(0)
+        }
+        Cmd::Net { session } => {
+            let list: Vec<agentd::egress::ConnRecord> = c
+                .get(&routes::SESSION_NET.at(&[&session]))
+                .await
+                .map_err(e)?;
+            if json {
+                print_json(&list)?;
+            } else {
+                print!("{}", ctl::net_table(&list));
             }
             Ok(0)
         }

@@ -95,6 +95,13 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
     if let Err(e) = super::shim::listen(d, &live, pid) {
         super::log::warn(&format!("session {}: {e}", s.id));
     }
+    // Egress died with the previous daemon; the session gets it back (listeners rebound).
+    if let Err(e) = super::net::start(d, &live, pid) {
+        super::log::warn(&format!(
+            "session {}: no egress after the restart: {e}",
+            s.id
+        ));
+    }
     for c in calls.into_iter().filter(|c| c.state == CallState::Running) {
         live.inflight.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(resume_call(d.clone(), live.clone(), c));

@@ -43,12 +43,21 @@ pub struct SessionContext {
     pub agent_uid: u32,
     /// The shim binary on the host (bound at [`SHIM_IN_CONTAINER`]).
     pub shim_bin: PathBuf,
+    /// The session's resolv.conf on the host (naming the egress DNS stub), written by the
+    /// daemon for a session with the network on; bound over `/etc/resolv.conf`.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// The sandbox plan of a session: the coding-agent default container (host root
-/// read-only, loopback-only network: `session.root = "host"` and `network` off are all
-/// this build resolves), the shim bound at one fixed path (a host path under /tmp, /run or
-/// a home would be invisible inside) and named by `$SHELL` and `$AGENTD_SHIM_SOCKET`.
+/// read-only: `session.root = "host"` is all this build resolves), the shim bound at one
+/// fixed path (a host path under /tmp, /run or a home would be invisible inside) and named
+/// by `$SHELL` and `$AGENTD_SHIM_SOCKET`.
+///
+/// Network: always a new, empty network namespace (loopback only). With `network.enabled`
+/// the daemon later opens its egress listeners inside it (`crate::egress`), and the plan
+/// gets what makes tools use them: the stub resolver's resolv.conf over /etc/resolv.conf
+/// and the proxy variables (`crate::egress::proxy_env`) in the environment, which the
+/// runtime gives the agent and every call (`exec` starts from the session's environment).
 pub fn sandbox_plan(plan: &Plan, cx: &SessionContext) -> SessionPlan {
     let mut p = SessionPlan::new(
         &cx.workspace,
@@ -57,8 +66,8 @@ pub fn sandbox_plan(plan: &Plan, cx: &SessionContext) -> SessionPlan {
         cx.agent_uid,
         CONTAINER_ROOT_HOST_ID,
     );
-    // Only "off" exists in this build: an empty network namespace (loopback only).
-    p.namespaces.net = plan.session.network == "off" || p.namespaces.net;
+    // Off or through the proxy, the session never shares the host's network.
+    p.namespaces.net = true;
     p.bind_ro.push(BindRo {
         source: cx.shim_bin.clone(),
         target: PathBuf::from(SHIM_IN_CONTAINER),
@@ -69,6 +78,15 @@ pub fn sandbox_plan(plan: &Plan, cx: &SessionContext) -> SessionPlan {
         "AGENTD_SHIM_SOCKET".to_owned(),
         SOCKET_IN_CONTAINER.to_owned(),
     );
+    if plan.session.network.enabled {
+        if let Some(f) = &cx.resolv_conf {
+            p.bind_ro.push(BindRo {
+                source: f.clone(),
+                target: PathBuf::from("/etc/resolv.conf"),
+            });
+        }
+        p.env.extend(crate::egress::proxy_env());
+    }
     p
 }
 

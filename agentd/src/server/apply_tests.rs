@@ -10,9 +10,8 @@ use crate::api::{CallInfo, CallState, PolicySource};
 
 /// The shipped profiles a session can start with today, by name, resolved as the daemon
 /// resolves a session's policy (built-in host defaults: the host file named does not
-/// exist). A profile using a key this build does not enforce (e.g. `build`'s network
-/// allowlist before the proxy lands) is refused at session start: that is checked, and it
-/// gets no snapshot until it resolves.
+/// exist). A profile using a key this build does not enforce is refused at session
+/// start: that is checked, and it gets no snapshot until it resolves.
 fn profiles() -> Vec<(String, Plan)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/profiles");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -32,6 +31,11 @@ fn profiles() -> Vec<(String, Plan)> {
         }
     }
     assert!(out.iter().any(|(n, _)| n == "default") && out.iter().any(|(n, _)| n == "strict"));
+    // The egress proxy enforces `[network]`: `build` starts, with its network on.
+    assert!(
+        out.iter()
+            .any(|(n, p)| n == "build" && p.session.network.enabled)
+    );
     out
 }
 
@@ -57,6 +61,9 @@ fn context() -> SessionContext {
         state: PathBuf::from("/var/lib/agentd/sessions/0123456789ab"),
         agent_uid: 1000,
         shim_bin: PathBuf::from("/usr/libexec/agentd/agentd-shim"),
+        resolv_conf: Some(PathBuf::from(
+            "/var/lib/agentd/egress/0123456789ab.resolv.conf",
+        )),
     }
 }
 
@@ -65,10 +72,27 @@ fn each_profile_gives_a_valid_sandbox_plan() {
     for (name, plan) in profiles() {
         let p = sandbox_plan(&plan, &context());
         p.validate().unwrap();
-        assert!(p.namespaces.net, "{name}: network is off in this build");
+        assert!(
+            p.namespaces.net,
+            "{name}: the session never shares the host network"
+        );
         assert_eq!(p.env["SHELL"], SHIM_IN_CONTAINER);
         assert_eq!(p.env["AGENTD_SHIM_SOCKET"], SOCKET_IN_CONTAINER);
         assert_eq!(p.bind_ro[0].target, Path::new(SHIM_IN_CONTAINER));
+        // A network session: the stub resolver and the proxy variables; else neither.
+        let net = plan.session.network.enabled;
+        assert_eq!(
+            p.bind_ro
+                .iter()
+                .any(|b| b.target == Path::new("/etc/resolv.conf")),
+            net,
+            "{name}"
+        );
+        assert_eq!(
+            p.env.get("HTTPS_PROXY").map(String::as_str),
+            net.then_some("http://127.0.0.1:880"),
+            "{name}"
+        );
         insta::assert_json_snapshot!(format!("sandbox_plan_{name}"), p);
     }
 }

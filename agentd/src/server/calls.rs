@@ -166,7 +166,8 @@ async fn run_call(
 
 /// The one end of every call, whoever ran it: kills what is left in its cgroup, reads the
 /// report and removes `calls/<n>` (blocking cgroupfs work, off the runtime), builds the
-/// row ([`apply::finish_call`]) and journals it.
+/// row ([`apply::finish_call`]), adds the session proxy's byte counts for the call and
+/// journals it.
 pub async fn finish(
     d: &Daemon,
     call: Option<cgctl::Call>,
@@ -194,6 +195,7 @@ pub async fn finish(
         },
     );
     super::mempool::finish(grant, &mut info);
+    super::net::annotate_call(d, &mut info).await;
     d.journal(|j| j.put_call(&info))?;
     Ok(info)
 }

@@ -13,6 +13,7 @@ mod errors;
 pub mod leaf;
 pub mod log;
 pub mod mempool;
+pub mod net;
 pub mod require;
 pub mod sessions;
 pub mod shim;
@@ -244,6 +245,7 @@ pub fn router(state: State) -> Router {
         .route(&r::SESSION_LOGS.template(), get(sessions::logs))
         .route(&r::SESSION_STDIN.template(), post(stream::stdin))
         .route(&r::SESSION_STATS.template(), get(stats::one))
+        .route(&r::SESSION_NET.template(), get(net::list))
         .route(&r::STATS.template(), get(stats::all))
         .route(&r::POOL.template(), get(mempool::status))
         .route(&r::CALLS.template(), get(calls::list).post(calls::create))

@@ -59,6 +59,8 @@ pub struct Live {
     pub done: watch::Receiver<bool>,
     /// The write end of the agent's stdin, until `POST …/stdin` takes it (attached runs).
     pub stdin: Mutex<Option<tokio::net::unix::pipe::Sender>>,
+    /// The session's egress proxy (network sessions, once started).
+    pub egress: Mutex<Option<Arc<crate::egress::SessionEgress>>>,
 }
 
 /// What [`Live::new`] needs: everything of a live session that is not its runtime state.
@@ -95,6 +97,7 @@ impl Live {
             shim_exits: Mutex::new(HashMap::new()),
             done: done_rx,
             stdin: Mutex::new(n.stdin),
+            egress: Mutex::new(None),
         });
         (live, done_tx)
     }
@@ -313,6 +316,17 @@ pub async fn create(
     }
     let sessions = d.cfg.state_dir.join("sessions");
     let sandbox_state = sessions.join(&id);
+    let resolv_conf = if plan.session.network.enabled {
+        match super::net::resolv_conf(&d, &id) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                let _ = d.root.remove_session(&id, Duration::from_secs(5));
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let run = RunRequest {
         plan: apply::sandbox_plan(
             &plan,
@@ -321,6 +335,7 @@ pub async fn create(
                 state: sandbox_state.clone(),
                 agent_uid,
                 shim_bin: d.cfg.shim_bin.clone(),
+                resolv_conf,
             },
         ),
         argv: req.argv.clone(),
@@ -415,6 +430,17 @@ pub async fn create(
             return Err(ApiError::Internal(msg));
         }
     };
+    // Egress before the shim socket and GO: the agent's first connection finds the
+    // proxy. Fail closed: a network session without its proxy does not start.
+    if let Err(e) = super::net::start(&d, &live, record.init_pid) {
+        let _ = child.start_kill();
+        let _ = live.cg.cgroup().kill();
+        let _ = child.wait().await;
+        let msg = format!("the session's network could not be set up: {e}");
+        fail(&d, &live, &msg).await;
+        let _ = done_tx.send(true);
+        return Err(ApiError::Internal(msg));
+    }
     // The container's /run is mounted now and the agent not started: bind its shim socket.
     if let Err(e) = super::shim::listen(&d, &live, record.init_pid) {
         // Calls from inside then run in the agent's leaf; said in the session row.
@@ -566,6 +592,7 @@ pub async fn finish(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     super::mempool::session_ended(d, &live.id);
+    super::net::stop(live);
     remove_cgroups(d, &live.id).await;
     let (sd, id, ws) = (
         d.cfg.state_dir.clone(),
