@@ -193,6 +193,14 @@ pub fn run(quick: bool) -> Result<Section> {
         std::process::id()
     ));
     let d = Daemon::start(&scratch, &cg)?;
+    // The built-in host caps let a repo allow only the registry sets: this host lists the
+    // bench upstream (the daemon reads the host file at each session start).
+    std::fs::write(
+        scratch.path().join("host.toml"),
+        format!(
+            "version = 1\n[network.max]\nenabled = true\nallow = [\"bench.test:{PORT}\", \"{UP}/32:{PORT}\"]\n"
+        ),
+    )?;
     let policy = format!(
         "version = 1\n[network]\nenabled = true\nallow = [\"bench.test:{PORT}\", \"{UP}/32:{PORT}\"]\n"
     );

@@ -335,7 +335,8 @@ fn network_allowlist_validated() {
 #[test]
 fn network_rules_resolve_deny_over_allow_with_positions() {
     use agentd_policy::{Dest, NetEffect};
-    let p = plan(
+    let p = plan_with(
+        OPEN_NETWORK_HOST,
         "version = 1\n[network]\nenabled = true\nallow = [\"*.ex.com\", \"10.77.0.0/24:8080\"]\ndeny = [\"evil.ex.com:*\"]\n[[network.grant]]\nmatch = [\"pip install\"]\nallow = [\"@pypi\"]\n",
     );
     let n = &p.session.network;
@@ -380,6 +381,33 @@ fn network_ask_is_refused_until_the_approval_queue_exists() {
     let d = one_error("version = 1\n[network]\nenabled = true\ndeny = [\"10.0.0.1/8\"]\n");
     assert!(d.message.contains("host bits set"), "{}", d.message);
     assert_eq!((d.line, d.column), (4, 9));
+}
+
+/// The built-in host defaults let a session turn the network on but a repo name only the
+/// shipped registry sets: an arbitrary name or a private address (a cloud metadata service)
+/// needs the host admin.
+#[test]
+fn builtin_host_bounds_repo_network_rules_to_the_registry_sets() {
+    use agentd_policy::{Dest, NetEffect};
+    let p = plan("version = 1\n[network]\nenabled = true\nallow = [\"@crates\", \"@go\"]\n");
+    let none: Option<&[&str]> = None;
+    assert_eq!(
+        p.session
+            .network
+            .decide(Dest::Name("crates.io"), 443, none)
+            .effect,
+        NetEffect::Allow
+    );
+    let d = errors(
+        None,
+        "version = 1\n[network]\nenabled = true\nallow = [\"evil.com\", \"169.254.169.254/32:80\"]\n",
+    );
+    assert_eq!(d.len(), 2, "{d:#?}");
+    for (e, what) in d.iter().zip(["evil.com", "169.254.169.254/32:80"]) {
+        assert_eq!(e.kind, K::ExceedsHostCap, "{e}");
+        assert!(e.message.contains(what), "{}", e.message);
+        assert!(e.message.contains("network.max.allow"), "{}", e.message);
+    }
 }
 
 #[test]

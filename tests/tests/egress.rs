@@ -125,8 +125,19 @@ match = ["python3 conn.py beta"]
 allow = ["beta.test"]
 "#;
 
+/// The test daemon's host policy plus the caps the test's repo policy needs: the built-in
+/// defaults let a repo allow only the registry sets, and the test names its own upstreams
+/// (and their private address). The daemon reads the host file at each session start.
+const EGRESS_HOST: &str =
+    "\n[network.max]\nenabled = true\nallow = [\"*.test\", \"10.77.0.2/32\"]\n";
+
 /// A daemon with a network session on the test policy; the repo holds the CA and scripts.
 fn session(d: &Daemon, up: &Upstream, argv: &[&str]) -> String {
+    fs::write(
+        d.root.join("host.toml"),
+        format!("{HOST_POLICY}{EGRESS_HOST}"),
+    )
+    .unwrap();
     fs::write(d.repo.join("ca.pem"), &up.cert).unwrap();
     fs::write(d.root.join("policy.toml"), POLICY).unwrap();
     for (name, text) in SCRIPTS {
@@ -277,6 +288,36 @@ public class Fetch { public static void main(String[] a) throws Exception {
   InputStream in = code < 400 ? c.getInputStream() : c.getErrorStream();
   System.out.println(code + " " + new String(in.readAllBytes()));
 } }
+"#,
+    ),
+    (
+        "fetch.go",
+        r#"package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+)
+
+// fetch URL [env]: without `env` the proxy variables are ignored (transparent capture).
+func main() {
+	tr := &http.Transport{}
+	if len(os.Args) > 2 && os.Args[2] == "env" {
+		tr.Proxy = http.ProxyFromEnvironment
+	}
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	t := time.Now()
+	r, err := c.Get(os.Args[1])
+	if err != nil {
+		fmt.Println("ERROR", err)
+		return
+	}
+	b, _ := io.ReadAll(r.Body)
+	fmt.Printf("%d %s ms=%d\n", r.StatusCode, b, time.Since(t).Milliseconds())
+}
 "#,
     ),
     (
@@ -497,6 +538,35 @@ fn egress_tools_reach_allowed_names_with_and_without_proxy_variables_and_fail_fa
         "{}",
         c.stdout
     );
+
+    // A Go program (pure-Go resolver reading /etc/resolv.conf): through the proxy
+    // variables and ignoring them; an unlisted name answered 403 naming the policy, fast
+    // (ms measured inside the program, from the request to the answer).
+    let c = call(
+        &d,
+        &id,
+        "export GOCACHE=/tmp/gocache GO111MODULE=off; go build -o /tmp/fetch fetch.go && \
+         /tmp/fetch http://web.test/hello.txt env && /tmp/fetch http://web.test/hello.txt && \
+         /tmp/fetch http://other.test/hello.txt",
+    );
+    assert_eq!(
+        c.stdout.matches("200 hello from web.test").count(),
+        2,
+        "{}{}",
+        c.stdout,
+        c.stderr
+    );
+    let line = c
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("403 "))
+        .unwrap_or_else(|| panic!("{}{}", c.stdout, c.stderr));
+    assert!(
+        line.contains("no network rule allows other.test:80"),
+        "{line}"
+    );
+    let ms: u64 = line.rsplit("ms=").next().unwrap().trim().parse().unwrap();
+    assert!(ms < 1000, "{line}");
 
     // Every attempt is audited with its call, and the call report has the bytes.
     let rows = net(&d, &id);

@@ -45,6 +45,10 @@ const HOST_PACKAGES: &[(&str, &str)] = &[
         "API conformance test: requests over the daemon's socket as another uid",
     ),
     (
+        "golang-go",
+        "egress VM test: a Go program (net/http, pure-Go resolver) through the proxy and without it",
+    ),
+    (
         "python3-venv",
         "the agentctl mcp VM test's client: the official MCP Python SDK in a venv",
     ),

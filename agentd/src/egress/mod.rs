@@ -167,6 +167,9 @@ pub struct SessionEgress {
     pub(crate) argv_cache: Mutex<HashMap<u64, Vec<String>>>,
     /// Per call: (bytes up, bytes down, connections), for the call report.
     pub(crate) per_call: Mutex<HashMap<u64, (u64, u64, u64)>>,
+    /// Per call: connections being handled now (the call's row waits for these only, not
+    /// for the agent's own long-lived connections).
+    pub(crate) call_active: Mutex<HashMap<u64, u64>>,
     /// Upstream answers, kept `proxy::DNS_CACHE_TTL` (bounded; every use is re-checked).
     pub(crate) dns_cache: Mutex<HashMap<String, (Vec<std::net::Ipv4Addr>, std::time::Instant)>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -206,6 +209,7 @@ impl SessionEgress {
             dns_cache: Mutex::new(HashMap::new()),
             argv_cache: Mutex::new(HashMap::new()),
             per_call: Mutex::new(HashMap::new()),
+            call_active: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
         });
         let mut tasks = Vec::new();
@@ -261,6 +265,16 @@ impl SessionEgress {
             .get(&n)
             .copied()
             .unwrap_or((0, 0, 0))
+    }
+
+    /// Connections of call `n` being handled now.
+    pub fn call_active(&self, n: u64) -> u64 {
+        self.call_active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&n)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Connections being handled now.

@@ -116,6 +116,13 @@ async fn handle(eg: &SessionEgress, mut sock: TcpStream, peer: SocketAddr, via: 
         _ => None,
     };
     let argv = call.and_then(|n| eg.argv(n));
+    if let Some(n) = call {
+        *eg.call_active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(n)
+            .or_default() += 1;
+    }
     let mut c = Conn {
         rec: ConnRecord {
             session: eg.session.clone(),
@@ -161,6 +168,14 @@ async fn handle(eg: &SessionEgress, mut sock: TcpStream, peer: SocketAddr, via: 
         e.0 += c.rec.bytes_up;
         e.1 += c.rec.bytes_down;
         e.2 += 1;
+        drop(m);
+        let mut a = eg.call_active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = a.get_mut(&n) {
+            *k = k.saturating_sub(1);
+            if *k == 0 {
+                a.remove(&n);
+            }
+        }
     }
     (eg.audit)(&c.rec);
 }

@@ -105,8 +105,9 @@ pub fn stop(live: &Live) {
 }
 
 /// Sets a finished call's `net` (connections, bytes each way) from the proxy's own
-/// per-call totals, after the call's last connections ended (bounded wait). Sessions with
-/// the network off (or already gone) leave it unset.
+/// per-call totals, after the call's own last connections ended (bounded wait: 500 ms;
+/// the agent's long-lived connections, e.g. to its model's API, never delay a call's
+/// row). Sessions with the network off (or already gone) leave it unset.
 pub async fn annotate_call(d: &Daemon, info: &mut CallInfo) {
     let live = d
         .live
@@ -122,7 +123,7 @@ pub async fn annotate_call(d: &Daemon, info: &mut CallInfo) {
         .clone();
     let Some(eg) = eg else { return };
     for _ in 0..20 {
-        if eg.active() == 0 {
+        if eg.call_active(info.n) == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

@@ -43,6 +43,17 @@ pub fn plan(repo: &str) -> Plan {
     }
 }
 
+/// Resolve `repo` under the host policy `host` (must be valid).
+pub fn plan_with(host: &str, repo: &str) -> Plan {
+    match load(Some(host), repo, &[], &[]) {
+        Ok(p) => p,
+        Err(e) => panic!("expected a valid policy, got:\n{e}"),
+    }
+}
+
+/// A host policy letting lower layers allow any network rule.
+pub const OPEN_NETWORK_HOST: &str = "version = 1\n[network.max]\nenabled = true\nallow = [\"*\"]\n";
+
 pub fn errors(host: Option<&str>, repo: &str) -> Vec<Diagnostic> {
     match load(host, repo, &[], &[]) {
         Ok(_) => panic!("expected the policy to be refused"),
