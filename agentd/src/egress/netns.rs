@@ -281,12 +281,63 @@ pub fn diag_request(client: SocketAddrV4, server: SocketAddrV4) -> Vec<u8> {
     nlmsg(SOCK_DIAG_BY_FAMILY, libc::NLM_F_REQUEST as u16, &p)
 }
 
-/// `INET_DIAG_CGROUP_ID` from a sock_diag answer (`None` when absent or an error).
-pub fn parse_diag_cgroup(b: &[u8]) -> Option<u64> {
+/// Asks sock_diag for the cgroup of the TCP socket `client` → `server` (see
+/// [`diag_request`]). The one socket is shared (the caller holds its lock): an answer a
+/// previous lookup gave up on (`SO_RCVTIMEO`) may still be queued, so the queue is drained
+/// first and an answer is taken only if it is for this 4-tuple's ports — a stale answer
+/// would attribute the connection to another call.
+pub fn diag_cgroup(fd: &OwnedFd, client: SocketAddrV4, server: SocketAddrV4) -> Option<u64> {
+    let mut buf = [0u8; 1024];
+    loop {
+        // SAFETY: recv into a valid, writable buffer; MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+    }
+    let mut n = roundtrip(fd, &diag_request(client, server), &mut buf).ok()?;
+    for _ in 0..4 {
+        if let Some(id) = parse_diag_cgroup(buf.get(..n)?, client.port(), server.port()) {
+            return Some(id);
+        }
+        // Not ours (or an error): the answer may be queued behind it.
+        // SAFETY: recv into a valid, writable buffer; MSG_DONTWAIT never blocks.
+        let r = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r <= 0 {
+            return None;
+        }
+        n = r as usize;
+    }
+    None
+}
+
+/// `INET_DIAG_CGROUP_ID` from a sock_diag answer for the socket whose local port is
+/// `sport` and remote port `dport` (`None` when absent, an error, or another socket's).
+pub fn parse_diag_cgroup(b: &[u8], sport: u16, dport: u16) -> Option<u64> {
     const INET_DIAG_CGROUP_ID: u16 = 21;
     let len = u32::from_ne_bytes(b.get(0..4)?.try_into().ok()?) as usize;
     let ty = u16::from_ne_bytes(b.get(4..6)?.try_into().ok()?);
     if ty != SOCK_DIAG_BY_FAMILY {
+        return None;
+    }
+    // inet_diag_msg: family, state, timer, retrans, then idiag_sport, idiag_dport (BE).
+    let got_sport = u16::from_be_bytes(b.get(20..22)?.try_into().ok()?);
+    let got_dport = u16::from_be_bytes(b.get(22..24)?.try_into().ok()?);
+    if (got_sport, got_dport) != (sport, dport) {
         return None;
     }
     // nlmsghdr (16) + inet_diag_msg (72), then 4-byte aligned attributes.
@@ -329,7 +380,11 @@ mod tests {
         ans[88..90].copy_from_slice(&12u16.to_ne_bytes());
         ans[90..92].copy_from_slice(&21u16.to_ne_bytes());
         ans[92..100].copy_from_slice(&4242u64.to_ne_bytes());
-        assert_eq!(parse_diag_cgroup(&ans), Some(4242));
-        assert_eq!(parse_diag_cgroup(&ans[..50]), None);
+        ans[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        ans[22..24].copy_from_slice(&443u16.to_be_bytes());
+        assert_eq!(parse_diag_cgroup(&ans, 40000, 443), Some(4242));
+        // Another socket's answer (a stale one) is never taken.
+        assert_eq!(parse_diag_cgroup(&ans, 40001, 443), None);
+        assert_eq!(parse_diag_cgroup(&ans[..50], 40000, 443), None);
     }
 }

@@ -596,9 +596,7 @@ impl SessionEgress {
     pub(crate) fn call_of(&self, peer: SocketAddrV4, local: SocketAddrV4) -> Option<u64> {
         let id = {
             let fd = self.diag.lock().unwrap_or_else(|p| p.into_inner());
-            let mut buf = [0u8; 1024];
-            let n = netns::roundtrip(&fd, &netns::diag_request(peer, local), &mut buf).ok()?;
-            netns::parse_diag_cgroup(buf.get(..n)?)?
+            netns::diag_cgroup(&fd, peer, local)?
         };
         if let Some(hit) = self
             .cg_cache
