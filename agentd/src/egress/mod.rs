@@ -39,8 +39,20 @@ pub enum EgressError {
         #[source]
         source: std::io::Error,
     },
-    #[error("egress: no upstream DNS server: {0}")]
-    NoResolver(String),
+    #[error("egress: AGENTD_EGRESS_DNS={value}: not IP:PORT: {source}")]
+    DnsEnv {
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("egress: no upstream DNS server: {}: {source}", path.display())]
+    ResolvConf {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("egress: no upstream DNS server: no `nameserver` line in {}", path.display())]
+    NoNameserver { path: PathBuf },
 }
 
 /// Connections handled at once per session; beyond it new ones are refused at once. With
@@ -89,18 +101,22 @@ impl EgressConfig {
     /// `AGENTD_EGRESS_DNS=IP:PORT`, else the first `nameserver` of /etc/resolv.conf.
     pub fn from_env() -> Result<EgressConfig, EgressError> {
         if let Ok(v) = std::env::var("AGENTD_EGRESS_DNS") {
-            let upstream_dns = v
-                .parse()
-                .map_err(|e| EgressError::NoResolver(format!("AGENTD_EGRESS_DNS={v}: {e}")))?;
+            let upstream_dns = v.parse().map_err(|source| EgressError::DnsEnv {
+                value: v.clone(),
+                source,
+            })?;
             return Ok(EgressConfig { upstream_dns });
         }
-        let text = std::fs::read_to_string("/etc/resolv.conf")
-            .map_err(|e| EgressError::NoResolver(format!("/etc/resolv.conf: {e}")))?;
+        let path = PathBuf::from("/etc/resolv.conf");
+        let text = std::fs::read_to_string(&path).map_err(|source| EgressError::ResolvConf {
+            path: path.clone(),
+            source,
+        })?;
         let ns = text
             .lines()
             .filter_map(|l| l.trim().strip_prefix("nameserver"))
             .find_map(|v| v.trim().parse::<std::net::IpAddr>().ok())
-            .ok_or_else(|| EgressError::NoResolver("no nameserver in /etc/resolv.conf".into()))?;
+            .ok_or(EgressError::NoNameserver { path })?;
         Ok(EgressConfig {
             upstream_dns: SocketAddr::new(ns, 53),
         })

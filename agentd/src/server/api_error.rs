@@ -223,6 +223,12 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the network of session {session} could not be set up: {source}")]
+    Egress {
+        session: String,
+        #[source]
+        source: crate::egress::EgressError,
+    },
     #[error("the session's store has no checkpoint")]
     NoCheckpointYet,
     #[error("checkpoint {id} vanished")]
@@ -294,6 +300,7 @@ impl ApiError {
             | Json { .. }
             | ContainerStart { .. }
             | ContainerGone { .. }
+            | Egress { .. }
             | NoCheckpointYet
             | CheckpointVanished { .. }
             | Thread { .. }

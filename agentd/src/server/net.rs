@@ -27,11 +27,19 @@ pub fn resolv_conf(d: &Daemon, id: &str) -> Result<PathBuf, ApiError> {
     let dir = d.cfg.state_dir.join("egress");
     std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)))
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
+        .map_err(|source| ApiError::Io {
+            what: "the egress dir",
+            path: dir.clone(),
+            source,
+        })?;
     let f = dir.join(format!("{id}.resolv.conf"));
     std::fs::write(&f, egress::RESOLV_CONF)
         .and_then(|()| std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)))
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", f.display())))?;
+        .map_err(|source| ApiError::Io {
+            what: "the session's resolv.conf",
+            path: f.clone(),
+            source,
+        })?;
     Ok(f)
 }
 
@@ -42,7 +50,11 @@ pub fn start(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<(), Api
     if !plan.enabled {
         return Ok(());
     }
-    let cfg = EgressConfig::from_env().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let egress_err = |source| ApiError::Egress {
+        session: live.id.clone(),
+        source,
+    };
+    let cfg = EgressConfig::from_env().map_err(egress_err)?;
     let weak: Weak<Daemon> = Arc::downgrade(d);
     let session = live.id.clone();
     let argv_of: egress::ArgvOf = {
@@ -74,7 +86,9 @@ pub fn start(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<(), Api
                 }
             }
         })
-        .map_err(|e| ApiError::Internal(format!("the audit writer thread: {e}")))?;
+        .map_err(|_| ApiError::Thread {
+            what: "egress audit writer",
+        })?;
     let audit: egress::AuditSink = Arc::new(move |r: &ConnRecord| {
         if tx.send(r.clone()).is_err() {
             super::log::error(&format!(
@@ -92,7 +106,7 @@ pub fn start(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<(), Api
         argv_of,
         audit,
     )
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    .map_err(egress_err)?;
     *live.egress.lock().unwrap_or_else(|p| p.into_inner()) = Some(eg);
     Ok(())
 }

@@ -430,10 +430,9 @@ pub async fn create(
         let _ = child.start_kill();
         let _ = live.cg.cgroup().kill();
         let _ = child.wait().await;
-        let msg = format!("the session's network could not be set up: {e}");
-        fail(&d, &live, &msg).await;
+        fail(&d, &live, &e.to_string()).await;
         let _ = done_tx.send(true);
-        return Err(ApiError::Internal(msg));
+        return Err(e);
     }
     // The container's /run is mounted now and the agent not started: bind its shim socket.
     if let Err(e) = super::shim::listen(&d, &live, record.init_pid) {
