@@ -9,6 +9,7 @@
 
 pub mod confine;
 pub mod container;
+pub mod disk;
 pub mod exec;
 pub mod fsrules;
 pub mod init;
@@ -55,6 +56,9 @@ pub enum Error {
     /// Landlock could not be enforced as the plan requires.
     #[error("landlock: {0}")]
     Landlock(String),
+    /// The session layer's disk image could not be set up.
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
 }
 
 impl Error {
