@@ -53,9 +53,7 @@ fn cgroup_of(pid: i32) -> String {
 }
 
 fn place(live: &Live, peer: &Peer) -> Result<Place, ApiError> {
-    let pid = peer
-        .pid
-        .ok_or_else(|| ApiError::Forbidden("the kernel did not name the calling process".into()))?;
+    let pid = peer.pid.ok_or(ApiError::UnnamedPeer)?;
     let cg = cgroup_of(pid);
     let cg = cg.as_str();
     let sess = session_cgroup_name(live);
@@ -66,11 +64,11 @@ fn place(live: &Live, peer: &Peer) -> Result<Place, ApiError> {
             rest.split('/').next().and_then(|n| n.parse().ok()),
         ))
     } else {
-        Err(ApiError::Forbidden(format!(
-            "process {pid} is not in session {} (cgroup {cg:?}): a session's socket acts only \
-             for its own processes",
-            live.id
-        )))
+        Err(ApiError::NotInSession {
+            pid,
+            session: live.id.clone(),
+            cgroup: cg.to_owned(),
+        })
     }
 }
 
@@ -81,10 +79,9 @@ async fn shim_call(
 ) -> Result<Json<ShimAnswer>, ApiError> {
     let live = &s.live;
     if live.info().state != SessionState::Running {
-        return Err(ApiError::Conflict(format!(
-            "session {} is not running",
-            live.id
-        )));
+        return Err(ApiError::NotLive {
+            id: live.id.clone(),
+        });
     }
     if let Place::Call(n) = place(live, &peer)? {
         return Ok(Json(ShimAnswer {
@@ -96,10 +93,12 @@ async fn shim_call(
         }));
     }
     if req.argv.is_empty() {
-        return Err(ApiError::BadRequest("argv is empty".into()));
+        return Err(ApiError::BadArgv {
+            why: "argv is empty",
+        });
     }
-    let intent = crate::ctl::parse_intent(&req.intent)
-        .map_err(|e| ApiError::BadRequest(format!("AGENTD_INTENT: {e}")))?;
+    let intent =
+        crate::ctl::parse_intent(&req.intent).map_err(|source| ApiError::Intent { source })?;
     let plan = live.plan.call(&req.argv, &intent);
     let (view, mut cg_limits) = call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
@@ -112,20 +111,20 @@ async fn shim_call(
     let grant = super::mempool::admit(&s.d, live, n, &plan, &mut cg_limits).await;
     let call = match live.cg.create_call(n, &cg_limits) {
         Ok(c) => c,
-        Err(e) => {
-            let why = format!("call {n}: cgroup: {e}");
-            let fail = Exit::Failed(why.clone());
+        Err(source) => {
+            let e = ApiError::CallCgroup { n, source };
+            let fail = Exit::Failed(e.to_string());
             let _ = super::calls::finish(&s.d, None, info, fail, false, grant).await;
-            return Err(ApiError::Internal(why));
+            return Err(e);
         }
     };
     super::mempool::attach(&grant, call.cgroup());
     let pid = peer.pid.unwrap_or_default();
-    if let Err(e) = call.cgroup().add_pid(pid as u32) {
-        let why = format!("call {n}: moving pid {pid}: {e}");
-        let fail = Exit::Failed(why.clone());
+    if let Err(source) = call.cgroup().add_pid(pid as u32) {
+        let e = ApiError::MovePid { n, pid, source };
+        let fail = Exit::Failed(e.to_string());
         let _ = super::calls::finish(&s.d, Some(call), info, fail, false, grant).await;
-        return Err(ApiError::Internal(why));
+        return Err(e);
     }
     live.inflight.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(watch_call(s.d.clone(), live.clone(), call, info, grant));
@@ -163,10 +162,11 @@ async fn shim_exit(
     let pid = peer.pid.unwrap_or_default();
     let want = format!("{}/calls/{n}", session_cgroup_name(&s.live));
     if cgroup_of(pid) != want {
-        return Err(ApiError::Forbidden(format!(
-            "process {pid} is not in call {n} of session {}",
-            s.live.id
-        )));
+        return Err(ApiError::NotInCall {
+            pid,
+            n,
+            session: s.live.id.clone(),
+        });
     }
     s.live
         .shim_exits
@@ -219,22 +219,24 @@ fn bind_in_container(init_pid: i32) -> std::io::Result<std::os::unix::net::UnixL
 pub fn listen(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<PathBuf, ApiError> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(init_pid);
-    let ierr = |what: &str, e: std::io::Error| {
-        ApiError::Internal(format!("shim socket {}: {what}: {e}", path.display()))
+    let ierr = |what: &'static str, source| ApiError::Io {
+        what,
+        path: path.clone(),
+        source,
     };
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ierr("remove stale", e)),
+        Err(e) => return Err(ierr("shim socket: remove stale", e)),
     }
-    let l = bind_in_container(init_pid).map_err(|e| ierr("bind", e))?;
+    let l = bind_in_container(init_pid).map_err(|e| ierr("shim socket: bind", e))?;
     l.set_nonblocking(true)
-        .map_err(|e| ierr("set_nonblocking", e))?;
-    let l = tokio::net::UnixListener::from_std(l).map_err(|e| ierr("register", e))?;
+        .map_err(|e| ierr("shim socket: set_nonblocking", e))?;
+    let l = tokio::net::UnixListener::from_std(l).map_err(|e| ierr("shim socket: register", e))?;
     std::os::unix::fs::chown(&path, Some(live.agent_uid), Some(live.agent_uid))
-        .map_err(|e| ierr("chown", e))?;
+        .map_err(|e| ierr("shim socket: chown", e))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| ierr("chmod", e))?;
+        .map_err(|e| ierr("shim socket: chmod", e))?;
     let app = Router::new()
         .route(&crate::routes::SHIM_CALLS.template(), post(shim_call))
         .route(&crate::routes::SHIM_EXIT.template(), post(shim_exit))
