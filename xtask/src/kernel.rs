@@ -42,23 +42,18 @@ impl Flavour {
 }
 
 /// Modules the VM init loads when the kernel builds them as modules, with their config symbol:
-/// overlayfs for workspaces, loop for size-capped workspace images, veth for network tests,
-/// inet_diag + tcp_diag for the egress proxy's attribution of connections to tool calls
-/// (sock_diag `INET_DIAG_CGROUP_ID`; a normal host autoloads them, the VM has no modprobe).
+/// overlayfs for workspaces, loop for the session layers' disk images, veth for network
+/// tests, virtio_blk for the VM's scratch disk (a real disk for those images), inet_diag +
+/// tcp_diag for the egress proxy's attribution of connections to tool calls (sock_diag
+/// `INET_DIAG_CGROUP_ID`; a normal host autoloads them, the VM has no modprobe).
 const MODULES: &[(&str, &str)] = &[
     ("overlay", "CONFIG_OVERLAY_FS"),
     ("loop", "CONFIG_BLK_DEV_LOOP"),
     ("veth", "CONFIG_VETH"),
+    ("virtio_blk", "CONFIG_VIRTIO_BLK"),
     ("inet_diag", "CONFIG_INET_DIAG"),
     ("tcp_diag", "CONFIG_INET_TCP_DIAG"),
 ];
-
-/// What the `ready` stamp of an extracted kernel holds: its version and the module list, so
-/// a changed list re-extracts (from the cached packages).
-fn stamp_text(meta_version: &str) -> String {
-    let names: Vec<&str> = MODULES.iter().map(|(m, _)| *m).collect();
-    format!("{meta_version} {}", names.join(","))
-}
 
 /// The metapackage that names the current cloud kernel of a suite.
 const METAPACKAGE: &str = "linux-image-cloud-amd64";
@@ -90,7 +85,10 @@ pub fn prepare(workspace: &Path, flavour: Flavour) -> Result<KernelImage> {
         .to_string();
     let dest = vm_dir.join("kernels").join(&kver);
     let stamp = dest.join("ready");
-    if fs::read_to_string(&stamp).ok().as_deref() != Some(stamp_text(&meta_version).as_str()) {
+    // The stamp names the module set too: a kernel extracted for fewer modules is redone.
+    let names: Vec<&str> = MODULES.iter().map(|(m, _)| *m).collect();
+    let want = format!("{meta_version} {}", names.join(","));
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
         eprintln!(
             "vm: fetching kernel {kver} ({} {meta_version})",
             flavour.suite()
@@ -118,7 +116,7 @@ pub fn prepare(workspace: &Path, flavour: Flavour) -> Result<KernelImage> {
         }
         extract(&tree, &kver, &dest)?;
         fs::remove_dir_all(&tree)?;
-        fs::write(&stamp, stamp_text(&meta_version))?;
+        fs::write(&stamp, &want)?;
     }
     let order = fs::read_to_string(dest.join("modules.order")).unwrap_or_default();
     Ok(KernelImage {
