@@ -16,6 +16,7 @@ pub mod mempool;
 pub mod require;
 pub mod sessions;
 pub mod shim;
+pub mod spawn;
 pub mod stats;
 pub mod stream;
 pub mod systemd;
