@@ -118,6 +118,16 @@ pub fn run(quick: bool) -> Result<Section> {
     let daemon_root = base.path.join("agentd");
     let daemon = Daemon::start(&scratch, &daemon_root)?;
     let session = daemon.session(&scratch.repo(), &["sleep", "1000000"])?;
+    // The path before the spawner, in the same run: a second session whose spawner socket
+    // is unlinked, so the daemon falls back to `agentd-sandbox exec --request-fd 3` for it
+    // (as for a session of an older runtime; docs/spawner.md).
+    let old_path = daemon.session(&scratch.repo(), &["sleep", "1000000"])?;
+    let old_sock = daemon
+        .state
+        .join("sessions")
+        .join(&old_path.id)
+        .join(agentd_sandbox::spawner::SOCKET);
+    fs::remove_file(&old_sock).with_context(|| format!("rm {}", old_sock.display()))?;
     let sandbox = SandboxSession::start(&scratch, "sandbox-state")?;
     let plain = base.child("plain", &[])?;
     let bundle = Bundle::create(scratch.path(), "crun-exec", &["sleep", "1000000"])?;
@@ -155,6 +165,11 @@ pub fn run(quick: bool) -> Result<Section> {
             "api",
             "agentd tool call: POST /v1/sessions/{id}/calls (own cgroup, limits, report, journal)",
             Box::new(|| daemon.call(&session.id, &["true"]).map(|_| ())),
+        ),
+        Variant::new(
+            "api_exec",
+            "the same API call through the fallback path (`agentd-sandbox exec --request-fd 3` per call: the path before the spawner)",
+            Box::new(|| daemon.call(&old_path.id, &["true"]).map(|_| ())),
         ),
         Variant::new(
             "agentctl_exec",
@@ -320,6 +335,16 @@ fn section(
             met: over.map(|o| o <= 1.3),
         });
     }
+    // The spawner's own gain, measured in this run against the fallback path.
+    let gain = med("api")
+        .zip(med("api_exec"))
+        .and_then(|(a, o)| ratio(a, o));
+    targets.push(Target {
+        what: "`api` vs `api_exec` (spawner vs `agentd-sandbox exec` per call)".into(),
+        goal: "< 1x".into(),
+        measured: x(gain),
+        met: gain.map(|g| g < 1.0),
+    });
     // agentctl exec: the API path plus one exec of the CLI.
     let budget = fec.zip(med("agentctl_start")).map(|(f, a)| 1.5 * f + a);
     let ax = med("agentctl_exec");
@@ -348,7 +373,9 @@ fn section(
              session's call spawner fork the tool straight into it (docs/spawner.md: one exec \
              per call), reads the cgroup report, removes the cgroup and journals the call \
              (SQLite) before answering. `sandbox_exec` is the old per-call sandbox layer \
-             (an exec of `agentd-sandbox exec`, its namespace joins, then the tool's exec)."
+             (an exec of `agentd-sandbox exec`, its namespace joins, then the tool's exec); \
+             `api_exec` is the whole API call through it, in a second session whose spawner \
+             socket was removed (the daemon's fallback)."
                 .into(),
             "The shim path compares `sh -c true` through agentd-shim with `sh -c true` in a \
              fresh cgroup outside any session (`sh_cgroup`)."
