@@ -187,13 +187,16 @@ pub fn socket_path(init_pid: i32) -> PathBuf {
 /// root); fsuid/fsgid are per thread, so the rest of the daemon keeps root's. The directory
 /// is opened as root first and reached through our own /proc/self/fd, so the switched ids
 /// need no access to the init's /proc entry.
-fn bind_in_container(init_pid: i32) -> std::io::Result<std::os::unix::net::UnixListener> {
+fn bind_in_container(
+    init_pid: i32,
+    name: &str,
+) -> std::io::Result<std::os::unix::net::UnixListener> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
     let dir = std::fs::File::open(format!("/proc/{init_pid}/root/run"))?;
     let md = dir.metadata()?;
     let (uid, gid) = (md.uid(), md.gid());
-    let path = format!("/proc/self/fd/{}/agentd-shim.sock", dir.as_raw_fd());
+    let path = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
     std::thread::spawn(move || {
         // SAFETY: setfsgid/setfsuid change only this thread's filesystem ids; they cannot
         // fail in a way that matters here (the bind below reports any access problem).
@@ -222,19 +225,26 @@ pub fn listen(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<PathBu
     let ierr = |what: &str, e: std::io::Error| {
         ApiError::Internal(format!("shim socket {}: {what}: {e}", path.display()))
     };
-    match std::fs::remove_file(&path) {
+    // Bound at a temporary name, given to the agent, then renamed over the path the agent
+    // knows: a shim retrying while a new daemon rebinds (re-adoption) finds either the old,
+    // refusing socket (it retries) or the finished one, never a missing or root-owned one
+    // (ENOENT or EACCES, which it takes for a refusal and runs outside any call cgroup).
+    let tmp_name = "agentd-shim.sock.new";
+    let tmp = path.with_file_name(tmp_name);
+    match std::fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(ierr("remove stale", e)),
     }
-    let l = bind_in_container(init_pid).map_err(|e| ierr("bind", e))?;
+    let l = bind_in_container(init_pid, tmp_name).map_err(|e| ierr("bind", e))?;
     l.set_nonblocking(true)
         .map_err(|e| ierr("set_nonblocking", e))?;
     let l = tokio::net::UnixListener::from_std(l).map_err(|e| ierr("register", e))?;
-    std::os::unix::fs::chown(&path, Some(live.agent_uid), Some(live.agent_uid))
+    std::os::unix::fs::chown(&tmp, Some(live.agent_uid), Some(live.agent_uid))
         .map_err(|e| ierr("chown", e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| ierr("chmod", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| ierr("rename into place", e))?;
     let app = Router::new()
         .route(&crate::routes::SHIM_CALLS.template(), post(shim_call))
         .route(&crate::routes::SHIM_EXIT.template(), post(shim_exit))
