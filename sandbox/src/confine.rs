@@ -129,7 +129,9 @@ impl Confinement {
         setresuid(u, u, u).map_err(|e| Error::sys("setresuid", e))?;
         clear_capability_sets()?;
         for (name, lim) in &self.rlimits {
-            let res = rlimit_resource(name).ok_or_else(|| Error::Plan(format!("rlimit {name}")))?;
+            let res = rlimit_resource(name).ok_or_else(|| Error::UnknownRlimit {
+                name: name.to_string(),
+            })?;
             // Raising a hard limit needs CAP_SYS_RESOURCE in the initial namespace, which
             // container root never has: a plan limit above the runtime's is clamped to it.
             let (_, cur_hard) =

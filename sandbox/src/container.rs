@@ -21,8 +21,8 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use crate::Error;
 use crate::plan::SessionPlan;
+use crate::{BindProblem, Error};
 
 use cgctl::clone3::{CLONE_INTO_CGROUP, CloneArgs};
 
@@ -140,7 +140,7 @@ pub fn start(
     argv: &[String],
     cgroup: Option<RawFd>,
 ) -> Result<Container, Error> {
-    plan.validate().map_err(Error::Plan)?;
+    plan.validate()?;
     check_bind_sources(plan)?;
     // Fail closed before any namespace exists: a right the plan requires that this kernel
     // cannot enforce refuses the session here, with the right and the ABI named.
@@ -150,11 +150,11 @@ pub fn start(
         plan: plan.clone(),
         argv: argv.to_vec(),
     };
-    let json = serde_json::to_vec(&launch).map_err(|e| Error::Plan(e.to_string()))?;
+    let json = serde_json::to_vec(&launch).map_err(|e| Error::json("the launch", e))?;
     // Everything the child touches is prepared before the clone: it must not allocate.
-    let exe = CString::new("/proc/self/exe").map_err(|e| Error::Plan(e.to_string()))?;
-    let arg0 = CString::new("agentd-sandbox").map_err(|e| Error::Plan(e.to_string()))?;
-    let arg1 = CString::new("init").map_err(|e| Error::Plan(e.to_string()))?;
+    let exe = CString::new("/proc/self/exe").map_err(Error::nul)?;
+    let arg0 = CString::new("agentd-sandbox").map_err(Error::nul)?;
+    let arg1 = CString::new("init").map_err(Error::nul)?;
     let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null::<libc::c_char>()];
     // The plan pipe and the init's end of the start handshake, numbered above every fd the
@@ -310,25 +310,18 @@ unsafe fn child_prologue(fds: ChildFds) {
 /// symlink is refused rather than followed, so the plan names what is actually bound).
 pub fn check_bind_sources(plan: &SessionPlan) -> Result<(), Error> {
     for b in &plan.bind_ro {
-        let what = |why: String| {
-            Error::Plan(format!(
-                "read-only bind {}:{}: {why}",
-                b.source.display(),
-                b.target.display()
-            ))
+        let what = |problem| Error::BindSource {
+            source_path: b.source.clone(),
+            target: b.target.clone(),
+            problem,
         };
-        let md = std::fs::symlink_metadata(&b.source)
-            .map_err(|e| what(format!("source {}: {e}", b.source.display())))?;
+        let md = std::fs::symlink_metadata(&b.source).map_err(|e| what(BindProblem::Stat(e)))?;
         if !(md.is_file() || md.is_dir()) {
-            return Err(what(format!(
-                "source {} is not a regular file or directory ({})",
-                b.source.display(),
-                if md.is_symlink() {
-                    "a symlink: name the path it points to"
-                } else {
-                    "a device, socket or fifo"
-                }
-            )));
+            return Err(what(if md.is_symlink() {
+                BindProblem::Symlink
+            } else {
+                BindProblem::Special
+            }));
         }
     }
     Ok(())

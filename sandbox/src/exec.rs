@@ -40,7 +40,7 @@ pub const RECORD: &str = "session.json";
 /// Writes the record (mode 0600, root).
 pub fn write_record(rec: &SessionRecord) -> Result<(), Error> {
     let p = rec.plan.workspace.state.join(RECORD);
-    let json = serde_json::to_vec(rec).map_err(|e| Error::Plan(e.to_string()))?;
+    let json = serde_json::to_vec(rec).map_err(|e| Error::json("the session record", e))?;
     std::fs::write(&p, json).map_err(|e| Error::sys(format!("write {}", p.display()), e))
 }
 
@@ -48,7 +48,7 @@ pub fn write_record(rec: &SessionRecord) -> Result<(), Error> {
 pub fn read_record(state: &Path) -> Result<SessionRecord, Error> {
     let p = state.join(RECORD);
     let s = std::fs::read(&p).map_err(|e| Error::sys(format!("read {}", p.display()), e))?;
-    serde_json::from_slice(&s).map_err(|e| Error::Plan(e.to_string()))
+    serde_json::from_slice(&s).map_err(|e| Error::json(format!("{}", p.display()), e))
 }
 
 /// A pidfd for `pid` (the session's init, by its host pid).
@@ -93,7 +93,7 @@ pub fn spawn(req: &ExecRequest, stdio: ExecStdio) -> Result<ExecChild, Error> {
 pub fn spawn_pty(req: &ExecRequest) -> Result<(ExecChild, OwnedFd), Error> {
     match spawn_inner(req, Io::Pty)? {
         (c, Some(master)) => Ok((c, master)),
-        (_, None) => Err(Error::Plan("no pty was allocated".into())),
+        (_, None) => Err(Error::NoPty),
     }
 }
 
@@ -170,7 +170,7 @@ pub fn compile_seccomp(plan: &SessionPlan) -> Result<Vec<u8>, Error> {
 pub fn prepare(plan: &SessionPlan, req: &ExecRequest, seccomp: Vec<u8>) -> Result<Prepared, Error> {
     req.validate()?;
     let argv = &req.argv;
-    let cstr = |s: &str| CString::new(s).map_err(|e| Error::Plan(e.to_string()));
+    let cstr = |s: &str| CString::new(s).map_err(Error::nul);
     let args: Vec<CString> = argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
     let mut env = plan.env.clone();
     env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -126,11 +126,7 @@ pub fn enforcement(cfg: &Landlock, kernel_abi: u32) -> Result<Enforcement, Error
                 not_enforced: FsRight::ALL.to_vec(),
             });
         }
-        return Err(Error::Landlock(
-            "the kernel does not enforce Landlock (not built, or not in the lsm= list) and \
-             the plan requires it"
-                .into(),
-        ));
+        return Err(Error::LandlockUnavailable);
     }
     let abi = kernel_abi.min(ABI_KNOWN);
     let (handled, missing): (Vec<FsRight>, Vec<FsRight>) =
@@ -141,13 +137,12 @@ pub fn enforcement(cfg: &Landlock, kernel_abi: u32) -> Result<Enforcement, Error
         .filter(|r| !cfg.optional_rights.contains(r))
         .collect();
     if !required_missing.is_empty() {
-        return Err(Error::Landlock(format!(
-            "the plan requires {} but this kernel has Landlock ABI {kernel_abi} (the plan \
-             needs ABI {min_abi}); use Linux {}+ or mark the right optional in the plan \
-             (landlock.optional_rights)",
-            names(&required_missing),
-            linux_for_abi(min_abi)
-        )));
+        return Err(Error::LandlockAbi {
+            rights: names(&required_missing),
+            kernel_abi,
+            min_abi,
+            linux: linux_for_abi(min_abi),
+        });
     }
     Ok(Enforcement {
         kernel_abi,
@@ -195,21 +190,28 @@ pub fn restrict(cfg: &Landlock) -> Result<Enforcement, Error> {
     if enf.handled.is_empty() {
         return Ok(enf);
     }
-    let e = |what: String| Error::Landlock(what);
+    let e =
+        |source: Box<dyn std::error::Error + Send + Sync>| Error::Landlock { path: None, source };
+    let at = |path: &std::path::Path, source: Box<dyn std::error::Error + Send + Sync>| {
+        Error::Landlock {
+            path: Some(path.to_path_buf()),
+            source,
+        }
+    };
     let handled: BitFlags<AccessFs> = enf.handled.iter().map(|r| to_access(*r)).collect();
     // Hard requirement: the crate errors instead of dropping a right it finds unsupported
     // (it cannot, after `enforcement`, unless the kernel lied about its ABI).
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
         .handle_access(handled)
-        .map_err(|x| e(x.to_string()))?
+        .map_err(|x| e(x.into()))?
         .create()
-        .map_err(|x| e(x.to_string()))?;
+        .map_err(|x| e(x.into()))?;
     for rule in &cfg.rules {
         let fd = match PathFd::new(&rule.path) {
             Ok(fd) => fd,
             Err(_) if rule.optional => continue,
-            Err(x) => return Err(e(format!("{}: {x}", rule.path.display()))),
+            Err(x) => return Err(at(&rule.path, x.into())),
         };
         let access: BitFlags<AccessFs> = granted(rule.access)
             .into_iter()
@@ -225,14 +227,14 @@ pub fn restrict(cfg: &Landlock) -> Result<Enforcement, Error> {
         };
         ruleset = ruleset
             .add_rule(PathBeneath::new(fd, access))
-            .map_err(|x| e(format!("{}: {x}", rule.path.display())))?;
+            .map_err(|x| at(&rule.path, x.into()))?;
     }
-    let status = ruleset.restrict_self().map_err(|x| e(x.to_string()))?;
+    let status = ruleset.restrict_self().map_err(|x| e(x.into()))?;
     if status.ruleset != RulesetStatus::FullyEnforced {
-        return Err(e(format!(
-            "the kernel (ABI {}) enforced the ruleset only as {:?}",
-            enf.kernel_abi, status.ruleset
-        )));
+        return Err(Error::LandlockPartial {
+            kernel_abi: enf.kernel_abi,
+            status: format!("{:?}", status.ruleset),
+        });
     }
     Ok(enf)
 }

@@ -49,7 +49,7 @@ pub fn read_launch() -> Result<Launch, Error> {
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)
         .map_err(|e| Error::sys("reading the plan", e))?;
-    serde_json::from_slice(&buf).map_err(|e| Error::Plan(e.to_string()))
+    serde_json::from_slice(&buf).map_err(|e| Error::json("the plan", e))
 }
 
 /// Brings `lo` up in the (new) network namespace.
@@ -105,7 +105,7 @@ pub fn run() -> Result<i32, Error> {
 pub fn run_launch(launch: Launch, sync: std::os::unix::net::UnixStream) -> Result<i32, Error> {
     let Launch { plan, argv } = launch;
     if argv.is_empty() {
-        return Err(Error::Plan("no command".into()));
+        return Err(Error::NoCommand);
     }
     if plan.namespaces.uts {
         nix::unistd::sethostname(&plan.hostname).map_err(|e| Error::sys("sethostname", e))?;
@@ -121,7 +121,7 @@ pub fn run_launch(launch: Launch, sync: std::os::unix::net::UnixStream) -> Resul
             .map_err(|e| Error::sys("telling the runtime the container is up", e))?;
         match crate::launch::read_byte(&mut sync) {
             Ok(Some(crate::launch::GO)) => {}
-            Ok(_) => return Err(Error::Plan("the runtime did not start the agent".into())),
+            Ok(_) => return Err(Error::NotStarted),
             Err(e) => return Err(Error::sys("waiting for the runtime's go", e)),
         }
         // Dropped here: the agent never inherits the handshake.

@@ -89,19 +89,16 @@ impl ExecRequest {
     /// Checks what the runtime would refuse, before it is started.
     pub fn validate(&self) -> Result<(), Error> {
         if self.argv.is_empty() {
-            return Err(Error::Plan("no command".into()));
+            return Err(Error::NoCommand);
         }
         if let Some(cwd) = &self.cwd
             && !cwd.is_absolute()
         {
-            return Err(Error::Plan(format!(
-                "cwd {} must be an absolute path inside the container",
-                cwd.display()
-            )));
+            return Err(Error::RelativeCwd { cwd: cwd.clone() });
         }
         for k in self.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(Error::Plan(format!("bad environment name {k:?}")));
+                return Err(Error::BadEnvName { name: k.clone() });
             }
         }
         Ok(())
@@ -212,7 +209,7 @@ impl Sandbox {
 /// fds (so installing it on [`REQUEST_FD`] never clobbers another source).
 fn request_memfd<T: Serialize>(v: &T) -> Result<OwnedFd, Error> {
     use rustix::fs::{MemfdFlags, SealFlags};
-    let json = serde_json::to_vec(v).map_err(|e| Error::Plan(e.to_string()))?;
+    let json = serde_json::to_vec(v).map_err(|e| Error::json("the request", e))?;
     let fd = rustix::fs::memfd_create(
         "agentd-sandbox-request",
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -257,9 +254,10 @@ fn pass_fds(cmd: &mut Command, fds: Vec<(OwnedFd, RawFd)>) {
 /// Reads a request the caller passed on `fd` (ours from now on).
 pub fn read_request<T: for<'de> Deserialize<'de>>(fd: RawFd) -> Result<T, Error> {
     if fd < 3 {
-        return Err(Error::Plan(format!(
-            "request fd {fd}: must be above the standard descriptors"
-        )));
+        return Err(Error::LowFd {
+            what: "request",
+            fd,
+        });
     }
     // SAFETY: the caller passed this descriptor for us alone (see `Sandbox`); it is read
     // once, here, and closed.
@@ -267,15 +265,13 @@ pub fn read_request<T: for<'de> Deserialize<'de>>(fd: RawFd) -> Result<T, Error>
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)
         .map_err(|e| Error::sys(format!("reading the request on fd {fd}"), e))?;
-    serde_json::from_slice(&buf).map_err(|e| Error::Plan(format!("request on fd {fd}: {e}")))
+    serde_json::from_slice(&buf).map_err(|e| Error::json(format!("request on fd {fd}"), e))
 }
 
 /// Takes ownership of the handshake socket passed on `fd`.
 pub fn sync_socket(fd: RawFd) -> Result<std::os::unix::net::UnixStream, Error> {
     if fd < 3 {
-        return Err(Error::Plan(format!(
-            "sync fd {fd}: must be above the standard descriptors"
-        )));
+        return Err(Error::LowFd { what: "sync", fd });
     }
     // SAFETY: the caller passed this descriptor for us alone; owned once, here.
     let s = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };

@@ -335,26 +335,25 @@ impl SessionPlan {
     }
 
     /// Checks what must hold before anything is applied.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PlanError> {
         if self.ids.root_host_id == 0 {
-            return Err("container root must not map to host root (root_host_id = 0)".into());
+            return Err(PlanError::RootMapsToHostRoot);
         }
         if self.ids.agent_host_id == 0 || self.ids.agent_id == 0 {
-            return Err("the agent must not run as root (inside or outside)".into());
+            return Err(PlanError::RootAgent);
         }
         for p in [
             &self.workspace.repo,
             &self.workspace.mount_at,
             &self.workspace.state,
             &self.home,
-        ] {
+        ]
+        .into_iter()
+        .chain(self.root.iter())
+        .chain(self.cwd.iter())
+        {
             if !p.is_absolute() {
-                return Err(format!("{} is not absolute", p.display()));
-            }
-        }
-        for p in self.root.iter().chain(self.cwd.iter()) {
-            if !p.is_absolute() {
-                return Err(format!("{} is not absolute", p.display()));
+                return Err(PlanError::NotAbsolute { path: p.clone() });
             }
         }
         if let Some(r) = &self.root
@@ -362,27 +361,29 @@ impl SessionPlan {
                 || r.starts_with(&self.workspace.state)
                 || r.starts_with(&self.workspace.repo))
         {
-            return Err(format!(
-                "root {} must be a directory outside the workspace and the state dir (the \
-                 host root is the default, not a bundle)",
-                r.display()
-            ));
+            return Err(PlanError::BadRoot { root: r.clone() });
         }
         if self.workspace.size_bytes < 1024 * 1024 {
-            return Err("workspace size cap below 1 MiB".into());
+            return Err(PlanError::TinyWorkspace {
+                bytes: self.workspace.size_bytes,
+            });
         }
         if self.workspace.state.starts_with(&self.workspace.repo)
             || self.workspace.repo.starts_with(&self.workspace.state)
         {
-            return Err("state dir and repo must not contain each other".into());
+            return Err(PlanError::StateAndRepoNested);
         }
         for name in self.rlimits.keys() {
             if crate::confine::rlimit_resource(name).is_none() {
-                return Err(format!("unknown rlimit {name:?}"));
+                return Err(PlanError::UnknownRlimit { name: name.clone() });
             }
         }
         for b in &self.bind_ro {
-            self.validate_bind(b)?;
+            self.validate_bind(b).map_err(|problem| PlanError::Bind {
+                source_path: b.source.clone(),
+                target: b.target.clone(),
+                problem,
+            })?;
         }
         Ok(())
     }
@@ -390,15 +391,10 @@ impl SessionPlan {
     /// A read-only bind: both paths absolute and normal; the destination not the root, not
     /// in the kernel filesystems mounted after it (/proc, /dev), and neither inside nor
     /// around the workspace (it would shadow the overlay or be shadowed by it).
-    fn validate_bind(&self, b: &BindRo) -> Result<(), String> {
-        let what = format!(
-            "read-only bind {}:{}",
-            b.source.display(),
-            b.target.display()
-        );
+    fn validate_bind(&self, b: &BindRo) -> Result<(), BindError> {
         for p in [&b.source, &b.target] {
             if !p.is_absolute() {
-                return Err(format!("{what}: {} is not absolute", p.display()));
+                return Err(BindError::NotAbsolute { path: p.clone() });
             }
             if p.components().any(|c| {
                 matches!(
@@ -406,34 +402,26 @@ impl SessionPlan {
                     std::path::Component::ParentDir | std::path::Component::CurDir
                 )
             }) {
-                return Err(format!(
-                    "{what}: {} contains `.` or `..` components",
-                    p.display()
-                ));
+                return Err(BindError::DotComponents { path: p.clone() });
             }
         }
         let t = &b.target;
         if t == Path::new("/") {
-            return Err(format!("{what}: the destination cannot be the root"));
+            return Err(BindError::AtRoot);
         }
         for kernel in ["/proc", "/dev"] {
             if t.starts_with(kernel) {
-                return Err(format!(
-                    "{what}: the destination cannot be under {kernel} (mounted by the sandbox)"
-                ));
+                return Err(BindError::UnderKernelFs { fs: kernel });
             }
         }
         let ws = &self.workspace.mount_at;
         if t.starts_with(ws) || ws.starts_with(t) {
-            return Err(format!(
-                "{what}: the destination must not be inside (or contain) the workspace {}",
-                ws.display()
-            ));
+            return Err(BindError::AroundWorkspace {
+                workspace: ws.clone(),
+            });
         }
         if b.source.starts_with(&self.workspace.state) {
-            return Err(format!(
-                "{what}: the source is inside the session's own state dir"
-            ));
+            return Err(BindError::FromStateDir);
         }
         Ok(())
     }
@@ -601,6 +589,52 @@ pub(crate) fn example(state: &str) -> SessionPlan {
     )
 }
 
+/// Why a [`SessionPlan`] is refused before anything is applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("container root must not map to host root (root_host_id = 0)")]
+    RootMapsToHostRoot,
+    #[error("the agent must not run as root (inside or outside)")]
+    RootAgent,
+    #[error("{} is not absolute", path.display())]
+    NotAbsolute { path: PathBuf },
+    #[error(
+        "root {} must be a directory outside the workspace and the state dir (the host root \
+         is the default, not a bundle)",
+        root.display()
+    )]
+    BadRoot { root: PathBuf },
+    #[error("workspace size cap below 1 MiB ({bytes} bytes)")]
+    TinyWorkspace { bytes: u64 },
+    #[error("state dir and repo must not contain each other")]
+    StateAndRepoNested,
+    #[error("unknown rlimit {name:?}")]
+    UnknownRlimit { name: String },
+    #[error("read-only bind {}:{}: {problem}", source_path.display(), target.display())]
+    Bind {
+        source_path: PathBuf,
+        target: PathBuf,
+        problem: BindError,
+    },
+}
+
+/// What is wrong with a read-only bind of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    #[error("{} is not absolute", path.display())]
+    NotAbsolute { path: PathBuf },
+    #[error("{} contains `.` or `..` components", path.display())]
+    DotComponents { path: PathBuf },
+    #[error("the destination cannot be the root")]
+    AtRoot,
+    #[error("the destination cannot be under {fs} (mounted by the sandbox)")]
+    UnderKernelFs { fs: &'static str },
+    #[error("the destination must not be inside (or contain) the workspace {}", workspace.display())]
+    AroundWorkspace { workspace: PathBuf },
+    #[error("the source is inside the session's own state dir")]
+    FromStateDir,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
@@ -619,7 +653,7 @@ mod tests {
     fn host_root_mappings_are_refused() {
         let mut p = plan();
         p.ids.root_host_id = 0;
-        assert!(p.validate().unwrap_err().contains("host root"));
+        assert!(p.validate().unwrap_err().to_string().contains("host root"));
         let mut p = plan();
         p.ids.agent_host_id = 0;
         assert!(p.validate().is_err());
@@ -634,7 +668,7 @@ mod tests {
             1000,
             100_000,
         );
-        assert!(p.validate().unwrap_err().contains("contain"));
+        assert!(p.validate().unwrap_err().to_string().contains("contain"));
     }
 
     #[test]
@@ -642,7 +676,7 @@ mod tests {
         let mut p = plan();
         p.rlimits
             .insert("bogus".into(), Rlimit { soft: 1, hard: 1 });
-        assert!(p.validate().unwrap_err().contains("bogus"));
+        assert!(p.validate().unwrap_err().to_string().contains("bogus"));
     }
 
     fn with_bind(source: &str, target: &str) -> SessionPlan {
@@ -671,7 +705,7 @@ mod tests {
             ("/usr/x", "/srv", "workspace"),
             ("/var/lib/agentd/s1/upper", "/run/x", "state dir"),
         ] {
-            let err = with_bind(src, dst).validate().unwrap_err();
+            let err = with_bind(src, dst).validate().unwrap_err().to_string();
             assert!(err.contains(why), "{src}:{dst}: {err}");
             assert!(err.contains(&format!("{src}:{dst}")), "{err}");
         }

@@ -92,8 +92,10 @@ pub fn denied(cfg: &Seccomp) -> Vec<String> {
 
 /// Builds (does not load) the filter.
 pub fn build(cfg: &Seccomp) -> Result<ScmpFilterContext, Error> {
-    let err =
-        |what: &str, e: libseccomp::error::SeccompError| Error::Seccomp(format!("{what}: {e}"));
+    let err = |what: &str, source| Error::Seccomp {
+        what: what.to_owned(),
+        source,
+    };
     let mut f = ScmpFilterContext::new(ScmpAction::Allow).map_err(|e| err("new", e))?;
     // no_new_privs is set explicitly (and checked) by the caller before loading.
     f.set_ctl_nnp(true).map_err(|e| err("nnp", e))?;
@@ -152,14 +154,16 @@ pub fn build(cfg: &Seccomp) -> Result<ScmpFilterContext, Error> {
 pub fn compile(f: &ScmpFilterContext) -> Result<Vec<u8>, Error> {
     use std::io::Read;
     let (mut r, w) = std::io::pipe().map_err(|e| Error::sys("pipe", e))?;
-    f.export_bpf(&w)
-        .map_err(|e| Error::Seccomp(format!("export: {e}")))?;
+    f.export_bpf(&w).map_err(|source| Error::Seccomp {
+        what: "export".to_owned(),
+        source,
+    })?;
     drop(w);
     let mut bpf = Vec::new();
     r.read_to_end(&mut bpf)
         .map_err(|e| Error::sys("reading the seccomp program", e))?;
     if bpf.is_empty() || bpf.len() % std::mem::size_of::<libc::sock_filter>() != 0 {
-        return Err(Error::Seccomp(format!("bad program size {}", bpf.len())));
+        return Err(Error::SeccompProgram { size: bpf.len() });
     }
     Ok(bpf)
 }

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::apply::Exit;
 use super::sessions::{self, Live};
-use super::{Daemon, ServeError};
+use super::{ApiError, Daemon, ServeError};
 use crate::api::{CallInfo, CallState, SessionInfo};
 
 /// Why a session could not be re-adopted.
@@ -29,8 +29,14 @@ pub enum AdoptError {
     Record { path: String, detail: String },
     #[error("init pid {pid}: {detail}")]
     Init { pid: i32, detail: String },
+    /// The journalled policy could not be read or resolved.
     #[error("policy: {0}")]
-    Policy(String),
+    Policy(#[source] Box<ApiError>),
+    #[error(
+        "policy: resolving the journalled policy texts no longer gives the plan the session \
+         started with (were the shipped profiles changed by an upgrade?)"
+    )]
+    PlanChanged,
     #[error("cgroup: {0}")]
     Cgroup(#[from] cgctl::Error),
 }
@@ -67,12 +73,12 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
     let pid = rec.init_pid;
     let policy = d
         .journal(|j| j.policy(&s.id))
-        .map_err(|e| AdoptError::Policy(e.to_string()))?;
+        .map_err(|e| AdoptError::Policy(Box::new(e)))?;
     let plan = resolve_journalled(d, &s.id, policy.as_ref())?;
     let cg = d.root.session(&s.id)?;
     let calls = d
         .journal(|j| j.calls(&s.id))
-        .map_err(|e| AdoptError::Policy(e.to_string()))?;
+        .map_err(|e| AdoptError::Policy(Box::new(e)))?;
     let (live, done_tx) = Live::new(sessions::NewLive {
         id: s.id.clone(),
         owner: s.owner_uid,
@@ -113,19 +119,20 @@ fn resolve_journalled(
     id: &str,
     policy: Option<&crate::api::PolicySource>,
 ) -> Result<agentd_policy::Plan, AdoptError> {
-    let perr = |e: &dyn std::fmt::Display| AdoptError::Policy(e.to_string());
+    let perr = |e: ApiError| AdoptError::Policy(Box::new(e));
     let host = d.cfg.host_policy.as_deref();
-    let Some(row) = d.journal(|j| j.plan(id)).map_err(|e| perr(&e))? else {
-        return sessions::resolve_policy(host, policy).map_err(|e| perr(&e));
+    let Some(row) = d.journal(|j| j.plan(id)).map_err(perr)? else {
+        return sessions::resolve_policy(host, policy).map_err(perr);
     };
-    let plan = sessions::resolve_with(host, row.host_policy, policy).map_err(|e| perr(&e))?;
-    let now = serde_json::to_value(&plan).map_err(|e| perr(&e))?;
+    let plan = sessions::resolve_with(host, row.host_policy, policy).map_err(perr)?;
+    let now = serde_json::to_value(&plan).map_err(|source| {
+        perr(ApiError::Json {
+            what: "the resolved plan",
+            source,
+        })
+    })?;
     if now != row.plan {
-        return Err(AdoptError::Policy(
-            "resolving the journalled policy texts no longer gives the plan the session \
-             started with (were the shipped profiles changed by an upgrade?)"
-                .into(),
-        ));
+        return Err(AdoptError::PlanChanged);
     }
     Ok(plan)
 }

@@ -36,19 +36,17 @@ const OUTPUT_CAP: usize = 1 << 20;
 /// when the runtime would refuse it or the policy does not let an env name in.
 fn exec_request(live: &Live, req: &CallRequest) -> Result<ExecRequest, ApiError> {
     if req.argv.first().is_some_and(|a| a.contains('=')) {
-        return Err(ApiError::BadRequest(
-            "the program contains `=`: give a command".into(),
-        ));
+        return Err(ApiError::BadArgv {
+            why: "the program contains `=`: give a command",
+        });
     }
     let mut exec = ExecRequest::new(&live.sandbox_state, &req.argv);
     exec.cwd = req.cwd.clone();
     exec.env = req.env.clone();
     exec.validate()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|source| ApiError::BadExec { source })?;
     if let Some(k) = req.env.keys().find(|k| !live.plan.env_allowed(k)) {
-        return Err(ApiError::BadRequest(format!(
-            "environment variable {k} is not allowed into the session by its policy"
-        )));
+        return Err(ApiError::EnvNotAllowed { name: k.clone() });
     }
     Ok(exec)
 }
@@ -70,10 +68,10 @@ pub async fn create(
     let live = match d.live(&id) {
         Some(l) if l.info().state == SessionState::Running => l,
         _ => {
-            return Err(ApiError::Conflict(format!(
-                "session {id} is not running (state {})",
-                s.state.as_str()
-            )));
+            return Err(ApiError::NotRunning {
+                id: id.clone(),
+                state: s.state.as_str(),
+            });
         }
     };
     let exec = exec_request(&live, &req)?;
@@ -139,10 +137,10 @@ async fn run_call(
     live.update(d, |s| s.calls = s.calls.max(n))?;
     let call = match live.cg.create_call(n, cg_limits) {
         Ok(c) => c,
-        Err(e) => {
-            let why = format!("call cgroup: {e}");
+        Err(source) => {
+            let why = format!("call cgroup: {source}");
             finish(d, None, info, Exit::Failed(why), false, grant).await?;
-            return Err(ApiError::Internal(format!("call {n}: cgroup: {e}")));
+            return Err(ApiError::CallCgroup { n, source });
         }
     };
     super::mempool::attach(&grant, call.cgroup());
@@ -344,14 +342,16 @@ pub async fn kill(
     visible(&d, &peer, &id)?;
     let live = d
         .live(&id)
-        .ok_or_else(|| ApiError::Conflict(format!("session {id} is not running")))?;
-    let call = live
-        .cg
-        .call(n)
-        .map_err(|e| ApiError::Conflict(format!("call {n} of session {id} is not running: {e}")))?;
-    call.cgroup()
-        .kill()
-        .map_err(|e| ApiError::Internal(format!("killing call {n}'s cgroup: {e}")))?;
+        .ok_or_else(|| ApiError::NotLive { id: id.clone() })?;
+    let call = live.cg.call(n).map_err(|source| ApiError::CallNotRunning {
+        id: id.clone(),
+        n,
+        source,
+    })?;
+    call.cgroup().kill().map_err(|source| ApiError::Cgroup {
+        what: format!("killing call {n}'s cgroup"),
+        source,
+    })?;
     Ok(Json(CallKilled { session: id, n }))
 }
 

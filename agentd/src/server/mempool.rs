@@ -138,9 +138,9 @@ pub async fn status(
     ConnectInfo(peer): ConnectInfo<Peer>,
 ) -> Result<Json<PoolAnswer>, ApiError> {
     if !peer.is_root() {
-        return Err(ApiError::Forbidden(
-            "the memory pool shows every session's calls: root only".into(),
-        ));
+        return Err(ApiError::RootOnly {
+            what: "the memory pool shows every session's calls",
+        });
     }
     let pool = d.mem.as_ref().map(|p| p.status());
     Ok(Json(PoolAnswer {

@@ -6,6 +6,7 @@
 //! [`calls`] (tool calls from outside into `calls/<n>`).
 
 pub mod adopt;
+mod api_error;
 pub mod apply;
 pub mod calls;
 pub mod conn;
@@ -31,14 +32,13 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::connect_info::{ConnectInfo, Connected};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use tokio::net::UnixListener;
 
-use crate::api::{ErrorBody, Health};
+use crate::api::Health;
 use crate::journal::{Journal, JournalError};
+pub use api_error::ApiError;
 
 /// Daemon configuration (`agentd serve` flags).
 #[derive(Debug, Clone)]
@@ -77,52 +77,9 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The host policy's memory pool could not start.
     #[error("{0}")]
-    MemPool(String),
-}
-
-/// A request's error: a status and a reason, sent as [`ErrorBody`]. Never a panic.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// Existed once, no longer (a pruned checkpoint): 410.
-    #[error("{0}")]
-    Gone(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<JournalError> for ApiError {
-    fn from(e: JournalError) -> Self {
-        ApiError::Internal(e.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Gone(_) => StatusCode::GONE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (
-            status,
-            Json(ErrorBody {
-                error: self.to_string(),
-            }),
-        )
-            .into_response()
-    }
+    MemPool(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The caller, from SO_PEERCRED.
@@ -172,10 +129,11 @@ impl Peer {
         if self.is_root() || self.uid == owner {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!(
-                "{what} belongs to uid {owner}; uid {} may only see and steer its own sessions",
-                self.uid
-            )))
+            Err(ApiError::NotOwner {
+                what: what.to_owned(),
+                owner,
+                caller: self.uid,
+            })
         }
     }
 }
@@ -321,7 +279,7 @@ pub fn open(mut cfg: Config) -> Result<State, ServeError> {
     };
     let root = cgctl::Root::create(&cfg.cgroup_root, backend).map_err(cg_err)?;
     // Fail closed: a host policy that asks for the pool gets it or no daemon.
-    let mem = mempool::start(&cfg).map_err(|e| ServeError::MemPool(e.to_string()))?;
+    let mem = mempool::start(&cfg).map_err(ServeError::MemPool)?;
     let d = Arc::new(Daemon {
         cfg,
         journal: Mutex::new(journal),

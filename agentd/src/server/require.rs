@@ -30,8 +30,9 @@ pub fn host_probe() -> &'static Probe {
     PROBE.get_or_init(|| probe_from(&crate::doctor::run(&crate::doctor::RealHost::default())))
 }
 
-/// Why a session's requirements are not met: one line per unmet mechanism.
-pub fn unmet(plan: &Plan, probe: &Probe) -> Option<String> {
+/// Why a session's requirements are not met: one line per unmet mechanism (the session
+/// is then refused with [`super::ApiError::RequireUnmet`]).
+pub fn unmet(plan: &Plan, probe: &Probe) -> Option<Vec<String>> {
     let lines: Vec<String> = plan
         .require
         .iter()
@@ -54,12 +55,7 @@ pub fn unmet(plan: &Plan, probe: &Probe) -> Option<String> {
             Some(format!("{name} (required by {}): {why}", r.origin))
         })
         .collect();
-    (!lines.is_empty()).then(|| {
-        format!(
-            "the policy requires mechanisms this host lacks (see `agentd doctor`):\n{}",
-            lines.join("\n")
-        )
-    })
+    (!lines.is_empty()).then_some(lines)
 }
 
 #[cfg(test)]
@@ -108,7 +104,7 @@ mod tests {
     fn a_required_mechanism_the_host_lacks_is_named_with_its_line() {
         let p = plan(r#"["landlock", "sched_ext"]"#);
         for status in [Status::Missing, Status::Degraded] {
-            let why = unmet(&p, &probe(status)).unwrap();
+            let why = unmet(&p, &probe(status)).unwrap().join("\n");
             assert!(why.contains("sched_ext (required by repo policy"), "{why}");
             assert!(why.contains("policy.toml:2:"), "{why}");
             assert!(why.contains("CONFIG_SCHED_CLASS_EXT"), "{why}");
@@ -120,7 +116,9 @@ mod tests {
     #[test]
     fn nothing_required_needs_no_probe_and_an_unprobed_one_is_refused() {
         assert_eq!(unmet(&plan("[]"), &Probe::new()), None);
-        let why = unmet(&plan(r#"["bpf_lsm"]"#), &probe(Status::Available)).unwrap();
+        let why = unmet(&plan(r#"["bpf_lsm"]"#), &probe(Status::Available))
+            .unwrap()
+            .join("\n");
         assert!(
             why.contains("bpf_lsm") && why.contains("not probed"),
             "{why}"

@@ -159,10 +159,7 @@ pub fn read_host_policy(host: Option<&Path>) -> Result<Option<String>, ApiError>
     match std::fs::read_to_string(&path) {
         Ok(t) => Ok(Some(t)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ApiError::Internal(format!(
-            "cannot read the host policy {}: {e}",
-            path.display()
-        ))),
+        Err(source) => Err(ApiError::HostPolicy { path, source }),
     }
 }
 
@@ -192,18 +189,14 @@ pub fn resolve_with(
         None => ("<default>", "version = 1\n"),
     };
     let files = RequestFiles { host, host_text };
-    agentd_policy::load(&files, &opts, Some((name, text))).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "the policy is refused:\n{}",
-            agentd_policy::error::render(e.diagnostics())
-        ))
+    agentd_policy::load(&files, &opts, Some((name, text))).map_err(|e| ApiError::PolicyRefused {
+        diagnostics: agentd_policy::error::render(e.diagnostics()),
     })
 }
 
 /// The sandbox's record of a session (`session.json` in its state dir), typed.
 pub fn read_record(state: &Path) -> Result<agentd_sandbox::exec::SessionRecord, ApiError> {
-    agentd_sandbox::exec::read_record(state)
-        .map_err(|e| ApiError::Internal(format!("the sandbox record: {e}")))
+    agentd_sandbox::exec::read_record(state).map_err(|source| ApiError::Record { source })
 }
 
 /// A fresh session id: 12 hex digits from the kernel's CSPRNG.
@@ -212,10 +205,10 @@ fn new_id() -> Result<String, ApiError> {
     // SAFETY: getrandom writes at most b.len() bytes into b.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     if n != b.len() as isize {
-        return Err(ApiError::Internal(format!(
-            "getrandom: {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(ApiError::Sys {
+            what: "getrandom",
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
@@ -224,21 +217,20 @@ fn new_id() -> Result<String, ApiError> {
 /// `user` when a root caller names one (never 0: the agent never runs as root on the host).
 fn check_workspace(peer: &Peer, ws: &Path, user: Option<u32>) -> Result<(PathBuf, u32), ApiError> {
     if !ws.is_absolute() {
-        return Err(ApiError::BadRequest(format!(
-            "workspace {} must be an absolute path",
-            ws.display()
-        )));
+        return Err(ApiError::WorkspaceNotAbsolute {
+            path: ws.to_path_buf(),
+        });
     }
-    let canon = ws
-        .canonicalize()
-        .map_err(|e| ApiError::BadRequest(format!("workspace {}: {e}", ws.display())))?;
-    let md = std::fs::metadata(&canon)
-        .map_err(|e| ApiError::BadRequest(format!("workspace {}: {e}", canon.display())))?;
+    let canon = ws.canonicalize().map_err(|source| ApiError::Workspace {
+        path: ws.to_path_buf(),
+        source,
+    })?;
+    let md = std::fs::metadata(&canon).map_err(|source| ApiError::Workspace {
+        path: canon.clone(),
+        source,
+    })?;
     if !md.is_dir() {
-        return Err(ApiError::BadRequest(format!(
-            "workspace {} is not a directory",
-            canon.display()
-        )));
+        return Err(ApiError::WorkspaceNotDir { path: canon });
     }
     agent_uid(peer, &canon, md.uid(), user).map(|uid| (canon, uid))
 }
@@ -246,30 +238,21 @@ fn check_workspace(peer: &Peer, ws: &Path, user: Option<u32>) -> Result<(PathBuf
 /// The agent's host uid for a workspace owned by `owner` (pure: unit-tested).
 pub fn agent_uid(peer: &Peer, ws: &Path, owner: u32, user: Option<u32>) -> Result<u32, ApiError> {
     match user {
-        Some(0) => Err(ApiError::BadRequest(
-            "user 0: the agent never runs as root on the host; name an unprivileged uid \
-             (e.g. --user 1000)"
-                .into(),
-        )),
-        Some(u) if !peer.is_root() && u != peer.uid => Err(ApiError::Forbidden(format!(
-            "only root may run an agent as another uid (uid {} asked for uid {u})",
-            peer.uid
-        ))),
+        Some(0) => Err(ApiError::RootAgent),
+        Some(u) if !peer.is_root() && u != peer.uid => Err(ApiError::OtherUid {
+            caller: peer.uid,
+            asked: u,
+        }),
         Some(u) => Ok(u),
         // The agent runs as the workspace's owner: a user may only start agents on its own repos.
-        None if !peer.is_root() && owner != peer.uid => Err(ApiError::Forbidden(format!(
-            "workspace {} belongs to uid {owner}, not to the caller (uid {})",
-            ws.display(),
-            peer.uid
-        ))),
-        None if owner == 0 => Err(ApiError::BadRequest(format!(
-            "workspace {} is owned by root, and the agent runs as the workspace's owner, never \
-             root. Either run the agent as an unprivileged uid: `agentctl run --user UID …` \
-             (as root; files that uid may not write stay read-only to the agent), or give the \
-             repo to a user: `chown -R UID {}`",
-            ws.display(),
-            ws.display()
-        ))),
+        None if !peer.is_root() && owner != peer.uid => Err(ApiError::WorkspaceNotOwned {
+            path: ws.to_path_buf(),
+            owner,
+            caller: peer.uid,
+        }),
+        None if owner == 0 => Err(ApiError::WorkspaceOwnedByRoot {
+            path: ws.to_path_buf(),
+        }),
         None => Ok(owner),
     }
 }
@@ -281,9 +264,9 @@ pub async fn create(
     Json(req): Json<CreateSession>,
 ) -> Result<Json<SessionInfo>, ApiError> {
     if req.argv.is_empty() || req.argv[0].contains('=') {
-        return Err(ApiError::BadRequest(
-            "argv is empty or its program contains `=`: give a command".into(),
-        ));
+        return Err(ApiError::BadArgv {
+            why: "argv is empty or its program contains `=`: give a command",
+        });
     }
     let (workspace, agent_uid) = check_workspace(&peer, &req.workspace, req.user)?;
     let host_text = read_host_policy(d.cfg.host_policy.as_deref())?;
@@ -295,21 +278,27 @@ pub async fn create(
     // Fail closed on `require`: a mechanism the policy requires that this host lacks (or
     // runs degraded) refuses the session, naming it.
     if !plan.require.is_empty()
-        && let Some(why) = super::require::unmet(&plan, super::require::host_probe())
+        && let Some(unmet) = super::require::unmet(&plan, super::require::host_probe())
     {
-        return Err(ApiError::Conflict(why));
+        return Err(ApiError::RequireUnmet { unmet });
     }
     let id = new_id()?;
     let (limits, cg_limits) = apply::session_limits(&plan);
     let cg = d
         .root
         .create_session(&id, &cg_limits)
-        .map_err(|e| ApiError::Internal(format!("session cgroup: {e}")))?;
+        .map_err(|source| ApiError::Cgroup {
+            what: "session cgroup".into(),
+            source,
+        })?;
     // Fail closed: an agent leaf without its limits would let the agent skip the shim.
     let agent = apply::agent_limits(&plan, limits.cpu_millis);
     if let Err(e) = cg.agent().set_limits(&agent.cgroup) {
         let _ = d.root.remove_session(&id, Duration::from_secs(5));
-        return Err(ApiError::Internal(format!("limits of the agent leaf: {e}")));
+        return Err(ApiError::Cgroup {
+            what: "limits of the agent leaf".into(),
+            source: e,
+        });
     }
     let sessions = d.cfg.state_dir.join("sessions");
     let sandbox_state = sessions.join(&id);
@@ -344,8 +333,10 @@ pub async fn create(
     };
     let plan_row = crate::journal::PlanRow {
         host_policy: host_text,
-        plan: serde_json::to_value(&plan)
-            .map_err(|e| ApiError::Internal(format!("the resolved plan: {e}")))?,
+        plan: serde_json::to_value(&plan).map_err(|source| ApiError::Json {
+            what: "the resolved plan",
+            source,
+        })?,
         sandbox: run.plan.clone(),
     };
     d.journal(|j| {
@@ -359,7 +350,10 @@ pub async fn create(
             Ok((r, w)) => (Stdio::from(r), Some(w)),
             Err(e) => {
                 let _ = d.root.remove_session(&id, Duration::from_secs(5));
-                return Err(ApiError::Internal(format!("the agent's stdin pipe: {e}")));
+                return Err(ApiError::Sys {
+                    what: "the agent's stdin pipe",
+                    source: e,
+                });
             }
         }
     } else {
@@ -388,31 +382,31 @@ pub async fn create(
     // The runtime says ready once the container is built and recorded (or closes the
     // socket: it failed, and its stderr says why).
     let ready = tokio::time::timeout(START_TIMEOUT, sync.read_u8()).await;
+    // How the start failed, when it did: `timed out`, else the runtime's exit status (or,
+    // when that cannot be read, what went wrong reading the ready byte or the record).
     let record = match ready {
-        Ok(Ok(launch::READY)) => read_record(&sandbox_state),
-        Ok(_) => Err(ApiError::Internal("the runtime exited".into())),
-        Err(_) => Err(ApiError::Internal("timed out".into())),
+        Ok(Ok(launch::READY)) => read_record(&sandbox_state).map_err(|e| (false, e.to_string())),
+        Ok(_) => Err((false, "the runtime exited".to_owned())),
+        Err(_) => Err((true, "timed out".to_owned())),
     };
     let record = match record {
         Ok(r) => r,
-        Err(e) => {
+        Err((timed_out, what)) => {
             let _ = child.start_kill();
             let status = child.wait().await;
             let err = d.cfg.state_dir.join("logs").join(format!("{id}.err"));
             let why = std::fs::read_to_string(&err).unwrap_or_default();
             let how = match status {
-                Ok(s) if !matches!(e, ApiError::Internal(ref m) if m == "timed out") => {
-                    s.to_string()
-                }
-                _ => e.to_string(),
+                Ok(s) if !timed_out => s.to_string(),
+                _ => what,
             };
-            let msg = format!(
-                "the session container did not start ({how}): {}",
-                why.trim()
-            );
-            fail(&d, &live, &msg).await;
+            let e = ApiError::ContainerStart {
+                how,
+                stderr: why.trim().to_owned(),
+            };
+            fail(&d, &live, &e.to_string()).await;
             let _ = done_tx.send(true);
-            return Err(ApiError::Internal(msg));
+            return Err(e);
         }
     };
     // The container's /run is mounted now and the agent not started: bind its shim socket.
@@ -420,13 +414,13 @@ pub async fn create(
         // Calls from inside then run in the agent's leaf; said in the session row.
         live.update(&d, |i| i.error = Some(format!("no shim socket: {e}")))?;
     }
-    if let Err(e) = sync.write_all(&[launch::GO]).await {
+    if let Err(source) = sync.write_all(&[launch::GO]).await {
         let _ = child.start_kill();
         let _ = child.wait().await;
-        let msg = format!("the session container went away before its agent started: {e}");
-        fail(&d, &live, &msg).await;
+        let e = ApiError::ContainerGone { source };
+        fail(&d, &live, &e.to_string()).await;
         let _ = done_tx.send(true);
-        return Err(ApiError::Internal(msg));
+        return Err(e);
     }
     live.update(&d, |i| i.state = SessionState::Running)?;
     d.live
@@ -449,16 +443,21 @@ async fn start_container(
 ) -> Result<(tokio::process::Child, tokio::net::UnixStream), ApiError> {
     let open = |ext: &str| {
         let p = logs.join(format!("{}.{ext}", live.id));
-        std::fs::File::create(&p)
-            .map_err(|e| ApiError::Internal(format!("create {}: {e}", p.display())))
+        std::fs::File::create(&p).map_err(|source| ApiError::Io {
+            what: "create",
+            path: p,
+            source,
+        })
     };
     let (out, err) = (open("out")?, open("err")?);
-    let ierr = |what: &str, e: &dyn std::fmt::Display| ApiError::Internal(format!("{what}: {e}"));
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-        .map_err(|e| ierr("the start handshake socket", &e))?;
+    let ierr = |source| ApiError::Sys {
+        what: "the start handshake socket",
+        source,
+    };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(ierr)?;
     let cmd = Sandbox::new(&d.cfg.sandbox_bin)
         .run(run, Some(theirs.into()))
-        .map_err(|e| ierr("the sandbox request", &e))?;
+        .map_err(|source| ApiError::Launch { source })?;
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.envs_remove_systemd()
         .stdin(stdin)
@@ -467,16 +466,16 @@ async fn start_container(
         // The runtime outlives the daemon (restart, crash): the next daemon re-adopts the
         // session through the init's pidfd (see `adopt`).
         .kill_on_drop(false);
-    let child = cmd
-        .spawn()
-        .map_err(|e| ierr(&format!("cannot start {}", d.cfg.sandbox_bin.display()), &e))?;
+    let child = cmd.spawn().map_err(|source| ApiError::Io {
+        what: "cannot start",
+        path: d.cfg.sandbox_bin.clone(),
+        source,
+    })?;
     // Our copy of the runtime's handshake end closes with the command: EOF then means the
     // runtime is gone.
     drop(cmd);
-    ours.set_nonblocking(true)
-        .map_err(|e| ierr("the start handshake socket", &e))?;
-    let sync = tokio::net::UnixStream::from_std(ours)
-        .map_err(|e| ierr("the start handshake socket", &e))?;
+    ours.set_nonblocking(true).map_err(ierr)?;
+    let sync = tokio::net::UnixStream::from_std(ours).map_err(ierr)?;
     Ok((child, sync))
 }
 
@@ -584,7 +583,7 @@ pub async fn finish(
 pub fn visible(d: &Daemon, peer: &Peer, id: &str) -> Result<SessionInfo, ApiError> {
     let s = d
         .journal(|j| j.session(id))?
-        .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
+        .ok_or_else(|| ApiError::NoSession { id: id.to_owned() })?;
     peer.may_steer(&format!("session {id}"), s.owner_uid)?;
     Ok(s)
 }
@@ -657,10 +656,10 @@ pub fn kill_live(live: &Live) -> Result<(), ApiError> {
     live.killed.store(true, Ordering::SeqCst);
     // cgroup.kill on session-<id> kills the agent and every call; the runtime (outside
     // the cgroup) then sees its init die and tears the container down.
-    live.cg
-        .cgroup()
-        .kill()
-        .map_err(|e| ApiError::Internal(format!("killing session {}: {e}", live.id)))
+    live.cg.cgroup().kill().map_err(|source| ApiError::Cgroup {
+        what: format!("killing session {}", live.id),
+        source,
+    })
 }
 
 /// `POST /v1/sessions/{id}/kill`: kills the session and waits (up to 30 s) for its end.
@@ -671,10 +670,10 @@ pub async fn kill(
 ) -> Result<Json<SessionInfo>, ApiError> {
     let s = visible(&d, &peer, &id)?;
     let Some(live) = d.live(&id) else {
-        return Err(ApiError::Conflict(format!(
-            "session {id} is not running (state {})",
-            s.state.as_str()
-        )));
+        return Err(ApiError::NotRunning {
+            id,
+            state: s.state.as_str(),
+        });
     };
     kill_live(&live)?;
     wait_done(&d, &id, Some(Duration::from_secs(30))).await;
@@ -730,12 +729,15 @@ mod agent_uid_tests {
         // Not root: only itself, and only on its own workspace.
         assert!(matches!(
             agent_uid(&peer(1000), ws, 0, Some(1001)),
-            Err(ApiError::Forbidden(_))
+            Err(ApiError::OtherUid {
+                caller: 1000,
+                asked: 1001
+            })
         ));
         assert_eq!(agent_uid(&peer(1000), ws, 1000, None).unwrap(), 1000);
         assert!(matches!(
             agent_uid(&peer(1000), ws, 1001, None),
-            Err(ApiError::Forbidden(_))
+            Err(ApiError::WorkspaceNotOwned { owner: 1001, .. })
         ));
     }
 }

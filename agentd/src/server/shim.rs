@@ -53,9 +53,7 @@ fn cgroup_of(pid: i32) -> String {
 }
 
 fn place(live: &Live, peer: &Peer) -> Result<Place, ApiError> {
-    let pid = peer
-        .pid
-        .ok_or_else(|| ApiError::Forbidden("the kernel did not name the calling process".into()))?;
+    let pid = peer.pid.ok_or(ApiError::UnnamedPeer)?;
     let cg = cgroup_of(pid);
     let cg = cg.as_str();
     let sess = session_cgroup_name(live);
@@ -66,11 +64,11 @@ fn place(live: &Live, peer: &Peer) -> Result<Place, ApiError> {
             rest.split('/').next().and_then(|n| n.parse().ok()),
         ))
     } else {
-        Err(ApiError::Forbidden(format!(
-            "process {pid} is not in session {} (cgroup {cg:?}): a session's socket acts only \
-             for its own processes",
-            live.id
-        )))
+        Err(ApiError::NotInSession {
+            pid,
+            session: live.id.clone(),
+            cgroup: cg.to_owned(),
+        })
     }
 }
 
@@ -81,10 +79,9 @@ async fn shim_call(
 ) -> Result<Json<ShimAnswer>, ApiError> {
     let live = &s.live;
     if live.info().state != SessionState::Running {
-        return Err(ApiError::Conflict(format!(
-            "session {} is not running",
-            live.id
-        )));
+        return Err(ApiError::NotLive {
+            id: live.id.clone(),
+        });
     }
     if let Place::Call(n) = place(live, &peer)? {
         return Ok(Json(ShimAnswer {
@@ -96,10 +93,12 @@ async fn shim_call(
         }));
     }
     if req.argv.is_empty() {
-        return Err(ApiError::BadRequest("argv is empty".into()));
+        return Err(ApiError::BadArgv {
+            why: "argv is empty",
+        });
     }
-    let intent = crate::ctl::parse_intent(&req.intent)
-        .map_err(|e| ApiError::BadRequest(format!("AGENTD_INTENT: {e}")))?;
+    let intent =
+        crate::ctl::parse_intent(&req.intent).map_err(|source| ApiError::Intent { source })?;
     let plan = live.plan.call(&req.argv, &intent);
     let (view, mut cg_limits) = call_limits(&plan);
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
@@ -112,20 +111,20 @@ async fn shim_call(
     let grant = super::mempool::admit(&s.d, live, n, &plan, &mut cg_limits).await;
     let call = match live.cg.create_call(n, &cg_limits) {
         Ok(c) => c,
-        Err(e) => {
-            let why = format!("call {n}: cgroup: {e}");
-            let fail = Exit::Failed(why.clone());
+        Err(source) => {
+            let e = ApiError::CallCgroup { n, source };
+            let fail = Exit::Failed(e.to_string());
             let _ = super::calls::finish(&s.d, None, info, fail, false, grant).await;
-            return Err(ApiError::Internal(why));
+            return Err(e);
         }
     };
     super::mempool::attach(&grant, call.cgroup());
     let pid = peer.pid.unwrap_or_default();
-    if let Err(e) = call.cgroup().add_pid(pid as u32) {
-        let why = format!("call {n}: moving pid {pid}: {e}");
-        let fail = Exit::Failed(why.clone());
+    if let Err(source) = call.cgroup().add_pid(pid as u32) {
+        let e = ApiError::MovePid { n, pid, source };
+        let fail = Exit::Failed(e.to_string());
         let _ = super::calls::finish(&s.d, Some(call), info, fail, false, grant).await;
-        return Err(ApiError::Internal(why));
+        return Err(e);
     }
     live.inflight.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(watch_call(s.d.clone(), live.clone(), call, info, grant));
@@ -163,10 +162,11 @@ async fn shim_exit(
     let pid = peer.pid.unwrap_or_default();
     let want = format!("{}/calls/{n}", session_cgroup_name(&s.live));
     if cgroup_of(pid) != want {
-        return Err(ApiError::Forbidden(format!(
-            "process {pid} is not in call {n} of session {}",
-            s.live.id
-        )));
+        return Err(ApiError::NotInCall {
+            pid,
+            n,
+            session: s.live.id.clone(),
+        });
     }
     s.live
         .shim_exits
@@ -222,8 +222,10 @@ fn as_run_owner<T: Send + 'static>(
 pub fn listen(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<PathBuf, ApiError> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(init_pid);
-    let ierr = |what: &str, e: std::io::Error| {
-        ApiError::Internal(format!("shim socket {}: {what}: {e}", path.display()))
+    let ierr = |what: &'static str, source| ApiError::Io {
+        what,
+        path: path.clone(),
+        source,
     };
     // Bound at a temporary name, given to the agent, then renamed over the path the agent
     // knows: a shim retrying while a new daemon rebinds (re-adoption) finds either the old,
@@ -234,25 +236,36 @@ pub fn listen(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<PathBu
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ierr("remove stale", e)),
+        Err(e) => {
+            return Err(ApiError::Io {
+                what: "shim socket: remove stale",
+                path: tmp.clone(),
+                source: e,
+            });
+        }
     }
+    let terr = |what: &'static str, source| ApiError::Io {
+        what,
+        path: tmp.clone(),
+        source,
+    };
     let l = as_run_owner(init_pid, move |run| {
         std::os::unix::net::UnixListener::bind(format!("{run}/{tmp_name}"))
     })
-    .map_err(|e| ierr("bind", e))?;
+    .map_err(|e| terr("shim socket: bind", e))?;
     l.set_nonblocking(true)
-        .map_err(|e| ierr("set_nonblocking", e))?;
-    let l = tokio::net::UnixListener::from_std(l).map_err(|e| ierr("register", e))?;
+        .map_err(|e| terr("shim socket: set_nonblocking", e))?;
+    let l = tokio::net::UnixListener::from_std(l).map_err(|e| terr("shim socket: register", e))?;
     std::os::unix::fs::chown(&tmp, Some(live.agent_uid), Some(live.agent_uid))
-        .map_err(|e| ierr("chown", e))?;
+        .map_err(|e| terr("shim socket: chown", e))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| ierr("chmod", e))?;
+        .map_err(|e| terr("shim socket: chmod", e))?;
     let final_name = "agentd-shim.sock";
     debug_assert!(SOCKET_IN_CONTAINER.ends_with(final_name));
     as_run_owner(init_pid, move |run| {
         std::fs::rename(format!("{run}/{tmp_name}"), format!("{run}/{final_name}"))
     })
-    .map_err(|e| ierr("rename into place", e))?;
+    .map_err(|e| ierr("shim socket: rename into place", e))?;
     let app = Router::new()
         .route(&crate::routes::SHIM_CALLS.template(), post(shim_call))
         .route(&crate::routes::SHIM_EXIT.template(), post(shim_exit))

@@ -28,7 +28,10 @@ pub fn usage(cg: &cgctl::Cgroup) -> Result<Usage, cgctl::Error> {
 }
 
 fn session_stats(d: &super::Daemon, live: &Live) -> Result<SessionStats, ApiError> {
-    let bad = |e: cgctl::Error| ApiError::Internal(format!("session {}: {e}", live.id));
+    let bad = |source: cgctl::Error| ApiError::Cgroup {
+        what: format!("session {}", live.id),
+        source,
+    };
     let mut calls = Vec::new();
     // A call may end between the listing and the read: skip it, it is no longer running.
     for n in live.cg.call_numbers().map_err(bad)? {
@@ -60,11 +63,9 @@ pub async fn one(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<SessionStats>, ApiError> {
     let s = visible(&d, &peer, &id)?;
-    let live = d.live(&id).ok_or_else(|| {
-        ApiError::Conflict(format!(
-            "session {id} is not running (state {})",
-            s.state.as_str()
-        ))
+    let live = d.live(&id).ok_or_else(|| ApiError::NotRunning {
+        id: id.clone(),
+        state: s.state.as_str(),
     })?;
     Ok(Json(session_stats(&d, &live)?))
 }

@@ -250,21 +250,20 @@ pub async fn stdin(
     visible(&d, &peer, &id)?;
     let live = d
         .live(&id)
-        .ok_or_else(|| ApiError::Conflict(format!("session {id} is not running")))?;
+        .ok_or_else(|| ApiError::NotLive { id: id.clone() })?;
     let mut pipe = live
         .stdin
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take()
-        .ok_or_else(|| {
-            ApiError::Conflict(format!(
-                "session {id} has no stdin to feed (not started with stdin, or already fed)"
-            ))
-        })?;
+        .ok_or_else(|| ApiError::NoStdin { id: id.clone() })?;
     let mut body = body;
     let mut bytes = 0u64;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::BadRequest(format!("stdin body: {e}")))?;
+        let frame = frame.map_err(|source| ApiError::Body {
+            what: "stdin",
+            source,
+        })?;
         if let Ok(data) = frame.into_data() {
             // The agent closed its stdin or exited: the rest has nowhere to go.
             if pipe.write_all(&data).await.is_err() {

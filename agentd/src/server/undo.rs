@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use agentd_sandbox::layer::apply::{Root, Source, restore};
-use agentd_sandbox::layer::commit::{self, Bases, Conflict};
+use agentd_sandbox::layer::commit::{self, Bases};
 use agentd_sandbox::layer::diff::{FileDiff, render};
 use agentd_sandbox::layer::store::{Checkpoint, Store, write_durably};
 use agentd_sandbox::layer::view::{Content, changes};
@@ -119,7 +119,7 @@ pub struct CommitAnswer {
 }
 
 fn layer_err(e: LayerError) -> ApiError {
-    ApiError::Internal(e.to_string())
+    ApiError::Layer(e)
 }
 
 /// One lock per session: checkpoints, undo and commit of a session never interleave.
@@ -159,8 +159,11 @@ impl Sess {
 
     fn store(&self) -> Result<Store, ApiError> {
         if let Some(p) = self.store_dir.parent() {
-            std::fs::create_dir_all(p)
-                .map_err(|e| ApiError::Internal(format!("create {}: {e}", p.display())))?;
+            std::fs::create_dir_all(p).map_err(|source| ApiError::Io {
+                what: "create",
+                path: p.to_path_buf(),
+                source,
+            })?;
         }
         let s = Store::open(&self.store_dir).map_err(layer_err)?;
         if s.next_id().map_err(layer_err)? == 0 {
@@ -192,8 +195,11 @@ impl Sess {
 
     /// The owner's ids (the workspace's), for writes through the merged view and the repo.
     fn owner_ids(&self) -> Result<(u32, u32), ApiError> {
-        let md = std::fs::metadata(&self.workspace)
-            .map_err(|e| ApiError::Internal(format!("stat {}: {e}", self.workspace.display())))?;
+        let md = std::fs::metadata(&self.workspace).map_err(|source| ApiError::Io {
+            what: "stat",
+            path: self.workspace.clone(),
+            source,
+        })?;
         Ok((md.uid(), md.gid()))
     }
 
@@ -213,7 +219,10 @@ impl<'a> Frozen<'a> {
         if let Some(l) = live {
             l.cg.cgroup()
                 .freeze(FREEZE_TIMEOUT)
-                .map_err(|e| ApiError::Internal(format!("freezing session {}: {e}", l.id)))?;
+                .map_err(|source| ApiError::Cgroup {
+                    what: format!("freezing session {}", l.id),
+                    source,
+                })?;
         }
         Ok(Frozen(live))
     }
@@ -232,14 +241,12 @@ impl Drop for Frozen<'_> {
 fn latest(store: &Store) -> Result<Checkpoint, ApiError> {
     let ids = store.ids().map_err(layer_err)?;
     let Some(id) = ids.last() else {
-        return Err(ApiError::Internal(
-            "the session's store has no checkpoint".into(),
-        ));
+        return Err(ApiError::NoCheckpointYet);
     };
     store
         .load(*id)
         .map_err(layer_err)?
-        .ok_or_else(|| ApiError::Internal(format!("checkpoint {id} vanished")))
+        .ok_or(ApiError::CheckpointVanished { id: *id })
 }
 
 fn resolve(store: &Store, s: &Sess, id: u64) -> Result<Checkpoint, ApiError> {
@@ -247,15 +254,16 @@ fn resolve(store: &Store, s: &Sess, id: u64) -> Result<Checkpoint, ApiError> {
         return Ok(c);
     }
     if store.pruned(id) {
-        return Err(ApiError::Gone(format!(
-            "checkpoint {id} of session {} was pruned (retention keeps the last {RETAIN})",
-            s.id
-        )));
+        return Err(ApiError::Pruned {
+            session: s.id.clone(),
+            id,
+            retain: RETAIN,
+        });
     }
-    Err(ApiError::NotFound(format!(
-        "session {} has no checkpoint {id}",
-        s.id
-    )))
+    Err(ApiError::NoCheckpoint {
+        session: s.id.clone(),
+        id,
+    })
 }
 
 /// The layer now (caller froze a running session): a walk of the upper dir, or the last
@@ -280,13 +288,19 @@ fn save(
     let id = store.next_id().map_err(layer_err)?;
     let (files, bytes) = m.totals();
     let mut bases: Bases = match std::fs::read(s.bases_path()) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| ApiError::Internal(e.to_string()))?,
+        Ok(b) => serde_json::from_slice(&b).map_err(|source| ApiError::Json {
+            what: "the commit bases",
+            source,
+        })?,
         Err(_) => Bases::new(),
     };
     let before = bases.len();
     commit::record_bases(&mut bases, &m, &s.lower()?).map_err(layer_err)?;
     if bases.len() != before {
-        let json = serde_json::to_vec(&bases).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let json = serde_json::to_vec(&bases).map_err(|source| ApiError::Json {
+            what: "the commit bases",
+            source,
+        })?;
         write_durably(&s.bases_path(), &json).map_err(layer_err)?;
     }
     let cp = Checkpoint {
@@ -339,7 +353,7 @@ fn as_owner<T: Send>(
             f()
         })
         .join()
-        .unwrap_or_else(|_| Err(ApiError::Internal("the restore thread failed".into())))
+        .unwrap_or_else(|_| Err(ApiError::Thread { what: "restore" }))
     })
 }
 
@@ -418,9 +432,9 @@ pub fn undo(s: &Sess, to: u64, reason: &str) -> Result<UndoAnswer, ApiError> {
 /// Commits session `s`'s layer (or `paths` of it) to the repo.
 pub fn commit_session(s: &Sess, req: &CommitRequest) -> Result<CommitAnswer, ApiError> {
     if req.git_branch.is_some() {
-        return Err(ApiError::BadRequest(
-            "git_branch: exporting the history as git commits is not implemented yet".into(),
-        ));
+        return Err(ApiError::NotImplemented {
+            what: "git_branch: exporting the history as git commits",
+        });
     }
     let lock = lock_for(&s.id);
     let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -430,13 +444,18 @@ pub fn commit_session(s: &Sess, req: &CommitRequest) -> Result<CommitAnswer, Api
     let now = layer_now(s, &store)?;
     let cp = save(s, &store, now, None, "commit".into())?;
     let bases: Bases = match std::fs::read(s.bases_path()) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| ApiError::Internal(e.to_string()))?,
+        Ok(b) => serde_json::from_slice(&b).map_err(|source| ApiError::Json {
+            what: "the commit bases",
+            source,
+        })?,
         Err(_) => Bases::new(),
     };
     let repo = s.lower()?;
     let plan = commit::plan(&cp.manifest, &bases, &repo, &req.paths).map_err(layer_err)?;
     if !plan.conflicts.is_empty() {
-        return Err(ApiError::Conflict(conflict_text(&plan.conflicts)));
+        return Err(ApiError::CommitConflicts {
+            conflicts: plan.conflicts,
+        });
     }
     commit::write_intent(&plan, &s.intent_path()).map_err(layer_err)?;
     let ids = s.owner_ids()?;
@@ -448,31 +467,25 @@ pub fn commit_session(s: &Sess, req: &CommitRequest) -> Result<CommitAnswer, Api
         };
         commit::run(&plan.ops, &repo, &src, &mut || Ok(())).map_err(layer_err)
     })?;
-    std::fs::remove_file(s.intent_path())
-        .map_err(|e| ApiError::Internal(format!("remove {}: {e}", s.intent_path().display())))?;
+    std::fs::remove_file(s.intent_path()).map_err(|source| ApiError::Io {
+        what: "remove",
+        path: s.intent_path(),
+        source,
+    })?;
     // What was committed is the repo's state now: the base of a later commit.
     let mut bases = bases;
     for c in &plan.ops {
         bases.insert(c.path.clone(), c.new.clone());
     }
-    let json = serde_json::to_vec(&bases).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let json = serde_json::to_vec(&bases).map_err(|source| ApiError::Json {
+        what: "the commit bases",
+        source,
+    })?;
     write_durably(&s.bases_path(), &json).map_err(layer_err)?;
     Ok(CommitAnswer {
         checkpoint: cp.id,
         paths: plan.ops.iter().map(|c| c.path.clone()).collect(),
     })
-}
-
-fn conflict_text(c: &[Conflict]) -> String {
-    let list: Vec<String> = c
-        .iter()
-        .map(|c| format!("{}: {}", c.path, c.reason))
-        .collect();
-    format!(
-        "commit refused, {} conflicting path(s) (nothing was written): {}",
-        c.len(),
-        list.join("; ")
-    )
 }
 
 /// Paths whose merged state in the session's latest checkpoint differs from the repo now
@@ -558,7 +571,11 @@ pub fn recover_all(d: &Daemon, live: &[String]) {
                     };
                     commit::run(&intent.ops, &repo, &src, &mut || Ok(())).map_err(layer_err)
                 })?;
-                std::fs::remove_file(s.intent_path()).map_err(|e| ApiError::Internal(e.to_string()))
+                std::fs::remove_file(s.intent_path()).map_err(|source| ApiError::Io {
+                    what: "remove",
+                    path: s.intent_path(),
+                    source,
+                })
             });
             match r {
                 Ok(()) => super::log::info(&format!(
@@ -599,9 +616,11 @@ pub async fn check_removable(
         return blocking(move || {
             let dir = store_dir(&sd, &id);
             match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(ApiError::Internal(format!("remove {}: {e}", dir.display())))
-                }
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ApiError::Io {
+                    what: "remove",
+                    path: dir,
+                    source: e,
+                }),
                 _ => Ok(()),
             }
         })
@@ -609,10 +628,10 @@ pub async fn check_removable(
     }
     let n = blocking(move || uncommitted(&sd, &id, &ws)).await?;
     if n > 0 {
-        return Err(ApiError::Conflict(format!(
-            "session {} has {n} uncommitted change(s): commit or discard them, or remove with force (agentctl rm --force)",
-            row.id
-        )));
+        return Err(ApiError::Uncommitted {
+            id: row.id.clone(),
+            changes: n,
+        });
     }
     Ok(())
 }
@@ -627,7 +646,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|source| ApiError::Join { source })?
 }
 
 /// `GET /v1/sessions/{id}/checkpoints`.
@@ -659,9 +678,7 @@ pub async fn create(
 ) -> Result<Json<CheckpointInfo>, ApiError> {
     let s = sess_for(&d, &peer, &id)?;
     if s.live.is_none() {
-        return Err(ApiError::Conflict(format!(
-            "session {id} is not running: its layer is its last checkpoint"
-        )));
+        return Err(ApiError::LayerNotLive { id: id.clone() });
     }
     let reason = body
         .and_then(|b| b.0.reason)
@@ -678,9 +695,10 @@ pub async fn diff(
 ) -> Result<Json<DiffAnswer>, ApiError> {
     let s = sess_for(&d, &peer, &id)?;
     if q.call.is_some() && (q.from.is_some() || q.to.is_some()) {
-        return Err(ApiError::BadRequest(
-            "call: give either call or from/to, not both".into(),
-        ));
+        return Err(ApiError::BadQuery {
+            field: "call",
+            why: "give either call or from/to, not both",
+        });
     }
     blocking(move || {
         let store = s.store()?;
@@ -702,9 +720,10 @@ pub async fn diff(
                     }
                 }
                 let Some(f) = found else {
-                    return Err(ApiError::NotFound(format!(
-                        "session {id} has no checkpoint before call {n} (no such call, or pruned)"
-                    )));
+                    return Err(ApiError::NoCheckpointBefore {
+                        session: id.clone(),
+                        call: n,
+                    });
                 };
                 (f, next)
             }

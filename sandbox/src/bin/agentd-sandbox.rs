@@ -188,7 +188,7 @@ fn parse_bind(spec: &str) -> Result<agentd_sandbox::plan::BindRo, String> {
 fn build_request(a: &SessionArgs) -> Result<RunRequest, String> {
     if let Some(fd) = a.plan_fd {
         let req: RunRequest = launch::read_request(fd).map_err(|e| e.to_string())?;
-        req.plan.validate()?;
+        req.plan.validate().map_err(|e| e.to_string())?;
         return Ok(req);
     }
     let (plan, bundle_cmd) = build_plan(a)?;
@@ -240,7 +240,7 @@ fn build_plan(a: &SessionArgs) -> Result<(SessionPlan, Option<Vec<String>>), Str
         ),
         None => None,
     };
-    plan.validate()?;
+    plan.validate().map_err(|e| e.to_string())?;
     Ok((plan, bundle_cmd))
 }
 
@@ -367,7 +367,7 @@ fn exec_request(
     if let Some(fd) = fd {
         return launch::read_request(fd);
     }
-    let state = state.ok_or_else(|| agentd_sandbox::Error::Plan("give --state".into()))?;
+    let state = state.ok_or(agentd_sandbox::Error::MissingFlag { flag: "--state" })?;
     let mut req = ExecRequest::new(state, cmd);
     req.cgroup = cgroup.map(Path::to_path_buf);
     req.pty = pty;
