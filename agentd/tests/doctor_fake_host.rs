@@ -45,7 +45,9 @@ impl Fake {
             "proc/sys/kernel/seccomp/actions_avail",
             "kill_process kill_thread trap errno user_notif trace log allow\n",
         );
-        f.write("proc/filesystems", "nodev\ttmpfs\nnodev\toverlay\n");
+        f.write("proc/filesystems", "nodev\ttmpfs\nnodev\toverlay\n\text4\n");
+        f.write("dev/loop-control", "");
+        f.write("usr/sbin/mkfs.ext4", "");
         f.write(
             "proc/pressure/memory",
             "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
@@ -356,11 +358,32 @@ fn memcg_ops_available_when_btf_has_them() {
 }
 
 #[test]
+fn no_loop_devices_or_mkfs_block_sessions_and_say_why() {
+    let f = Fake::unified();
+    assert_eq!(
+        status_of(&doctor::run(&f), "session_disk"),
+        Status::Available
+    );
+    f.remove("dev/loop-control");
+    let r = doctor::run(&f);
+    let c = r.check("session_disk").unwrap();
+    assert_eq!(c.status, Status::Missing);
+    assert!(c.detail.contains("/dev/loop-control"), "{}", c.detail);
+    assert!(!r.ready(), "sessions cannot start without their disk");
+    f.write("dev/loop-control", "");
+    f.remove("usr/sbin/mkfs.ext4");
+    let r = doctor::run(&f);
+    let c = r.check("session_disk").unwrap();
+    assert_eq!(c.status, Status::Missing);
+    assert!(c.detail.contains("mkfs.ext4"), "{}", c.detail);
+}
+
+#[test]
 fn json_report_has_every_row() {
     let report = doctor::run(&Fake::unified());
     let v: serde_json::Value = serde_json::to_value(&report).unwrap();
     assert_eq!(v["kernel"], "7.3.4-test");
-    assert_eq!(v["checks"].as_array().unwrap().len(), 11);
+    assert_eq!(v["checks"].as_array().unwrap().len(), 12);
     assert_eq!(v["checks"][2]["mechanism"], "cgroup2");
     assert_eq!(v["checks"][2]["status"], "available");
 }

@@ -82,7 +82,10 @@ pub const TABLE: &[Entry] = &[
     on("resources.memory", "cgctl (session memory.max)"),
     on("resources.cpu", "cgctl (session cpu.max)"),
     on("resources.pids", "cgctl (session pids.max)"),
-    off("resources.disk", "workspace disk quotas", "unset"),
+    on(
+        "resources.disk",
+        "agentd-sandbox (size of the session layer's disk image)",
+    ),
     on("resources.call", "cgctl (calls/<n> cgroup limits)"),
     on(
         "resources.priority",
@@ -99,7 +102,7 @@ pub const TABLE: &[Entry] = &[
     on("resources.max.call_timeout", "agentd-policy (host cap)"),
     on("resources.max.session_timeout", "agentd-policy (host cap)"),
     on("resources.max.priority", "agentd-policy (host cap)"),
-    off("resources.max.disk", "workspace disk quotas", "unset"),
+    on("resources.max.disk", "agentd-policy (host cap)"),
     on("intent", "cgctl via the tool-call runner (per-call limits)"),
     off("filesystem", "Landlock filesystem rules", "empty lists"),
     off("network.enabled", "the network proxy", "false"),
@@ -166,7 +169,7 @@ mod tests {
     #[test]
     fn lookup_takes_longest_prefix() {
         assert!(is_enforced("resources.max.memory"));
-        assert!(!is_enforced("resources.max.disk"));
+        assert!(is_enforced("resources.max.disk"));
         assert!(is_enforced("resources.call.memory"));
         assert!(!is_enforced("filesystem.read_only"));
         assert!(!is_enforced("filesystemx"));

@@ -221,6 +221,7 @@ pub struct Caps {
     pub call_memory: Option<Val<Size>>,
     pub call_timeout: Option<Val<Duration>>,
     pub session_timeout: Option<Val<Duration>>,
+    pub disk: Option<Val<Size>>,
     pub network_enabled: Option<Val<bool>>,
     pub network_allow: Option<Val<Vec<String>>>,
     pub priority: Option<Val<Priority>>,
@@ -255,6 +256,8 @@ pub struct Layer {
     pub memory: Option<Val<Size>>,
     pub cpu: Option<Val<Cpu>>,
     pub pids: Option<Val<u32>>,
+    /// The session layer's disk quota (`resources.disk`).
+    pub disk: Option<Val<Size>>,
     pub call: CallLayer,
     pub priority: Option<Val<Priority>>,
     pub pool: PoolLayer,
@@ -299,6 +302,7 @@ pub fn merge(a: &Layer, b: &Layer) -> Layer {
         memory: over(&a.memory, &b.memory),
         cpu: over(&a.cpu, &b.cpu),
         pids: over(&a.pids, &b.pids),
+        disk: over(&a.disk, &b.disk),
         call: merge_call(&a.call, &b.call),
         priority: over(&a.priority, &b.priority),
         pool: PoolLayer {
@@ -315,6 +319,7 @@ pub fn merge(a: &Layer, b: &Layer) -> Layer {
             call_memory: over(&a.caps.call_memory, &b.caps.call_memory),
             call_timeout: over(&a.caps.call_timeout, &b.caps.call_timeout),
             session_timeout: over(&a.caps.session_timeout, &b.caps.session_timeout),
+            disk: over(&a.caps.disk, &b.caps.disk),
             network_enabled: over(&a.caps.network_enabled, &b.caps.network_enabled),
             network_allow: over(&a.caps.network_allow, &b.caps.network_allow),
             priority: over(&a.caps.priority, &b.caps.priority),

@@ -70,6 +70,9 @@ pub struct EnvPlan {
     deny_m: Vec<GlobMatcher>,
 }
 
+/// The session disk quota when no layer sets `resources.disk` (and no host cap is lower).
+pub const DEFAULT_DISK_BYTES: u64 = 256 << 20;
+
 /// Session-wide part of the plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionPlan {
@@ -77,6 +80,10 @@ pub struct SessionPlan {
     pub cpu: Limit<Cpu>,
     pub pids: Limit<u32>,
     pub timeout: Limit<Duration>,
+    /// The session layer's disk quota, when a layer set one (the daemon's default
+    /// otherwise: docs/layer.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<Limit<Size>>,
     pub env: EnvPlan,
     /// Only the overlay workspace exists in this build.
     pub workspace: WorkspaceMode,
@@ -356,6 +363,16 @@ pub fn resolve_layers(stack: &[StackLayer<'_>]) -> (Option<Plan>, Vec<Diagnostic
     let s_cpu = clamp(cpu, &[host_cap(&caps.cpu)], &mut d);
     let s_pids = clamp(pids, &[host_cap(&caps.pids)], &mut d);
     let s_timeout = clamp(timeout, &[host_cap(&caps.session_timeout)], &mut d);
+    // No layer sets a disk: the default, unless the host caps it lower (then the cap).
+    let s_disk = match (&all.disk, &caps.disk) {
+        (Some(v), _) => Some(clamp(v, &[host_cap(&caps.disk)], &mut d)),
+        (None, Some(cap)) if cap.value.0 < DEFAULT_DISK_BYTES => Some(Limit {
+            value: cap.value,
+            from: cap.origin.clone(),
+            capped_by: None,
+        }),
+        (None, _) => None,
+    };
 
     let mem_caps = [
         host_cap(&caps.call_memory),
@@ -412,6 +429,7 @@ pub fn resolve_layers(stack: &[StackLayer<'_>]) -> (Option<Plan>, Vec<Diagnostic
             cpu: s_cpu,
             pids: s_pids,
             timeout: s_timeout,
+            disk: s_disk,
             env: EnvPlan {
                 allow_m: compile_globs(&env.value),
                 deny_m: compile_globs(&deny),

@@ -459,9 +459,7 @@ fn check_resources(cx: &mut Cx, r: &schema::Resources, layer: &mut Layer) {
     layer.memory = cx.opt(&r.memory, "resources.memory");
     layer.cpu = cx.opt(&r.cpu, "resources.cpu");
     layer.pids = cx.positive_pids(&r.pids, "resources.pids");
-    if let Some(d) = &r.disk {
-        cx.not_enforced(d.span(), "resources.disk");
-    }
+    layer.disk = check_disk(cx, &r.disk, "resources.disk");
     if let Some(c) = &r.call {
         layer.call = check_call(cx, c.get(), "resources.call");
     }
@@ -525,9 +523,6 @@ fn check_resources(cx: &mut Cx, r: &schema::Resources, layer: &mut Layer) {
     if let Some(m) = &r.max {
         cx.host_only(m.span(), "resources.max");
         let m = m.get();
-        if let Some(d) = &m.disk {
-            cx.not_enforced(d.span(), "resources.max.disk");
-        }
         layer.caps = Caps {
             memory: cx.opt(&m.memory, "resources.max.memory"),
             cpu: cx.opt(&m.cpu, "resources.max.cpu"),
@@ -536,10 +531,35 @@ fn check_resources(cx: &mut Cx, r: &schema::Resources, layer: &mut Layer) {
             call_timeout: cx.opt(&m.call_timeout, "resources.max.call_timeout"),
             session_timeout: cx.opt(&m.session_timeout, "resources.max.session_timeout"),
             priority: cx.opt(&m.priority, "resources.max.priority"),
+            disk: check_disk(cx, &m.disk, "resources.max.disk"),
             ..layer.caps.clone()
         };
     }
 }
+
+/// A disk size: at least what the session layer's image needs for its own filesystem.
+fn check_disk(cx: &mut Cx, v: &Option<L<Size>>, key: &str) -> Option<Val<Size>> {
+    if let Some(d) = v
+        && d.get().0 < DISK_MIN_BYTES
+    {
+        cx.err(
+            K::Invalid,
+            d.span(),
+            key,
+            format!(
+                "`{key} = {}` is below the minimum of 1 MiB (the session layer is a \
+                 filesystem image)",
+                d.get()
+            ),
+            Some("give a size like \"2GiB\"".into()),
+        );
+        return None;
+    }
+    cx.opt(v, key)
+}
+
+/// The smallest session disk (agentd_sandbox::disk::MIN_BYTES).
+pub const DISK_MIN_BYTES: u64 = 1 << 20;
 
 fn check_pool(cx: &mut Cx, p: &schema::Pool) -> crate::layer::PoolLayer {
     let out = crate::layer::PoolLayer {

@@ -260,6 +260,7 @@ fn layer() -> impl Strategy<Value = Layer> {
                 memory,
                 cpu: None,
                 pids,
+                disk: None,
                 call,
                 priority: None,
                 pool: Default::default(),

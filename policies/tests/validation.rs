@@ -340,15 +340,35 @@ fn network_allowlist_validated() {
 }
 
 #[test]
-fn workspace_disk_quota_not_enforced() {
-    let d = one_error("version = 1\n[resources]\ndisk = \"10GiB\"\n");
+fn workspace_disk_quota_resolves_within_the_host_cap() {
+    let p = plan("version = 1\n[resources]\ndisk = \"2GiB\"\n");
+    let disk = p.session.disk.as_ref().unwrap();
+    assert_eq!(disk.value.0, 2 << 30);
+    assert_eq!(disk.from.line, 3);
+    // No layer sets it: the default (the daemon's 256 MiB), unless the host caps lower.
+    assert!(plan("version = 1\n").session.disk.is_none());
+    let host = "version = 1\n[resources.max]\ndisk = \"64MiB\"\n";
+    let capped = load(Some(host), "version = 1\n", &[], &[]).unwrap();
+    assert_eq!(capped.session.disk.unwrap().value.0, 64 << 20);
+    let d = errors(Some(host), "version = 1\n[resources]\ndisk = \"10GiB\"\n");
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_diag(
+        &d[0],
+        K::ExceedsHostCap,
+        ".agentd/policy.toml:3:8",
+        "resources.max.disk",
+    );
+}
+
+#[test]
+fn workspace_disk_quota_below_a_filesystem_is_refused_at_its_line() {
+    let d = one_error("version = 1\n[resources]\ndisk = \"4KiB\"\n");
     assert_diag(
         &d,
-        K::NotEnforced,
+        K::Invalid,
         ".agentd/policy.toml:3:8",
-        "`resources.disk` is not enforced by this build",
+        "`resources.disk = 4KiB` is below the minimum of 1 MiB",
     );
-    assert!(d.hint.as_deref().unwrap().contains("workspace disk quotas"));
 }
 
 #[test]

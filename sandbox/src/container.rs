@@ -1,6 +1,6 @@
 //! The runtime's side of a session (runs as host root, in the daemon or the
-//! `agentd-sandbox` binary): prepares the state dir (a size-capped tmpfs holding the
-//! overlay's upper and work dirs), clones the container's first process into new
+//! `agentd-sandbox` binary): prepares the state dir (a quota-sized disk image holding the
+//! overlay's upper and work dirs, `/tmp` and `/home`: [`crate::disk`]), clones the container's first process into new
 //! namespaces with clone3 (optionally straight into a cgroup with CLONE_INTO_CGROUP, and
 //! with a pidfd), writes its uid/gid maps, hands it the plan, waits, and tears down.
 //!
@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MntFlags;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -29,27 +29,36 @@ use cgctl::clone3::{CLONE_INTO_CGROUP, CloneArgs};
 /// The fd on which the init receives the plan.
 pub const PLAN_FD: RawFd = 3;
 
-/// Creates the state dir: a tmpfs of `size_bytes` (the session's disk quota) with
-/// `upper/` (owned by the agent's host uid with the repo root's group and mode, so the
-/// merged workspace looks like the repo; the agent's uid is the repo's owner unless the
+/// Creates the state dir (owned by container root, 0700) and in it the session layer: an
+/// image of `size_bytes` (the session's disk quota, [`crate::disk`]) mounted at `layer/`,
+/// holding `upper/` (owned by the agent's host uid with the repo root's group and mode, so
+/// the merged workspace looks like the repo; the agent's uid is the repo's owner unless the
 /// caller chose another one for a root-owned repo, whose root the agent can then write),
-/// `work/` and `rootfs/` (owned by container root, which mounts the overlay).
+/// `work/`, and the container's `tmp/` and `home/`; then `rootfs/` (owned by container
+/// root, which mounts the overlay). On error nothing stays mounted.
 pub fn prepare_state(plan: &SessionPlan) -> Result<(), Error> {
+    let r = prepare_layer(plan);
+    if r.is_err() {
+        let _ = crate::disk::unmount(&plan.workspace.state);
+    }
+    r
+}
+
+fn prepare_layer(plan: &SessionPlan) -> Result<(), Error> {
     let ws = &plan.workspace;
     let root = plan.ids.root_host_id;
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&ws.state)
         .map_err(|e| Error::sys(format!("mkdir {}", ws.state.display()), e))?;
-    let data = format!("size={},mode=0700,uid={root},gid={root}", ws.size_bytes);
-    nix::mount::mount(
-        Some("tmpfs"),
-        &ws.state,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(data.as_str()),
-    )
-    .map_err(|e| Error::sys(format!("mount tmpfs on {}", ws.state.display()), e))?;
+    std::os::unix::fs::chown(&ws.state, Some(root), Some(root))
+        .map_err(|e| Error::sys(format!("chown {}", ws.state.display()), e))?;
+    crate::disk::create(&ws.state, ws.size_bytes)?;
+    let layer = crate::disk::layer_dir(&ws.state);
+    std::os::unix::fs::chown(&layer, Some(root), Some(root))
+        .map_err(|e| Error::sys(format!("chown {}", layer.display()), e))?;
+    std::fs::set_permissions(&layer, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::sys(format!("chmod {}", layer.display()), e))?;
     let repo_meta = std::fs::metadata(&ws.repo)
         .map_err(|e| Error::sys(format!("stat {}", ws.repo.display()), e))?;
     use std::os::unix::fs::MetadataExt;
@@ -68,6 +77,8 @@ pub fn prepare_state(plan: &SessionPlan) -> Result<(), Error> {
             repo_meta.mode() & 0o7777,
         ),
         (plan.work_dir(), root, root, 0o700),
+        (plan.layer_tmp_dir(), root, root, 0o1777),
+        (plan.layer_home_dir(), root, root, 0o755),
         (plan.rootfs_dir(), root, root, 0o755),
     ] {
         std::fs::create_dir(&dir).map_err(|e| Error::sys(format!("mkdir {}", dir.display()), e))?;
@@ -79,11 +90,14 @@ pub fn prepare_state(plan: &SessionPlan) -> Result<(), Error> {
     Ok(())
 }
 
-/// Unmounts and removes the state dir. Idempotent: a missing dir is fine.
+/// Unmounts the session layer and removes the state dir with its image. Idempotent: a
+/// missing dir is fine.
 pub fn destroy_state(state: &Path) -> Result<(), Error> {
     if !state.exists() {
         return Ok(());
     }
+    crate::disk::unmount(state)?;
+    // A state dir of an older build was a tmpfs itself.
     match nix::mount::umount2(state, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
         Err(e) => return Err(Error::sys(format!("umount {}", state.display()), e)),

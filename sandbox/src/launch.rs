@@ -105,7 +105,7 @@ impl ExecRequest {
     }
 }
 
-/// The default disk quota of a session (size of its state tmpfs).
+/// The default disk quota of a session (size of its layer image).
 pub const DEFAULT_DISK_BYTES: u64 = 256 << 20;
 /// The default host uid (= gid) container root maps to.
 pub const DEFAULT_ROOT_HOST_ID: u32 = 100_000;

@@ -9,6 +9,7 @@
 
 pub mod confine;
 pub mod container;
+pub mod disk;
 pub mod exec;
 pub mod fsrules;
 pub mod init;
@@ -174,6 +175,9 @@ pub enum Error {
         /// What it enforced.
         status: String,
     },
+    /// The session layer's disk image could not be set up.
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
 }
 
 /// What is wrong with a read-only bind's source.

@@ -114,6 +114,10 @@ fn apply_one(sys: &dyn Sys, step: &Step) -> std::io::Result<()> {
             target,
             create,
         } => bind_ro(sys, source, target, *create),
+        // A bind keeps the source mount's flags: the layer is mounted nosuid,nodev.
+        Step::Bind { source, target } => {
+            sys.mount(Some(source), target, None, MsFlags::MS_BIND, None)
+        }
         Step::Symlink { to, link } => sys.symlink(to, link),
         Step::Devpts { target } => {
             sys.mkdir_all(target, 0o755)?;
@@ -230,7 +234,7 @@ mod tests {
         );
         assert!(has("setattr-ro /st/rootfs true"));
         assert!(has(
-            "mount Some(\"overlay\") /st/rootfs/srv/repo Some(\"overlay\") MsFlags(MS_NOSUID | MS_NODEV) Some(\"lowerdir=/srv/repo,upperdir=/st/upper,workdir=/st/work,userxattr\")"
+            "mount Some(\"overlay\") /st/rootfs/srv/repo Some(\"overlay\") MsFlags(MS_NOSUID | MS_NODEV) Some(\"lowerdir=/srv/repo,upperdir=/st/layer/upper,workdir=/st/layer/work,userxattr\")"
         ));
         // kcore is a file: /dev/null bound over it; acpi a directory: empty ro tmpfs.
         assert!(has(
@@ -249,6 +253,16 @@ mod tests {
             .unwrap();
         assert_eq!(calls[b + 1], "setattr-ro /st/rootfs/proc/sys false");
         assert!(has("chown /st/rootfs/home/agent 1000"));
+        // /tmp and /home are the layer's (on the disk quota), /run a small tmpfs.
+        assert!(has(
+            "mount Some(\"/st/layer/tmp\") /st/rootfs/tmp None MsFlags(MS_BIND) None"
+        ));
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.starts_with("mount Some(\"tmpfs\") /st/rootfs/run ")
+                    && c.contains("size=67108864"))
+        );
         assert_eq!(calls.last().unwrap(), "pivot_root /st/rootfs");
     }
 

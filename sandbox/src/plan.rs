@@ -58,10 +58,11 @@ pub struct Workspace {
     pub repo: PathBuf,
     /// Where the merged view appears inside the container (default: the repo's own path).
     pub mount_at: PathBuf,
-    /// The session state dir on the host: a size-capped tmpfs holding `upper/`, `work/` and
-    /// `rootfs/` (the new root's mount point).
+    /// The session state dir on the host: the layer image `layer.img` mounted at `layer/`
+    /// (holding `upper/`, `work/`, `tmp/`, `home/`: [`crate::disk`]) and `rootfs/` (the new
+    /// root's mount point).
     pub state: PathBuf,
-    /// Size cap of the state tmpfs in bytes (the session's disk quota).
+    /// Size of the layer image in bytes (the session's disk quota).
     pub size_bytes: u64,
 }
 
@@ -229,6 +230,15 @@ pub const OCI_READ_ONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
+/// Bound of a writable tmpfs that is not on the session layer (`/run`, a bundle's tmpfs):
+/// it is memory, so it stays small whatever the disk quota.
+pub const MEMORY_TMPFS_BYTES: u64 = 64 << 20;
+
+/// `state/layer/upper` of a session state dir: the overlay's upper layer.
+pub fn upper_of(state: &Path) -> PathBuf {
+    crate::disk::layer_dir(state).join("upper")
+}
+
 /// Device nodes bound from the host into the minimal /dev.
 pub const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -320,13 +330,31 @@ impl SessionPlan {
         }
     }
 
-    /// `state/upper`: the overlay's upper layer (the session's changes).
+    /// `state/layer/upper`: the overlay's upper layer (the session's changes).
     pub fn upper_dir(&self) -> PathBuf {
-        self.workspace.state.join("upper")
+        upper_of(&self.workspace.state)
     }
-    /// `state/work`: overlayfs's work dir.
+    /// `state/layer/work`: overlayfs's work dir.
     pub fn work_dir(&self) -> PathBuf {
-        self.workspace.state.join("work")
+        crate::disk::layer_dir(&self.workspace.state).join("work")
+    }
+    /// `state/layer/tmp`: the container's `/tmp`, on the session's quota.
+    pub fn layer_tmp_dir(&self) -> PathBuf {
+        crate::disk::layer_dir(&self.workspace.state).join("tmp")
+    }
+    /// `state/layer/home`: the container's `/home`, on the session's quota.
+    pub fn layer_home_dir(&self) -> PathBuf {
+        crate::disk::layer_dir(&self.workspace.state).join("home")
+    }
+    /// The layer dir a plan tmpfs is replaced by (`/tmp`, `/home`), if any.
+    fn on_layer(&self, t: &Path) -> Option<PathBuf> {
+        if t == Path::new("/tmp") {
+            Some(self.layer_tmp_dir())
+        } else if t == Path::new("/home") {
+            Some(self.layer_home_dir())
+        } else {
+            None
+        }
     }
     /// `state/rootfs`: mount point of the new root (only ever mounted inside the container's
     /// mount namespace).
@@ -479,16 +507,25 @@ impl SessionPlan {
             },
         ];
         for t in &self.tmpfs {
+            // /tmp and /home are directories of the session layer (on its disk quota);
+            // any other writable tmpfs (/run: sockets, a bundle's) is memory, so it gets a
+            // small bound of its own.
+            if let Some(source) = self.on_layer(t) {
+                steps.push(Step::Bind {
+                    source,
+                    target: inside(t),
+                });
+                continue;
+            }
             let mode = if t == Path::new("/tmp") {
                 0o1777
             } else {
                 0o755
             };
-            // Memory-backed: capped like the workspace so /tmp is no way around the quota.
             steps.push(Step::Tmpfs {
                 target: inside(t),
                 mode,
-                size_bytes: Some(self.workspace.size_bytes),
+                size_bytes: Some(self.workspace.size_bytes.min(MEMORY_TMPFS_BYTES)),
                 read_only: false,
             });
         }
@@ -769,14 +806,14 @@ mod tests {
             "make-rprivate /".to_owned(),
             format!("rbind / {r}"),
             format!("read-only -R {r}"),
-            format!("tmpfs {r}/tmp mode=1777 size=67108864"),
+            format!("bind /var/lib/agentd/s1/layer/tmp {r}/tmp"),
             format!("tmpfs {r}/run mode=755 size=67108864"),
-            format!("tmpfs {r}/home mode=755 size=67108864"),
+            format!("bind /var/lib/agentd/s1/layer/home {r}/home"),
             format!("mkdir -p {r}/home/agent mode=700 owner=1000"),
             format!("mask {r}/var/lib/agentd/s1"),
             format!("mkdir -p {r}/srv/repo mode=755"),
             format!(
-                "overlay {r}/srv/repo lower=/srv/repo upper=/var/lib/agentd/s1/upper work=/var/lib/agentd/s1/work"
+                "overlay {r}/srv/repo lower=/srv/repo upper=/var/lib/agentd/s1/layer/upper work=/var/lib/agentd/s1/layer/work"
             ),
             format!("proc {r}/proc"),
             format!("tmpfs {r}/dev mode=755 size=65536"),
@@ -812,7 +849,7 @@ mod tests {
         let first_mask =
             pos(&|s| matches!(s, Step::Mask { target } if target.ends_with("proc/acpi")));
         let overlay = pos(&|s| matches!(s, Step::Overlay { .. }));
-        let tmp = pos(&|s| matches!(s, Step::Tmpfs { target, .. } if target.ends_with("tmp")));
+        let tmp = pos(&|s| matches!(s, Step::Bind { target, .. } if target.ends_with("tmp")));
         assert!(tmp < overlay && overlay < proc_at && proc_at < first_mask);
         assert!(matches!(steps.last(), Some(Step::PivotRoot { .. })));
         assert!(matches!(steps.first(), Some(Step::MakePrivate)));

@@ -78,6 +78,14 @@ pub enum Step {
         /// Create the destination (it is on the container's own tmpfs).
         create: bool,
     },
+    /// Bind a host directory writable (nosuid, nodev): the session layer's `tmp/` and
+    /// `home/` at /tmp and /home.
+    Bind {
+        /// Host directory.
+        source: PathBuf,
+        /// Destination (pre-pivot path; a mount point of the read-only root).
+        target: PathBuf,
+    },
     /// `ln -s to link`.
     Symlink {
         /// Link contents.
@@ -165,6 +173,9 @@ impl fmt::Display for Step {
                     write!(f, " create")?;
                 }
                 Ok(())
+            }
+            Step::Bind { source, target } => {
+                write!(f, "bind {} {}", source.display(), target.display())
             }
             Step::Symlink { to, link } => {
                 write!(f, "symlink {} -> {}", link.display(), to.display())

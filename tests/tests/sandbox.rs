@@ -113,7 +113,7 @@ fn sandbox_writes_to_the_repo_land_in_the_upper_layer() {
     assert!(out.contains("alpha\nchanged\n"));
     assert!(!out.contains("b.txt"));
     assert_eq!(snapshot(&f.repo), before, "the repo changed");
-    let upper = f.state.join("upper");
+    let upper = f.state.join("layer/upper");
     assert_eq!(
         fs::read_to_string(upper.join("a.txt")).unwrap(),
         "alpha\nchanged\n"
@@ -436,7 +436,7 @@ fn sandbox_git_and_builds_work_and_land_only_in_the_upper_layer() {
     assert!(out.contains("2\n"), "{out}");
     assert!(out.contains("built"));
     assert_eq!(snapshot(&f.repo), before, "the repo changed");
-    let upper = f.state.join("upper");
+    let upper = f.state.join("layer/upper");
     assert!(upper.join(".git/HEAD").exists());
     assert!(upper.join("hello").exists());
     destroy(&f);

@@ -512,12 +512,12 @@ fn sandbox_another_running_session_and_host_abstract_sockets_are_out_of_reach() 
     let mut addr = vec![0u8];
     addr.extend_from_slice(name.as_bytes());
     let sock = abstract_listener(&addr);
-    let before = snapshot(&a.join("upper"));
+    let before = snapshot(&a.join("layer/upper"));
     let a_state = a.display();
     let script = format!(
         "if ls {a_state} >/dev/null 2>&1; then echo LISTED-A; fi; \
-         if cat {a_state}/upper/a-secret 2>/dev/null; then echo READ-A; fi; \
-         if echo x > {a_state}/upper/planted 2>/dev/null; then echo WROTE-A; fi; \
+         if cat {a_state}/layer/upper/a-secret 2>/dev/null; then echo READ-A; fi; \
+         if echo x > {a_state}/layer/upper/planted 2>/dev/null; then echo WROTE-A; fi; \
          if cat {a_state}/session.json >/dev/null 2>&1; then echo READ-RECORD; fi; \
          if kill -0 {a_init} 2>/dev/null; then echo SIGNALLED-A; fi; \
          if grep -l secret-of-a /proc/*/environ /proc/*/cmdline 2>/dev/null; then echo SAW-A; fi; \
@@ -530,7 +530,7 @@ fn sandbox_another_running_session_and_host_abstract_sockets_are_out_of_reach() 
         "--- session B stdout\n{so}--- stderr\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let after = snapshot(&a.join("upper"));
+    let after = snapshot(&a.join("layer/upper"));
     // Stop A through exec, as the daemon would.
     let st = exec_cmd(&a, &["touch", "/tmp/stop"], None, false)
         .status()

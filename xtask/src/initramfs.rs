@@ -99,6 +99,9 @@ mount -t tracefs tracefs $R/sys/kernel/tracing || fail "tracefs"
 mount -t securityfs securityfs $R/sys/kernel/security || fail "securityfs"
 mount -t tmpfs -o mode=1777 tmp $R/tmp || fail "tmp"
 mount -t tmpfs -o mode=755 run $R/run || fail "run"
+# The scratch disk (vm.rs): the VM's only real disk, for state that must not be memory.
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.5; done
+mount -t ext4 /dev/vda $R/var/tmp || fail "mount the scratch disk /dev/vda on /var/tmp"
 # The workspace last: it may live under /tmp or /run, which the tmpfs mounts above would hide.
 mkdir -p "$R"{ws} && mount -t virtiofs work "$R"{ws} || fail "mount the workspace (virtiofs tag work)"
 ip link set lo up

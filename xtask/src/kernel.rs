@@ -42,11 +42,13 @@ impl Flavour {
 }
 
 /// Modules the VM init loads when the kernel builds them as modules, with their config symbol:
-/// overlayfs for workspaces, loop for size-capped workspace images, veth for network tests.
+/// overlayfs for workspaces, loop for the session layers' disk images, veth for network
+/// tests, virtio_blk for the VM's scratch disk (a real disk for those images).
 const MODULES: &[(&str, &str)] = &[
     ("overlay", "CONFIG_OVERLAY_FS"),
     ("loop", "CONFIG_BLK_DEV_LOOP"),
     ("veth", "CONFIG_VETH"),
+    ("virtio_blk", "CONFIG_VIRTIO_BLK"),
 ];
 
 /// The metapackage that names the current cloud kernel of a suite.
@@ -79,7 +81,10 @@ pub fn prepare(workspace: &Path, flavour: Flavour) -> Result<KernelImage> {
         .to_string();
     let dest = vm_dir.join("kernels").join(&kver);
     let stamp = dest.join("ready");
-    if !stamp.exists() {
+    // The stamp names the module set too: a kernel extracted for fewer modules is redone.
+    let names: Vec<&str> = MODULES.iter().map(|(m, _)| *m).collect();
+    let want = format!("{meta_version} {}", names.join(","));
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
         eprintln!(
             "vm: fetching kernel {kver} ({} {meta_version})",
             flavour.suite()
@@ -107,7 +112,7 @@ pub fn prepare(workspace: &Path, flavour: Flavour) -> Result<KernelImage> {
         }
         extract(&tree, &kver, &dest)?;
         fs::remove_dir_all(&tree)?;
-        fs::write(&stamp, &meta_version)?;
+        fs::write(&stamp, &want)?;
     }
     let order = fs::read_to_string(dest.join("modules.order")).unwrap_or_default();
     Ok(KernelImage {

@@ -44,6 +44,7 @@ pub fn run(
     let run_dir = RunDir::create(&payload.workspace.join("target/vm/runs"))?;
     let initrd = run_dir.0.join("initrd.cpio");
     std::fs::write(&initrd, initramfs::build(payload)?)?;
+    let scratch = scratch_disk(&run_dir.0)?;
 
     let virtiofsd = crate::deps::virtiofsd_path()?;
     if !virtiofsd.exists() {
@@ -61,7 +62,7 @@ pub fn run(
     ))?;
     wait_for_sockets(&[&root_sock, &work_sock], &mut children)?;
 
-    let mut qemu = qemu_cmd(cfg, payload, &initrd, &root_sock, &work_sock);
+    let mut qemu = qemu_cmd(cfg, payload, &initrd, &root_sock, &work_sock, &scratch);
     qemu.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -151,12 +152,42 @@ fn virtiofsd_cmd(bin: &Path, socket: &Path, dir: &Path, readonly: bool) -> Comma
     c
 }
 
+/// Size of the VM's scratch disk (a sparse file: only what the tests write takes room).
+const SCRATCH_BYTES: u64 = 16 << 30;
+
+/// The VM's scratch disk: a sparse ext4 image in the run dir (removed with it), mounted at
+/// `/var/tmp` in the VM. Everything else in the VM is memory; tests that need a real disk
+/// (session layers whose pages must be page cache, not shmem) put their state there.
+fn scratch_disk(run_dir: &Path) -> Result<PathBuf> {
+    let path = run_dir.join("scratch.img");
+    let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(SCRATCH_BYTES)?;
+    drop(f);
+    let st = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+        ])
+        .arg(&path)
+        .status()
+        .context("mkfs.ext4 (e2fsprogs) for the VM's scratch disk")?;
+    if !st.success() {
+        bail!("mkfs.ext4 {} failed: {st}", path.display());
+    }
+    Ok(path)
+}
+
 fn qemu_cmd(
     cfg: &VmConfig,
     payload: &Payload<'_>,
     initrd: &Path,
     root_sock: &Path,
     work_sock: &Path,
+    scratch: &Path,
 ) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     let mem = format!("{}M", cfg.memory_mib);
@@ -186,6 +217,15 @@ fn qemu_cmd(
             &format!("vhost-user-fs-pci,chardev={id},tag={tag}"),
         ]);
     }
+    c.args([
+        "-drive",
+        &format!(
+            "file={},if=none,id=scratch,format=raw,cache=unsafe",
+            scratch.display()
+        ),
+        "-device",
+        "virtio-blk-pci,drive=scratch",
+    ]);
     c.arg("-kernel").arg(&payload.kernel.vmlinuz);
     c.arg("-initrd").arg(initrd);
     let loglevel = if cfg.verbose {

@@ -1,5 +1,6 @@
-//! Every doctor row except cgroups and Landlock: namespaces, seccomp, overlayfs, sched_ext,
-//! BPF, BPF LSM, memcg BPF struct_ops, PSI, clone3 CLONE_INTO_CGROUP.
+//! Every doctor row except cgroups and Landlock: namespaces, seccomp, overlayfs, the
+//! session disk, sched_ext, BPF, BPF LSM, memcg BPF struct_ops, PSI, clone3
+//! CLONE_INTO_CGROUP.
 
 use std::path::Path;
 
@@ -16,6 +17,7 @@ pub(super) fn all(host: &dyn Host) -> Vec<Check> {
         cgroup::check(host),
         clone_into_cgroup(host),
         overlayfs(host),
+        session_disk(host),
         super::landlock::check(host.landlock_abi()),
         psi(host),
         sched_ext(host),
@@ -172,6 +174,50 @@ fn overlayfs(host: &dyn Host) -> Check {
             "overlayfs is neither registered in /proc/filesystems nor available as a module".into(),
             "use a kernel with CONFIG_OVERLAY_FS (or install its modules package)",
         ),
+    }
+}
+
+/// The session layer's disk (`agentd_sandbox::disk`): a sparse ext4 image per session on a
+/// loop device. Without it every session is refused, so it is required.
+fn session_disk(host: &dyn Host) -> Check {
+    let c = row("session_disk", true);
+    let Some(mkfs) = agentd_sandbox::disk::MKFS.iter().find(|p| host.exists(p)) else {
+        return missing(
+            c,
+            format!(
+                "no mkfs.ext4 (looked in {}): session layers are ext4 images",
+                agentd_sandbox::disk::MKFS.join(", ")
+            ),
+            "install e2fsprogs",
+        );
+    };
+    if !host.exists("/dev/loop-control") {
+        return missing(
+            c,
+            "no /dev/loop-control: session layers are images on loop devices".into(),
+            "load the loop module (modprobe loop) or use a kernel with CONFIG_BLK_DEV_LOOP",
+        );
+    }
+    let filesystems = host.read("/proc/filesystems").unwrap_or_default();
+    let ext4 = filesystems
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("ext4"))
+        || host.exists(&format!(
+            "/lib/modules/{}/kernel/fs/ext4",
+            host.kernel_release()
+        ));
+    if !ext4 {
+        return missing(
+            c,
+            "ext4 is neither registered in /proc/filesystems nor available as a module".into(),
+            "use a kernel with CONFIG_EXT4_FS",
+        );
+    }
+    Check {
+        detail: format!(
+            "a sparse ext4 image per session (its disk quota) on a loop device; {mkfs}"
+        ),
+        ..c
     }
 }
 

@@ -25,9 +25,14 @@ pub const SHIM_IN_CONTAINER: &str = "/run/agentd/bin/agentd-shim";
 /// The shim socket's path as the agent sees it (`$AGENTD_SHIM_SOCKET`).
 pub const SOCKET_IN_CONTAINER: &str = "/run/agentd-shim.sock";
 
-/// The session's disk quota (size of its state tmpfs): `resources.disk` is not enforced
-/// by this build (policy check refuses it), so every session gets this.
-pub const DISK_BYTES: u64 = 256 << 20;
+/// The session's disk quota (size of its layer image) when the policy sets none.
+pub const DISK_BYTES: u64 = agentd_policy::plan::DEFAULT_DISK_BYTES;
+
+/// The session's disk quota: `resources.disk` (within `resources.max.disk`), else
+/// [`DISK_BYTES`].
+pub fn disk_bytes(plan: &Plan) -> u64 {
+    plan.session.disk.as_ref().map_or(DISK_BYTES, |l| l.value.0)
+}
 
 /// Host uid (= gid) container root maps to (unprivileged, never 0).
 pub const CONTAINER_ROOT_HOST_ID: u32 = 100_000;
@@ -53,7 +58,7 @@ pub fn sandbox_plan(plan: &Plan, cx: &SessionContext) -> SessionPlan {
     let mut p = SessionPlan::new(
         &cx.workspace,
         &cx.state,
-        DISK_BYTES,
+        disk_bytes(plan),
         cx.agent_uid,
         CONTAINER_ROOT_HOST_ID,
     );

@@ -152,7 +152,7 @@ impl Sess {
             id: id.to_owned(),
             workspace: workspace.to_path_buf(),
             store_dir: store_dir(&d.cfg.state_dir, id),
-            upper: d.cfg.state_dir.join("sessions").join(id).join("upper"),
+            upper: agentd_sandbox::plan::upper_of(&d.cfg.state_dir.join("sessions").join(id)),
             live: d.live(id),
         }
     }
@@ -528,7 +528,7 @@ pub fn session_ended(state_dir: &Path, id: &str, workspace: &Path) {
         id: id.to_owned(),
         workspace: workspace.to_path_buf(),
         store_dir: store_dir(state_dir, id),
-        upper: st.join("upper"),
+        upper: agentd_sandbox::plan::upper_of(&st),
         live: None,
     };
     if s.upper.is_dir() {
@@ -587,7 +587,16 @@ pub fn recover_all(d: &Daemon, live: &[String]) {
                 }
             }
         }
-        if !live.contains(&row.id) && s.upper.is_dir() {
+        if live.contains(&row.id) {
+            continue;
+        }
+        // A session the host went down with (reboot, power loss): its layer image is
+        // still in its state dir, not mounted. Mount it to take its final checkpoint.
+        let st = d.cfg.state_dir.join("sessions").join(&row.id);
+        if let Err(e) = agentd_sandbox::disk::mount_existing(&st) {
+            super::log::error(&format!("the layer of session {}: {e}", row.id));
+        }
+        if s.upper.is_dir() {
             session_ended(&d.cfg.state_dir, &row.id, &row.workspace);
         }
     }

@@ -31,10 +31,10 @@ struct SessionArgs {
     /// The repo: the overlay's read-only lower layer, mounted at the same path inside.
     #[arg(long, required_unless_present = "plan_fd")]
     workspace: Option<PathBuf>,
-    /// The session state dir (created; must not exist): a tmpfs holding the upper layer.
+    /// The session state dir (created; must not exist): holds the layer image (upper layer, /tmp, /home).
     #[arg(long, required_unless_present = "plan_fd")]
     state: Option<PathBuf>,
-    /// Disk quota of the session (size of the state tmpfs): 256M, 1GiB, 4096K or bytes
+    /// Disk quota of the session (size of its layer image): 256M, 1GiB, 4096K or bytes
     /// (K/M/G = KiB/MiB/GiB; KB/MB/GB are 1000-based, as in policies).
     #[arg(long, default_value = "256M")]
     disk_size: String,

@@ -70,9 +70,15 @@ impl Daemon {
 
     /// The fixture, without a daemon yet.
     pub fn new() -> Daemon {
+        Daemon::new_in("/tmp")
+    }
+
+    /// The fixture with its state dir (and repo) under `parent`: `/var/tmp` is the test
+    /// VM's scratch disk, for tests whose session layers must be on a real disk.
+    pub fn new_in(parent: &str) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("agentd-daemon-")
-            .tempdir_in("/tmp")
+            .tempdir_in(parent)
             .unwrap();
         let root = dir.path().to_path_buf();
         // uid 1000 must reach the socket; container root must reach the session state.
