@@ -134,39 +134,42 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd), Error> {
     Ok((master, unsafe { OwnedFd::from_raw_fd(peer) }))
 }
 
-fn spawn_inner(req: &ExecRequest, io: Io) -> Result<(ExecChild, Option<OwnedFd>), Error> {
-    use cgctl::clone3::{CLONE_INTO_CGROUP, CLONE_PIDFD, CloneArgs};
-    req.validate()?;
-    let argv = &req.argv;
-    // Opened before joining the mount namespace, where the cgroup tree is read-only.
-    let cg = match &req.cgroup {
-        Some(p) => Some(
-            std::fs::File::open(p).map_err(|e| Error::sys(format!("open {}", p.display()), e))?,
-        ),
-        None => None,
-    };
-    let cgroup: Option<BorrowedFd<'_>> = cg.as_ref().map(|f| f.as_fd());
-    let rec = read_record(&req.state)?;
-    let plan = rec.plan;
-    let pidfd = pidfd_open(rec.init_pid)?;
-    let flags = crate::container::clone_flags(&plan) as libc::c_int;
-    // The cgroup namespace is joined by the child after clone3: CLONE_INTO_CGROUP checks
-    // the target against the caller's cgroup namespace, and the call cgroup need not lie
-    // under the session init's cgroup-namespace root.
-    let ns_now = flags & !libc::CLONE_NEWCGROUP;
-    // SAFETY: setns with a valid pidfd and namespace flags; it changes only this process.
-    if unsafe { libc::setns(pidfd.as_raw_fd(), ns_now) } < 0 {
-        return Err(Error::sys(
-            "setns into the session",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let confinement = Confinement {
+/// What one command's exec needs, built before any fork (the child must not allocate
+/// more than the confinement itself does): the exec candidates for argv[0] (execvp's
+/// search over the session's PATH), argv, the environment (the session's, then the
+/// request's), the working directory and the agent's confinement. The one builder for
+/// `exec` and the call spawner, so both start a command exactly alike.
+#[derive(Debug)]
+pub struct Prepared {
+    candidates: Vec<CString>,
+    args: Vec<CString>,
+    envs: Vec<CString>,
+    cwd: CString,
+    confinement: Confinement,
+    /// argv[0], for errors.
+    program: String,
+}
+
+/// The agent's confinement of `plan`, its seccomp program compiled as `seccomp` (the
+/// spawner compiles it once per session, `exec` once per command).
+pub fn confinement(plan: &SessionPlan, seccomp: Vec<u8>) -> Confinement {
+    Confinement {
         agent_id: plan.ids.agent_id,
         rlimits: plan.rlimits.clone(),
         landlock: plan.effective_landlock(),
-        seccomp: crate::seccomp::compile(&crate::seccomp::build(&plan.seccomp)?)?,
-    };
+        seccomp,
+    }
+}
+
+/// The compiled seccomp program of `plan`.
+pub fn compile_seccomp(plan: &SessionPlan) -> Result<Vec<u8>, Error> {
+    crate::seccomp::compile(&crate::seccomp::build(&plan.seccomp)?)
+}
+
+/// Prepares `req` for the session of `plan` (see [`Prepared`]).
+pub fn prepare(plan: &SessionPlan, req: &ExecRequest, seccomp: Vec<u8>) -> Result<Prepared, Error> {
+    req.validate()?;
+    let argv = &req.argv;
     let cstr = |s: &str| CString::new(s).map_err(Error::nul);
     let args: Vec<CString> = argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
     let mut env = plan.env.clone();
@@ -190,14 +193,41 @@ fn spawn_inner(req: &ExecRequest, io: Io) -> Result<(ExecChild, Option<OwnedFd>)
         .as_ref()
         .or(plan.cwd.as_ref())
         .unwrap_or(&plan.workspace.mount_at);
-    let cwd = cstr(&cwd.to_string_lossy())?;
-    let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
-        v.iter()
-            .map(|c| c.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect()
+    Ok(Prepared {
+        candidates,
+        args,
+        envs,
+        cwd: cstr(&cwd.to_string_lossy())?,
+        confinement: confinement(plan, seccomp),
+        program: argv[0].clone(),
+    })
+}
+
+fn spawn_inner(req: &ExecRequest, io: Io) -> Result<(ExecChild, Option<OwnedFd>), Error> {
+    req.validate()?;
+    // Opened before joining the mount namespace, where the cgroup tree is read-only.
+    let cg = match &req.cgroup {
+        Some(p) => Some(
+            std::fs::File::open(p).map_err(|e| Error::sys(format!("open {}", p.display()), e))?,
+        ),
+        None => None,
     };
-    let (argp, envp) = (ptrs(&args), ptrs(&envs));
+    let rec = read_record(&req.state)?;
+    let plan = rec.plan;
+    let pidfd = pidfd_open(rec.init_pid)?;
+    let flags = crate::container::clone_flags(&plan) as libc::c_int;
+    // The cgroup namespace is joined by the child after clone3: CLONE_INTO_CGROUP checks
+    // the target against the caller's cgroup namespace, and the call cgroup need not lie
+    // under the session init's cgroup-namespace root.
+    let ns_now = flags & !libc::CLONE_NEWCGROUP;
+    // SAFETY: setns with a valid pidfd and namespace flags; it changes only this process.
+    if unsafe { libc::setns(pidfd.as_raw_fd(), ns_now) } < 0 {
+        return Err(Error::sys(
+            "setns into the session",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let prepared = prepare(&plan, req, compile_seccomp(&plan)?)?;
     // The pty comes from the session's devpts (we are in its mount namespace now).
     let (stdio, master, tty) = match io {
         Io::Fds(stdio) => (stdio, None, false),
@@ -216,6 +246,41 @@ fn spawn_inner(req: &ExecRequest, io: Io) -> Result<(ExecChild, Option<OwnedFd>)
             (fds, Some(master), true)
         }
     };
+    let child = start_in_session(
+        &prepared,
+        pidfd.as_fd(),
+        flags & libc::CLONE_NEWCGROUP != 0,
+        cg.as_ref().map(|f| f.as_fd()),
+        stdio,
+        tty,
+    )?;
+    Ok((child, master))
+}
+
+/// Starts a prepared command from a process already in the session's namespaces (all but
+/// the cgroup one): clone3 `CLONE_PIDFD`, with `CLONE_INTO_CGROUP` into `cgroup` when
+/// given, so it never runs outside its call cgroup; the child joins the session's cgroup
+/// namespace (through `init`, the init's pidfd) when `join_cgroup_ns`, installs `stdio`,
+/// starts a session of its own (with `tty`: the pty on stdin becomes its controlling
+/// terminal), changes to the working directory, applies the agent's confinement and
+/// execs. Returns once the exec succeeded (a failure before it comes back as the errno).
+/// The caller must be single-threaded.
+pub fn start_in_session(
+    p: &Prepared,
+    init: BorrowedFd<'_>,
+    join_cgroup_ns: bool,
+    cgroup: Option<BorrowedFd<'_>>,
+    stdio: ExecStdio,
+    tty: bool,
+) -> Result<ExecChild, Error> {
+    use cgctl::clone3::{CLONE_INTO_CGROUP, CLONE_PIDFD, CloneArgs};
+    let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
+        v.iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let (argp, envp) = (ptrs(&p.args), ptrs(&p.envs));
     // Sources moved above 2 first, so dup2 onto 0..2 never clobbers another source.
     let mut high: [Option<OwnedFd>; 3] = [None, None, None];
     for (i, fd) in stdio.into_iter().enumerate() {
@@ -245,7 +310,7 @@ fn spawn_inner(req: &ExecRequest, io: Io) -> Result<(ExecChild, Option<OwnedFd>)
         args3.cgroup = cg.as_raw_fd() as u64;
     }
     // SAFETY: fork-like clone3 (no CLONE_VM, no stack) of this single-threaded process;
-    // `child_pidfd` outlives the call. The child never returns from `exec_child`.
+    // `child_pidfd` outlives the call. The child never returns from its branch.
     let pid = unsafe { cgctl::clone3::clone3(&mut args3) }
         .map_err(|e| Error::sys("clone3 into the session", e))?;
     if pid == 0 {
@@ -261,9 +326,7 @@ fn spawn_inner(req: &ExecRequest, io: Io) -> Result<(ExecChild, Option<OwnedFd>)
         // SAFETY: we are the fork-like child of a single-threaded process: setns, dup2 and
         // chdir act on this process only, on descriptors and strings prepared above.
         unsafe {
-            if flags & libc::CLONE_NEWCGROUP != 0
-                && libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWCGROUP) < 0
-            {
+            if join_cgroup_ns && libc::setns(init.as_raw_fd(), libc::CLONE_NEWCGROUP) < 0 {
                 fail(errno());
             }
             for (target, fd) in high.iter().enumerate() {
@@ -279,11 +342,11 @@ fn spawn_inner(req: &ExecRequest, io: Io) -> Result<(ExecChild, Option<OwnedFd>)
             if libc::setsid() < 0 || (tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0) {
                 fail(errno());
             }
-            if libc::chdir(cwd.as_ptr()) < 0 {
+            if libc::chdir(p.cwd.as_ptr()) < 0 {
                 fail(errno());
             }
         }
-        if let Err(e) = confinement.apply() {
+        if let Err(e) = p.confinement.apply() {
             eprintln!("agentd-sandbox: confining the command: {e}");
             fail(match &e {
                 Error::Sys { source, .. } => source.raw_os_error().unwrap_or(libc::EPERM),
@@ -291,7 +354,7 @@ fn spawn_inner(req: &ExecRequest, io: Io) -> Result<(ExecChild, Option<OwnedFd>)
             });
         }
         let mut last = libc::ENOENT;
-        for exe in &candidates {
+        for exe in &p.candidates {
             // SAFETY: execve with NUL-terminated strings and pointer arrays built above.
             unsafe { libc::execve(exe.as_ptr(), argp.as_ptr(), envp.as_ptr()) };
             let e = errno();
@@ -318,11 +381,11 @@ fn spawn_inner(req: &ExecRequest, io: Io) -> Result<(ExecChild, Option<OwnedFd>)
     if let Some(errno) = status {
         let _ = nix::sys::wait::waitpid(child.pid, None);
         return Err(Error::sys(
-            format!("starting {}", argv[0]),
+            format!("starting {}", p.program),
             std::io::Error::from_raw_os_error(errno),
         ));
     }
-    Ok((child, master))
+    Ok(child)
 }
 
 /// Runs `req` in its session (see [`spawn`]) with the caller's stdio, or on a pty when

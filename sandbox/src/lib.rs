@@ -21,6 +21,7 @@ pub mod plan;
 pub mod pty;
 pub mod rights;
 pub mod seccomp;
+pub mod spawner;
 pub mod step;
 pub mod sys;
 

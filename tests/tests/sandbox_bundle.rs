@@ -149,7 +149,7 @@ fn sandbox_bundle_root_runs_the_config_process_confined_and_refuses_weakening_fi
     assert!(out.contains("SYS-OK") && out.contains("finished"), "{out}");
     assert_eq!(snapshot(&f.repo), before, "the repo changed");
     assert_eq!(
-        fs::read_to_string(f.state.join("upper/a.txt")).unwrap(),
+        fs::read_to_string(f.state.join("layer/upper/a.txt")).unwrap(),
         "alpha\nedit\n"
     );
     assert_eq!(snapshot(&b.dir), rootfs_before, "the bundle changed");

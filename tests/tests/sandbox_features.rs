@@ -497,7 +497,7 @@ fn sandbox_another_running_session_and_host_abstract_sockets_are_out_of_reach() 
     .spawn()
     .unwrap();
     let t = Instant::now();
-    while !a.join("upper/a-secret").exists() || !a.join("session.json").exists() {
+    while !a.join("layer/upper/a-secret").exists() || !a.join("session.json").exists() {
         assert!(
             t.elapsed() < Duration::from_secs(60),
             "session A did not start"

@@ -1,8 +1,9 @@
 //! Tool calls from outside: `POST /v1/sessions/{id}/calls` gives the call its own
 //! `calls/<n>` cgroup with the limits the policy resolves for its argv and declared intent
 //! (an intent only lowers them), runs it inside the session container with
-//! `agentd-sandbox exec` and an `ExecRequest` (argv, cwd, env, cgroup `calls/<n>`; see
-//! `sessions` for why the binary), enforces
+//! an `ExecRequest` (argv, cwd, env, cgroup `calls/<n>`), handed to the session's call
+//! spawner when its runtime started one (`spawn`, one exec per call) or else to
+//! `agentd-sandbox exec --request-fd 3` (see `sessions` for why the binary), enforces
 //! the timeout by killing the call's cgroup, and returns the exit status, the buffered
 //! output and cgctl's report; the journal keeps the call and its report. Every call, from
 //! here, from the shim or re-adopted, ends through [`finish`].
@@ -51,7 +52,7 @@ fn exec_request(live: &Live, req: &CallRequest) -> Result<ExecRequest, ApiError>
 }
 
 /// Where a call's output goes as it comes: the stream of a `?stream=true` request.
-type Events = Option<mpsc::Sender<StreamEvent>>;
+pub(super) type Events = Option<mpsc::Sender<StreamEvent>>;
 
 /// `POST /v1/sessions/{id}/calls`: answers with the finished call; with `?stream=true`, an
 /// NDJSON stream of its output as it comes, then the finished call (`{"call":…}`). The call
@@ -148,7 +149,14 @@ async fn run_call(
         // The call's number, before any output: what a client needs to kill it.
         let _ = tx.send(StreamEvent::Started(Box::new(info.clone()))).await;
     }
-    let (exit, timed_out) = match run_in_sandbox(d, &exec, info.limits.timeout_s, events).await {
+    // The fast path when the session's runtime started a call spawner (docs/spawner.md):
+    // one fork+exec straight into `calls/<n>`; else an `agentd-sandbox exec` per call.
+    let ran = if super::spawn::available(live) {
+        super::spawn::run(&exec, info.limits.timeout_s, events).await
+    } else {
+        run_in_sandbox(d, &exec, info.limits.timeout_s, events).await
+    };
+    let (exit, timed_out) = match ran {
         Ok(o) => (
             Exit::Waited {
                 code: o.code,
@@ -212,11 +220,11 @@ pub async fn wait_empty(call: &cgctl::Call, deadline: u64, period: Duration) -> 
     false
 }
 
-struct Outcome {
-    code: Option<i32>,
-    timed_out: bool,
-    stdout: String,
-    stderr: String,
+pub(super) struct Outcome {
+    pub(super) code: Option<i32>,
+    pub(super) timed_out: bool,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
 }
 
 /// The runner of calls from outside: `agentd-sandbox exec` with the request, its output
@@ -272,11 +280,15 @@ async fn run_in_sandbox(
 /// Reads the call's stdout and stderr until both end: forwards each piece as it comes to
 /// `events` (while its receiver listens) and keeps the first [`OUTPUT_CAP`] bytes of each
 /// for the answer (the call is never slowed by the cap).
-async fn pump(
-    stdout: Option<tokio::process::ChildStdout>,
-    stderr: Option<tokio::process::ChildStderr>,
+pub(super) async fn pump<O, E>(
+    stdout: Option<O>,
+    stderr: Option<E>,
     mut events: Events,
-) -> [Vec<u8>; 2] {
+) -> [Vec<u8>; 2]
+where
+    O: tokio::io::AsyncRead + Unpin,
+    E: tokio::io::AsyncRead + Unpin,
+{
     use tokio::io::AsyncReadExt;
     let mut kept = [Vec::new(), Vec::new()];
     let mut carry = [Utf8Carry::default(), Utf8Carry::default()];

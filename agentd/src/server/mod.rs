@@ -18,6 +18,7 @@ pub mod net;
 pub mod require;
 pub mod sessions;
 pub mod shim;
+pub mod spawn;
 pub mod stats;
 pub mod stream;
 pub mod systemd;

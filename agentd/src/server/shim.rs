@@ -181,27 +181,30 @@ pub fn socket_path(init_pid: i32) -> PathBuf {
     PathBuf::from(format!("/proc/{init_pid}/root{SOCKET_IN_CONTAINER}"))
 }
 
-/// Binds the socket on the container's /run. A new inode on that tmpfs must be owned by an
-/// id mapped in the container's user namespace (host root is not: EOVERFLOW), so the bind
-/// runs on a short-lived thread whose filesystem ids are those of /run's owner (container
-/// root); fsuid/fsgid are per thread, so the rest of the daemon keeps root's. The directory
-/// is opened as root first and reached through our own /proc/self/fd, so the switched ids
-/// need no access to the init's /proc entry.
-fn bind_in_container(init_pid: i32) -> std::io::Result<std::os::unix::net::UnixListener> {
+/// Runs `f` with the path of the container's /run on a short-lived thread whose filesystem
+/// ids are those of /run's owner (container root). A new inode on that tmpfs (the bind), or
+/// a rename there, needs ids mapped in the container's user namespace (host root is not:
+/// EOVERFLOW); fsuid/fsgid are per thread, so the rest of the daemon keeps root's. The
+/// directory is opened as root first and reached through our own /proc/self/fd, so the
+/// switched ids need no access to the init's /proc entry.
+fn as_run_owner<T: Send + 'static>(
+    init_pid: i32,
+    f: impl FnOnce(&str) -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
     let dir = std::fs::File::open(format!("/proc/{init_pid}/root/run"))?;
     let md = dir.metadata()?;
     let (uid, gid) = (md.uid(), md.gid());
-    let path = format!("/proc/self/fd/{}/agentd-shim.sock", dir.as_raw_fd());
+    let path = format!("/proc/self/fd/{}", dir.as_raw_fd());
     std::thread::spawn(move || {
         // SAFETY: setfsgid/setfsuid change only this thread's filesystem ids; they cannot
-        // fail in a way that matters here (the bind below reports any access problem).
+        // fail in a way that matters here (`f` reports any access problem).
         unsafe {
             libc::setfsgid(gid);
             libc::setfsuid(uid);
         }
-        let r = std::os::unix::net::UnixListener::bind(&path);
+        let r = f(&path);
         // SAFETY: as above, back to root's ids (restores the fs capabilities) before exit.
         unsafe {
             libc::setfsuid(0);
@@ -211,7 +214,7 @@ fn bind_in_container(init_pid: i32) -> std::io::Result<std::os::unix::net::UnixL
         r
     })
     .join()
-    .map_err(|_| std::io::Error::other("the bind thread panicked"))?
+    .map_err(|_| std::io::Error::other("the container /run thread panicked"))?
 }
 
 /// Binds the session's shim socket inside its container (owned by the agent's host uid,
@@ -224,19 +227,45 @@ pub fn listen(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<PathBu
         path: path.clone(),
         source,
     };
-    match std::fs::remove_file(&path) {
+    // Bound at a temporary name, given to the agent, then renamed over the path the agent
+    // knows: a shim retrying while a new daemon rebinds (re-adoption) finds either the old,
+    // refusing socket (it retries) or the finished one, never a missing or root-owned one
+    // (ENOENT or EACCES, which it takes for a refusal and runs outside any call cgroup).
+    let tmp_name = "agentd-shim.sock.new";
+    let tmp = path.with_file_name(tmp_name);
+    match std::fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ierr("shim socket: remove stale", e)),
+        Err(e) => {
+            return Err(ApiError::Io {
+                what: "shim socket: remove stale",
+                path: tmp.clone(),
+                source: e,
+            });
+        }
     }
-    let l = bind_in_container(init_pid).map_err(|e| ierr("shim socket: bind", e))?;
+    let terr = |what: &'static str, source| ApiError::Io {
+        what,
+        path: tmp.clone(),
+        source,
+    };
+    let l = as_run_owner(init_pid, move |run| {
+        std::os::unix::net::UnixListener::bind(format!("{run}/{tmp_name}"))
+    })
+    .map_err(|e| terr("shim socket: bind", e))?;
     l.set_nonblocking(true)
-        .map_err(|e| ierr("shim socket: set_nonblocking", e))?;
-    let l = tokio::net::UnixListener::from_std(l).map_err(|e| ierr("shim socket: register", e))?;
-    std::os::unix::fs::chown(&path, Some(live.agent_uid), Some(live.agent_uid))
-        .map_err(|e| ierr("shim socket: chown", e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| ierr("shim socket: chmod", e))?;
+        .map_err(|e| terr("shim socket: set_nonblocking", e))?;
+    let l = tokio::net::UnixListener::from_std(l).map_err(|e| terr("shim socket: register", e))?;
+    std::os::unix::fs::chown(&tmp, Some(live.agent_uid), Some(live.agent_uid))
+        .map_err(|e| terr("shim socket: chown", e))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| terr("shim socket: chmod", e))?;
+    let final_name = "agentd-shim.sock";
+    debug_assert!(SOCKET_IN_CONTAINER.ends_with(final_name));
+    as_run_owner(init_pid, move |run| {
+        std::fs::rename(format!("{run}/{tmp_name}"), format!("{run}/{final_name}"))
+    })
+    .map_err(|e| ierr("shim socket: rename into place", e))?;
     let app = Router::new()
         .route(&crate::routes::SHIM_CALLS.template(), post(shim_call))
         .route(&crate::routes::SHIM_EXIT.template(), post(shim_exit))

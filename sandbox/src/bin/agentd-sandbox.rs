@@ -1,6 +1,8 @@
-//! `agentd-sandbox`: run a command in a session container (`run`), print a session's plan
-//! and mount steps (`plan`), remove a kept session's state (`destroy`); `init` is internal
-//! (the container's PID 1, re-executed by `run`).
+//! `agentd-sandbox`: run a command in a session container (`run`, which also starts the
+//! session's call spawner), run a command in a running session (`exec`: its own namespace
+//! joins; `call`: through the session's spawner, one fork+exec), print a session's plan and
+//! mount steps (`plan`), remove a kept session's state (`destroy`); `init` is internal (the
+//! container's PID 1, re-executed by `run`).
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -103,6 +105,30 @@ enum Cmd {
         /// Give the command a pty of the session (stdin/stdout relayed) instead of our stdio.
         #[arg(long)]
         pty: bool,
+        /// The command.
+        #[arg(last = true, required_unless_present = "request_fd")]
+        cmd: Vec<String>,
+    },
+    /// Run CMD in a running session through its call spawner (one fork+exec, straight into
+    /// the cgroup), with this process's stdio; exits with CMD's status.
+    Call {
+        /// Read the request (a `launch::ExecRequest`, its cgroup set) as JSON from this fd
+        /// instead of the flags.
+        #[arg(long, value_name = "FD", conflicts_with_all = ["state", "cgroup", "cwd", "env", "cmd"])]
+        request_fd: Option<i32>,
+        /// The session's state dir.
+        #[arg(long, required_unless_present = "request_fd")]
+        state: Option<PathBuf>,
+        /// The call's cgroup directory (clone3 CLONE_INTO_CGROUP).
+        #[arg(long, required_unless_present = "request_fd")]
+        cgroup: Option<PathBuf>,
+        /// Working directory inside the container (default: the plan's cwd, else the
+        /// workspace).
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// Extra environment (KEY=VALUE).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
         /// The command.
         #[arg(last = true, required_unless_present = "request_fd")]
         cmd: Vec<String>,
@@ -266,6 +292,32 @@ fn start_and_wait(
         // The init failed building the container and said why on stderr.
         return container::wait(&c).map_err(|e| e.to_string());
     }
+    // The session's call spawner (docs/spawner.md), forked once the container is built
+    // (it joins the finished mount namespace) and while this process is still
+    // single-threaded; its socket is bound before the record and READY say the session runs.
+    let spawner = match agentd_sandbox::spawner::start(plan, &c) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = nix::sys::signal::kill(c.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = container::wait(&c);
+            return Err(format!("starting the call spawner: {e}"));
+        }
+    };
+    let r = serve_session(plan, &c, sync);
+    // The session is over (or never ran): no spawner outlives it.
+    if r.is_err() {
+        let _ = nix::sys::signal::kill(c.pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    spawner.stop();
+    r
+}
+
+/// Records the session, completes the start handshake, starts the agent and waits.
+fn serve_session(
+    plan: &SessionPlan,
+    c: &container::Container,
+    sync: Option<UnixStream>,
+) -> Result<i32, String> {
     // For `exec` into this session while it runs: written once the container is built, so
     // whoever finds it can exec at once.
     agentd_sandbox::exec::write_record(&agentd_sandbox::exec::SessionRecord {
@@ -280,12 +332,28 @@ fn start_and_wait(
             .and_then(|()| launch::read_byte(&mut s));
         if !matches!(answer, Ok(Some(launch::GO))) {
             let _ = nix::sys::signal::kill(c.pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = container::wait(&c);
+            let _ = container::wait(c);
             return Err("the caller went away before starting the agent".into());
         }
     }
-    container::go(&c).map_err(|e| e.to_string())?;
-    container::wait_forwarding_signals(&c).map_err(|e| e.to_string())
+    container::go(c).map_err(|e| e.to_string())?;
+    container::wait_forwarding_signals(c).map_err(|e| e.to_string())
+}
+
+/// `agentd-sandbox call`: one call through the session's spawner, with our stdio.
+fn call(req: &ExecRequest) -> Result<i32, String> {
+    use agentd_sandbox::spawner::client;
+    use std::os::fd::AsFd;
+    let cgroup = req
+        .cgroup
+        .as_deref()
+        .ok_or("a call through the spawner needs its cgroup (--cgroup)")?;
+    let cg = std::fs::File::open(cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
+    let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    let started = client::start(req, [cg.as_fd(), i.as_fd(), o.as_fd(), e.as_fd()])
+        .map_err(|e| e.to_string())?;
+    drop(cg);
+    client::wait_exit(&started).map_err(|e| e.to_string())
 }
 
 /// The exec request from `--request-fd`, or from the flags.
@@ -303,6 +371,30 @@ fn exec_request(
     let mut req = ExecRequest::new(state, cmd);
     req.cgroup = cgroup.map(Path::to_path_buf);
     req.pty = pty;
+    Ok(req)
+}
+
+/// The call request from `--request-fd`, or from the flags.
+fn call_request(
+    fd: Option<i32>,
+    state: Option<&Path>,
+    cgroup: Option<&Path>,
+    cwd: &Option<PathBuf>,
+    env: &[String],
+    cmd: &[String],
+) -> Result<ExecRequest, String> {
+    let mut req = exec_request(fd, state, cgroup, false, cmd).map_err(|e| e.to_string())?;
+    if fd.is_some() {
+        return Ok(req);
+    }
+    req.cwd = cwd.clone();
+    for kv in env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--env {kv}: expected KEY=VALUE"))?;
+        req.env.insert(k.to_string(), v.to_string());
+    }
+    req.validate().map_err(|e| e.to_string())?;
     Ok(req)
 }
 
@@ -333,6 +425,22 @@ fn main() -> ExitCode {
         } => exec_request(*request_fd, state.as_deref(), cgroup.as_deref(), *pty, cmd)
             .and_then(|req| agentd_sandbox::exec::exec(&req))
             .map_err(|e| e.to_string()),
+        Cmd::Call {
+            request_fd,
+            state,
+            cgroup,
+            cwd,
+            env,
+            cmd,
+        } => call_request(
+            *request_fd,
+            state.as_deref(),
+            cgroup.as_deref(),
+            cwd,
+            env,
+            cmd,
+        )
+        .and_then(|req| call(&req)),
         Cmd::Destroy { state } => container::destroy_state(state)
             .map(|()| 0)
             .map_err(|e| e.to_string()),
