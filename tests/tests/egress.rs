@@ -569,6 +569,23 @@ fn egress_tools_reach_allowed_names_with_and_without_proxy_variables_and_fail_fa
     let ms: u64 = line.rsplit("ms=").next().unwrap().trim().parse().unwrap();
     assert!(ms < 1000, "{line}");
 
+    // git over SSH ignores the proxy variables: port 22 is captured, and a denied name gets
+    // an SSH disconnect naming the policy, which ssh (and so git) prints; never a hang.
+    let c = call(
+        &d,
+        &id,
+        "s=$(date +%s%N); GIT_SSH_COMMAND='ssh -o BatchMode=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5' git clone -q git@other.test:repo.git \
+         /tmp/s1; echo \" exit=$? ms=$(( ($(date +%s%N)-s)/1000000 ))\"",
+    );
+    let all = format!("{}{}", c.stdout, c.stderr);
+    assert!(all.contains("exit=128"), "{all}");
+    assert!(
+        all.contains("no network rule allows other.test:22"),
+        "{all}"
+    );
+    assert!(ms_of(&c) < 5000, "{all}");
+
     // Every attempt is audited with its call, and the call report has the bytes.
     let rows = net(&d, &id);
     assert!(
