@@ -106,7 +106,7 @@ struct VmArgs {
     #[arg(long, default_value_t = 2)]
     cpus: u32,
     /// Hard limit for the whole VM run, in seconds.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 3600)]
     timeout: u64,
     /// Show kernel messages on the console.
     #[arg(long)]
