@@ -332,7 +332,7 @@ async fn http(
             return None;
         }
     };
-    let mut rest = buf.split_off(n);
+    let rest = buf.split_off(n);
     let (host, port, forward) = match req {
         ProxyRequest::Connect { host, port } => (host, port, None),
         ProxyRequest::Forward { host, port, head } => {
@@ -356,19 +356,8 @@ async fn http(
             Some((up, head))
         }
         None => {
-            if sock
-                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await
-                .is_err()
-            {
-                return None;
-            }
-            if let Err(e) = name_check(sock, &mut rest, &host).await {
-                c.deny(e);
-                let _ = sock.write_all(&sni::ALERT_ACCESS_DENIED).await;
-                return None;
-            }
-            Some((up, rest))
+            let ok = b"HTTP/1.1 200 Connection established\r\n\r\n";
+            tunnel_open(sock, c, ok, &host, rest).await.map(|r| (up, r))
         }
     }
 }
@@ -412,7 +401,7 @@ async fn socks(
             return None;
         }
     };
-    let mut rest = buf.split_off(n);
+    let rest = buf.split_off(n);
     let (host, port) = match target {
         socks5::SocksTarget::Name(h, p) => (h, p),
         socks5::SocksTarget::V4(a, p) => (a.to_string(), p),
@@ -431,19 +420,29 @@ async fn socks(
             return None;
         }
     };
-    if sock
-        .write_all(&socks5::reply(socks5::REP_OK))
+    let ok = socks5::reply(socks5::REP_OK);
+    tunnel_open(sock, c, &ok, &host, rest)
         .await
-        .is_err()
-    {
-        return None;
-    }
-    if let Err(e) = name_check(sock, &mut rest, &host).await {
+        .map(|r| (up, r))
+}
+
+/// Confirms a tunnel to the client (`ok`: the protocol's success reply), then checks the
+/// TLS name the client sends against `host`; a mismatch is denied with a TLS alert.
+/// Returns the client's bytes read so far (to be relayed upstream).
+async fn tunnel_open(
+    sock: &mut TcpStream,
+    c: &mut Conn,
+    ok: &[u8],
+    host: &str,
+    mut rest: Vec<u8>,
+) -> Option<Vec<u8>> {
+    sock.write_all(ok).await.ok()?;
+    if let Err(e) = name_check(sock, &mut rest, host).await {
         c.deny(e);
         let _ = sock.write_all(&sni::ALERT_ACCESS_DENIED).await;
         return None;
     }
-    Some((up, rest))
+    Some(rest)
 }
 
 /// An SSH version line and an unencrypted SSH_MSG_DISCONNECT (reason 1, host not allowed
