@@ -403,9 +403,19 @@ impl Journal {
             .collect())
     }
 
-    /// Marks a journal-live session failed with a reason (no re-adoption yet).
-    pub fn mark_lost(&self, mut s: SessionInfo, why: &str) -> Result<()> {
-        s.state = SessionState::Failed;
+    /// Marks a journal-live session that could not be re-adopted failed with a reason.
+    pub fn mark_lost(&self, s: SessionInfo, why: &str) -> Result<()> {
+        self.mark_ended(s, SessionState::Failed, why)
+    }
+
+    /// Marks a journal-live session whose processes are gone but whose layer was kept
+    /// `stopped`, with the reason; its running calls failed.
+    pub fn mark_stopped(&self, s: SessionInfo, why: &str) -> Result<()> {
+        self.mark_ended(s, SessionState::Stopped, why)
+    }
+
+    fn mark_ended(&self, mut s: SessionInfo, state: SessionState, why: &str) -> Result<()> {
+        s.state = state;
         s.error = Some(why.to_string());
         s.ended_at = Some(crate::api::now());
         self.put_session(&s)?;
@@ -474,6 +484,14 @@ mod tests {
         assert!(j.session("a").unwrap().is_none());
         j.mark_lost(session("b", 1001), "daemon restarted").unwrap();
         assert_eq!(j.session("b").unwrap().unwrap().state, SessionState::Failed);
+        j.put_session(&session("c", 1001)).unwrap();
+        j.mark_stopped(session("c", 1001), "the host went down")
+            .unwrap();
+        let c = j.session("c").unwrap().unwrap();
+        assert_eq!(c.state, SessionState::Stopped);
+        assert!(c.state.ended());
+        assert_eq!(c.error.as_deref(), Some("the host went down"));
+        assert_eq!(SessionState::parse("stopped"), Some(SessionState::Stopped));
     }
 
     #[test]

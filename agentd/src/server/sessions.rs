@@ -527,7 +527,9 @@ async fn fail(d: &Arc<Daemon>, live: &Live, why: &str) {
         live.id.clone(),
         live.info().workspace,
     );
-    let _ = tokio::task::spawn_blocking(move || super::undo::session_ended(&sd, &id, &ws)).await;
+    let keep = super::undo::Retention::of(live.plan.session.undo.as_ref());
+    let _ =
+        tokio::task::spawn_blocking(move || super::undo::session_ended(&sd, &id, &ws, keep)).await;
 }
 
 async fn remove_cgroups(d: &Arc<Daemon>, id: &str) {
@@ -608,7 +610,9 @@ pub async fn finish(
         live.id.clone(),
         live.info().workspace,
     );
-    let _ = tokio::task::spawn_blocking(move || super::undo::session_ended(&sd, &id, &ws)).await;
+    let keep = super::undo::Retention::of(live.plan.session.undo.as_ref());
+    let _ =
+        tokio::task::spawn_blocking(move || super::undo::session_ended(&sd, &id, &ws, keep)).await;
     d.live
         .lock()
         .unwrap_or_else(|p| p.into_inner())
