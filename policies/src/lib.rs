@@ -11,6 +11,7 @@
 //! (resolution), `network` (network rules and decisions), `load` (files, extends, examples),
 //! `intent` (`memory=64M,cpu=batch` declarations), `cli` (the `policy` commands).
 
+pub mod capability;
 pub mod cli;
 pub mod enforcement;
 pub mod error;
@@ -31,7 +32,9 @@ pub use load::{
     load_stack, resolve_stack,
 };
 pub use network::{Dest, NetDecision, NetEffect, NetworkPlan};
-pub use plan::{CallLimit, CallPlan, CapRef, Decider, DeclaredIntent, Limit, Plan, PoolPlan};
+pub use plan::{
+    ApprovalsPlan, CallLimit, CallPlan, CapRef, Decider, DeclaredIntent, Limit, Plan, PoolPlan,
+};
 pub use schema::{CpuClass, Effect, Priority, json_schema};
 pub use units::{Cpu, Duration, Size};
 pub use validate::validate;
