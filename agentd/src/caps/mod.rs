@@ -295,7 +295,10 @@ impl Table {
             )));
         }
         if n.scope > p.scope {
-            return Err(widens(format!("scope {} is wider than {}", n.scope, p.scope)));
+            return Err(widens(format!(
+                "scope {} is wider than {}",
+                n.scope, p.scope
+            )));
         }
         if let Some(pu) = p.uses
             && n.uses.is_none_or(|u| u > pu)
