@@ -241,18 +241,20 @@ impl Journal {
     pub fn put_session(&self, s: &SessionInfo) -> Result<()> {
         let info = to_json("session", s)?;
         self.conn
-            .execute(
+            .prepare_cached(
                 "INSERT INTO sessions (id, owner_uid, state, created_at, info)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(id) DO UPDATE SET state = ?3, info = ?5",
-                params![
+            )
+            .and_then(|mut st| {
+                st.execute(params![
                     s.id,
                     s.owner_uid,
                     s.state.as_str(),
                     s.created_at as i64,
                     info
-                ],
-            )
+                ])
+            })
             .map_err(sql(format!("put session {}", s.id)))?;
         Ok(())
     }
@@ -344,20 +346,36 @@ impl Journal {
         c.stderr = None;
         let info = to_json("call", &c)?;
         self.conn
-            .execute(
+            .prepare_cached(
                 "INSERT INTO calls (session_id, n, state, started_at, info)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(session_id, n) DO UPDATE SET state = ?3, info = ?5",
-                params![
+            )
+            .and_then(|mut st| {
+                st.execute(params![
                     c.session,
                     c.n as i64,
                     c.state.as_str(),
                     c.started_at as i64,
                     info
-                ],
-            )
+                ])
+            })
             .map_err(sql(format!("put call {}/{}", c.session, c.n)))?;
         Ok(())
+    }
+
+    /// A call's first row and its session's row (the new call count) in one transaction:
+    /// one WAL commit on the call's critical path instead of two, and never a call row
+    /// without its session's count.
+    pub fn start_call(&self, c: &CallInfo, s: &SessionInfo) -> Result<()> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(sql(format!("begin call {}/{}", c.session, c.n)))?;
+        self.put_call(c)?;
+        self.put_session(s)?;
+        tx.commit()
+            .map_err(sql(format!("commit call {}/{}", c.session, c.n)))
     }
 
     /// The calls of a session in call order.
@@ -414,7 +432,7 @@ impl Journal {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
     use super::*;
-    use crate::api::SessionLimits;
+    use crate::api::{CallLimits, SessionLimits};
 
     fn session(id: &str, owner: u32) -> SessionInfo {
         SessionInfo {
@@ -474,6 +492,39 @@ mod tests {
         assert!(c.state.ended());
         assert_eq!(c.error.as_deref(), Some("the host went down"));
         assert_eq!(SessionState::parse("stopped"), Some(SessionState::Stopped));
+    }
+
+    #[test]
+    fn start_call_writes_the_call_and_the_session_count_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let mut s = session("a", 1000);
+        j.put_session(&s).unwrap();
+        s.calls = 7;
+        let limits = CallLimits {
+            memory: 1 << 20,
+            cpu_class: agentd_policy::schema::CpuClass::Batch,
+            cpu_weight: 50,
+            timeout_s: 5,
+            pids: 8,
+            rule: None,
+            notes: vec![],
+        };
+        let c = CallInfo::running("a", 7, &["true".to_string()], Default::default(), limits);
+        j.start_call(&c, &s).unwrap();
+        assert_eq!(j.session("a").unwrap().unwrap().calls, 7);
+        assert_eq!(
+            j.calls("a")
+                .unwrap()
+                .iter()
+                .map(|c| c.n)
+                .collect::<Vec<_>>(),
+            [7]
+        );
+        // The statements are cached: the same call again is an update, not a second row.
+        s.calls = 7;
+        j.start_call(&c, &s).unwrap();
+        assert_eq!(j.calls("a").unwrap().len(), 1);
     }
 
     #[test]

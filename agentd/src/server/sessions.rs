@@ -124,6 +124,17 @@ impl Live {
         };
         d.journal(|j| j.put_session(&row))
     }
+
+    /// Journals call `info` as started and raises the session's call count to it, in one
+    /// journal transaction (the hot path of every call).
+    pub fn start_call(&self, d: &Daemon, info: &crate::api::CallInfo) -> Result<(), ApiError> {
+        let row = {
+            let mut i = self.info.lock().unwrap_or_else(|p| p.into_inner());
+            i.calls = i.calls.max(info.n);
+            i.clone()
+        };
+        d.journal(|j| j.start_call(info, &row))
+    }
 }
 
 /// Policy files for a request: the host policy text (read by the daemon from its own
