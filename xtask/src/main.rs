@@ -219,6 +219,7 @@ pub const SOAK_VARS: &[&str] = &[
     "AGENTD_UNDO_CASES",
     "AGENTD_TORN_RUNS",
     "AGENTD_COMMIT_KILLS",
+    "AGENTD_COMMIT_KILL_SEED",
     "PROPTEST_RNG_SEED",
 ];
 

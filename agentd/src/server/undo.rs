@@ -675,12 +675,16 @@ pub fn recover_all(d: &Daemon, live: &[String]) {
         let s = Sess::of(d, &row.id, &row.workspace);
         if s.intent_path().exists() {
             let r = s.store().and_then(|store| {
-                let Some(intent) = commit::read_intent(&s.intent_path()).map_err(layer_err)? else {
+                // This daemon becomes a writer of the intent before it writes, so the temp
+                // files of a killed run (its own too, if it is killed) are swept next time.
+                let Some(intent) = commit::resume_intent(&s.intent_path()).map_err(layer_err)?
+                else {
                     return Ok(());
                 };
                 let repo = s.lower()?;
                 let ids = s.owner_ids()?;
                 as_owner(ids, || {
+                    commit::sweep_temps(&repo, &intent).map_err(layer_err)?;
                     let src = RootReads {
                         store: &store,
                         lower: &repo,

@@ -55,6 +55,12 @@ fn gone(e: Errno) -> bool {
     e == Errno::NOENT || e == Errno::NOTDIR
 }
 
+/// The prefix of the temp names process `pid` writes files under before renaming them
+/// over their path (what a process killed mid-write leaves behind).
+pub fn tmp_prefix(pid: u32) -> String {
+    format!(".agentd-tmp-{pid}-")
+}
+
 impl Root {
     /// Opens the tree at `path` (the merged view, the repo, a plain directory).
     pub fn open(path: &Path) -> Result<Root, LayerError> {
@@ -232,7 +238,7 @@ impl Root {
     fn tmp_name(name: &str) -> String {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let short: String = name.chars().take(64).collect();
-        format!(".agentd-tmp-{}-{n}-{short}", std::process::id())
+        format!("{}{n}-{short}", tmp_prefix(std::process::id()))
     }
 
     /// Replaces `rel` atomically by a regular file with `data`'s content and `mode`

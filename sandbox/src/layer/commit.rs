@@ -175,6 +175,11 @@ pub fn plan(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Intent {
     pub ops: Vec<Change>,
+    /// The processes that ran (or run) the plan: a process killed while writing a file
+    /// left it under a temp name with its pid ([`super::apply::tmp_prefix`]), which the
+    /// next run removes ([`sweep_temps`]).
+    #[serde(default)]
+    pub writers: Vec<u32>,
 }
 
 /// Hook between the steps of a commit (a test's crash point); an error stops the commit.
@@ -225,9 +230,59 @@ pub fn write_intent(plan: &Plan, intent: &Path) -> Result<(), LayerError> {
     }
     let json = serde_json::to_vec(&Intent {
         ops: plan.ops.clone(),
+        writers: vec![std::process::id()],
     })
     .map_err(|e| LayerError::Json(e.to_string()))?;
     write_durably(intent, &json)
+}
+
+/// Takes over an unfinished commit's intent (None without one): this process is added
+/// to its writers, durably, before it writes anything, so a crash of this run too is
+/// cleaned up by the next.
+pub fn resume_intent(intent: &Path) -> Result<Option<Intent>, LayerError> {
+    let Some(mut i) = read_intent(intent)? else {
+        return Ok(None);
+    };
+    let me = std::process::id();
+    if !i.writers.contains(&me) {
+        i.writers.push(me);
+        let json = serde_json::to_vec(&i).map_err(|e| LayerError::Json(e.to_string()))?;
+        write_durably(intent, &json)?;
+    }
+    Ok(Some(i))
+}
+
+/// Removes the temp files an interrupted run of `i` left beside the plan's paths (only
+/// names with a writer's temp prefix, in the plan's own directories: nothing else of the
+/// repo is touched). Returns how many.
+pub fn sweep_temps(repo: &Root, i: &Intent) -> Result<usize, LayerError> {
+    let prefixes: Vec<String> = i
+        .writers
+        .iter()
+        .map(|p| super::apply::tmp_prefix(*p))
+        .collect();
+    let mut dirs: Vec<&str> = i
+        .ops
+        .iter()
+        .map(|c| c.path.rsplit_once('/').map_or("", |(d, _)| d))
+        .collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    let mut n = 0;
+    for d in dirs {
+        let is_dir =
+            d.is_empty() || matches!(repo.lstat(d)?, Some(s) if s.kind == FileType::Directory);
+        if !is_dir {
+            continue;
+        }
+        for name in repo.list(d)? {
+            if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                repo.remove_one(&join(d, &name))?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// The intent of an unfinished commit, if any.
@@ -262,9 +317,10 @@ pub fn apply(
 /// Finishes a commit a crash interrupted (a no-op without an intent); returns whether
 /// there was one.
 pub fn recover(repo: &Root, store: &Store, intent: &Path) -> Result<bool, LayerError> {
-    let Some(i) = read_intent(intent)? else {
+    let Some(i) = resume_intent(intent)? else {
         return Ok(false);
     };
+    sweep_temps(repo, &i)?;
     let src = StoreSource {
         store,
         lower: Some(repo),
@@ -350,6 +406,28 @@ mod tests {
             r.join("old/x").exists(),
             "nothing written while conflicts remain"
         );
+    }
+
+    /// A daemon killed while writing a file of the commit left it under its temp name (the
+    /// VM's kill -9 test found it): the recovery removes it, and only it.
+    #[test]
+    fn a_recovery_removes_the_temp_files_of_the_interrupted_run_only() {
+        let (t, root, store, head, bases) = setup();
+        let r = root.path().to_path_buf();
+        let plan = plan(&head, &bases, &root, &[]).unwrap();
+        let intent = t.path().join("intent.json");
+        write_intent(&plan, &intent).unwrap();
+        let mine = format!("{}3-a", super::super::apply::tmp_prefix(std::process::id()));
+        fs::write(r.join("src").join(&mine), b"half").unwrap();
+        fs::write(r.join("src/.agentd-tmp-1-0-a"), b"not a writer's").unwrap();
+        assert!(recover(&root, &store, &intent).unwrap());
+        assert!(
+            !r.join("src").join(&mine).exists(),
+            "the torn temp file stayed"
+        );
+        assert!(r.join("src/.agentd-tmp-1-0-a").exists());
+        assert_eq!(fs::read(r.join("src/a")).unwrap(), b"a1");
+        assert!(!intent.exists());
     }
 
     #[test]
