@@ -130,8 +130,12 @@ pub enum SessionState {
     Exited,
     /// Killed through the API.
     Killed,
-    /// Could not start, or its daemon went away (re-adoption is not implemented yet).
+    /// Could not start, or was lost with its daemon and left nothing to keep.
     Failed,
+    /// Its processes died while no daemon watched them (the host went down, or they could
+    /// not be re-adopted after a restart), and its session layer was kept: diffable,
+    /// committable and discardable like an ended session (docs/undo.md).
+    Stopped,
 }
 
 impl SessionState {
@@ -143,6 +147,7 @@ impl SessionState {
             SessionState::Exited => "exited",
             SessionState::Killed => "killed",
             SessionState::Failed => "failed",
+            SessionState::Stopped => "stopped",
         }
     }
 
@@ -154,6 +159,7 @@ impl SessionState {
             "exited" => SessionState::Exited,
             "killed" => SessionState::Killed,
             "failed" => SessionState::Failed,
+            "stopped" => SessionState::Stopped,
             _ => return None,
         })
     }

@@ -241,18 +241,20 @@ impl Journal {
     pub fn put_session(&self, s: &SessionInfo) -> Result<()> {
         let info = to_json("session", s)?;
         self.conn
-            .execute(
+            .prepare_cached(
                 "INSERT INTO sessions (id, owner_uid, state, created_at, info)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(id) DO UPDATE SET state = ?3, info = ?5",
-                params![
+            )
+            .and_then(|mut st| {
+                st.execute(params![
                     s.id,
                     s.owner_uid,
                     s.state.as_str(),
                     s.created_at as i64,
                     info
-                ],
-            )
+                ])
+            })
             .map_err(sql(format!("put session {}", s.id)))?;
         Ok(())
     }
@@ -344,20 +346,36 @@ impl Journal {
         c.stderr = None;
         let info = to_json("call", &c)?;
         self.conn
-            .execute(
+            .prepare_cached(
                 "INSERT INTO calls (session_id, n, state, started_at, info)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(session_id, n) DO UPDATE SET state = ?3, info = ?5",
-                params![
+            )
+            .and_then(|mut st| {
+                st.execute(params![
                     c.session,
                     c.n as i64,
                     c.state.as_str(),
                     c.started_at as i64,
                     info
-                ],
-            )
+                ])
+            })
             .map_err(sql(format!("put call {}/{}", c.session, c.n)))?;
         Ok(())
+    }
+
+    /// A call's first row and its session's row (the new call count) in one transaction:
+    /// one WAL commit on the call's critical path instead of two, and never a call row
+    /// without its session's count.
+    pub fn start_call(&self, c: &CallInfo, s: &SessionInfo) -> Result<()> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(sql(format!("begin call {}/{}", c.session, c.n)))?;
+        self.put_call(c)?;
+        self.put_session(s)?;
+        tx.commit()
+            .map_err(sql(format!("commit call {}/{}", c.session, c.n)))
     }
 
     /// The calls of a session in call order.
@@ -385,9 +403,19 @@ impl Journal {
             .collect())
     }
 
-    /// Marks a journal-live session failed with a reason (no re-adoption yet).
-    pub fn mark_lost(&self, mut s: SessionInfo, why: &str) -> Result<()> {
-        s.state = SessionState::Failed;
+    /// Marks a journal-live session that could not be re-adopted failed with a reason.
+    pub fn mark_lost(&self, s: SessionInfo, why: &str) -> Result<()> {
+        self.mark_ended(s, SessionState::Failed, why)
+    }
+
+    /// Marks a journal-live session whose processes are gone but whose layer was kept
+    /// `stopped`, with the reason; its running calls failed.
+    pub fn mark_stopped(&self, s: SessionInfo, why: &str) -> Result<()> {
+        self.mark_ended(s, SessionState::Stopped, why)
+    }
+
+    fn mark_ended(&self, mut s: SessionInfo, state: SessionState, why: &str) -> Result<()> {
+        s.state = state;
         s.error = Some(why.to_string());
         s.ended_at = Some(crate::api::now());
         self.put_session(&s)?;
@@ -404,7 +432,7 @@ impl Journal {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
     use super::*;
-    use crate::api::SessionLimits;
+    use crate::api::{CallLimits, SessionLimits};
 
     fn session(id: &str, owner: u32) -> SessionInfo {
         SessionInfo {
@@ -456,6 +484,47 @@ mod tests {
         assert!(j.session("a").unwrap().is_none());
         j.mark_lost(session("b", 1001), "daemon restarted").unwrap();
         assert_eq!(j.session("b").unwrap().unwrap().state, SessionState::Failed);
+        j.put_session(&session("c", 1001)).unwrap();
+        j.mark_stopped(session("c", 1001), "the host went down")
+            .unwrap();
+        let c = j.session("c").unwrap().unwrap();
+        assert_eq!(c.state, SessionState::Stopped);
+        assert!(c.state.ended());
+        assert_eq!(c.error.as_deref(), Some("the host went down"));
+        assert_eq!(SessionState::parse("stopped"), Some(SessionState::Stopped));
+    }
+
+    #[test]
+    fn start_call_writes_the_call_and_the_session_count_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let mut s = session("a", 1000);
+        j.put_session(&s).unwrap();
+        s.calls = 7;
+        let limits = CallLimits {
+            memory: 1 << 20,
+            cpu_class: agentd_policy::schema::CpuClass::Batch,
+            cpu_weight: 50,
+            timeout_s: 5,
+            pids: 8,
+            rule: None,
+            notes: vec![],
+        };
+        let c = CallInfo::running("a", 7, &["true".to_string()], Default::default(), limits);
+        j.start_call(&c, &s).unwrap();
+        assert_eq!(j.session("a").unwrap().unwrap().calls, 7);
+        assert_eq!(
+            j.calls("a")
+                .unwrap()
+                .iter()
+                .map(|c| c.n)
+                .collect::<Vec<_>>(),
+            [7]
+        );
+        // The statements are cached: the same call again is an update, not a second row.
+        s.calls = 7;
+        j.start_call(&c, &s).unwrap();
+        assert_eq!(j.calls("a").unwrap().len(), 1);
     }
 
     #[test]

@@ -128,8 +128,9 @@ pub const TABLE: &[Entry] = &[
     ),
     off("capabilities", "the capability broker", "empty table"),
     off("secrets", "the secret broker", "empty table"),
-    off("undo.checkpoint", "journal checkpoints", "\"off\""),
-    off("undo.retention", "journal checkpoints", "unset"),
+    on("undo.checkpoint", "agentd checkpoints (docs/undo.md)"),
+    on("undo.retention", "agentd checkpoint pruning (docs/undo.md)"),
+    on("undo.keep", "agentd checkpoint pruning (docs/undo.md)"),
 ];
 
 /// The entry covering `key` (the longest entry that is `key` or a dotted prefix of it).

@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use globset::{Glob, GlobMatcher};
 use serde::Serialize;
 
-use crate::schema::{CpuClass, Priority};
+use crate::schema::{CheckpointMode, CpuClass, Priority};
 use crate::units::{Cpu, Duration, Size};
 
 /// Where a layer sits in the stack (host → profile → repo → command line).
@@ -271,6 +271,10 @@ pub struct Layer {
     pub network_deny: Vec<Val<String>>,
     /// `network.grant`: later layers' grants first.
     pub network_grants: Vec<NetGrant>,
+    /// `undo.checkpoint`, `undo.keep`, `undo.retention`.
+    pub undo_checkpoint: Option<Val<CheckpointMode>>,
+    pub undo_keep: Option<Val<u32>>,
+    pub undo_retention: Option<Val<Duration>>,
 }
 
 /// A `[[network.grant]]`: calls matching `patterns` may also reach `allow`.
@@ -316,6 +320,9 @@ pub fn merge(a: &Layer, b: &Layer) -> Layer {
         cpu: over(&a.cpu, &b.cpu),
         pids: over(&a.pids, &b.pids),
         disk: over(&a.disk, &b.disk),
+        undo_checkpoint: over(&a.undo_checkpoint, &b.undo_checkpoint),
+        undo_keep: over(&a.undo_keep, &b.undo_keep),
+        undo_retention: over(&a.undo_retention, &b.undo_retention),
         call: merge_call(&a.call, &b.call),
         priority: over(&a.priority, &b.priority),
         pool: PoolLayer {

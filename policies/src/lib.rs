@@ -31,7 +31,9 @@ pub use load::{
     load_stack, resolve_stack,
 };
 pub use network::{Dest, NetDecision, NetEffect, NetworkPlan};
-pub use plan::{CallLimit, CallPlan, CapRef, Decider, DeclaredIntent, Limit, Plan, PoolPlan};
+pub use plan::{
+    CallLimit, CallPlan, CapRef, Decider, DeclaredIntent, Limit, Plan, PoolPlan, UndoPlan,
+};
 pub use schema::{CpuClass, Effect, Priority, json_schema};
 pub use units::{Cpu, Duration, Size};
 pub use validate::validate;

@@ -13,7 +13,7 @@ use crate::error::{Diagnostic, DiagnosticKind};
 use crate::layer::{ArgvPattern, CompiledPattern, Layer, LayerKind, Mechanism, Origin, Val};
 use crate::layer::{matcher, merge_all};
 use crate::network::{GrantPlan, NetRule, NetworkPlan};
-use crate::schema::{CpuClass, Effect, Priority, WorkspaceMode};
+use crate::schema::{CheckpointMode, CpuClass, Effect, Priority, WorkspaceMode};
 use crate::units::{Cpu, Duration, Size};
 
 /// A cap that lowered a value: where it is set and its value.
@@ -96,6 +96,23 @@ pub struct SessionPlan {
     /// (the pool treats an unset one as `normal`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<Limit<Priority>>,
+    /// `[undo]`, when a layer set any of it (the daemon's defaults otherwise: a checkpoint
+    /// per call, the last 1000 kept, no age limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo: Option<UndoPlan>,
+}
+
+/// `[undo]` as resolved (each key from the topmost layer that set it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndoPlan {
+    /// A checkpoint before every tool call (`checkpoint = "per-call"`, the default).
+    pub per_call: bool,
+    /// Checkpoints kept besides the session's start (None: the daemon's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
+    /// Seconds a checkpoint is kept (None: no age limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_s: Option<u64>,
 }
 
 /// `[resources.pool]` of the host policy, when enabled (sizes unset = derived by the
@@ -447,6 +464,17 @@ pub fn resolve_layers(stack: &[StackLayer<'_>]) -> (Option<Plan>, Vec<Diagnostic
                 .priority
                 .as_ref()
                 .map(|v| clamp(v, &[host_cap(&caps.priority)], &mut d)),
+            undo: (all.undo_checkpoint.is_some()
+                || all.undo_keep.is_some()
+                || all.undo_retention.is_some())
+            .then(|| UndoPlan {
+                per_call: all
+                    .undo_checkpoint
+                    .as_ref()
+                    .is_none_or(|v| v.value == CheckpointMode::PerCall),
+                keep: all.undo_keep.as_ref().map(|v| v.value),
+                retention_s: all.undo_retention.as_ref().map(|v| v.value.0),
+            }),
         },
         pool: host
             .pool

@@ -301,10 +301,13 @@ pub struct Secret {
     pub domains: Option<L<Vec<L<String>>>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CheckpointMode {
+    /// No checkpoint before each tool call (on demand, at the session's end and around
+    /// undo and commit they are still taken).
     Off,
+    /// A checkpoint before every tool call (the default).
     PerCall,
 }
 
@@ -312,8 +315,11 @@ pub enum CheckpointMode {
 #[serde(deny_unknown_fields)]
 pub struct Undo {
     pub checkpoint: Option<L<CheckpointMode>>,
-    /// How long checkpoints are kept.
+    /// How long checkpoints are kept (older ones are pruned; the session's start and its
+    /// newest checkpoint never are).
     pub retention: Option<L<Duration>>,
+    /// How many checkpoints are kept besides the session's start (default 1000).
+    pub keep: Option<L<u32>>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

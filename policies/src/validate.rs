@@ -355,26 +355,7 @@ fn check_file(cx: &mut Cx, f: &PolicyFile) -> Validated {
         }
     }
     if let Some(u) = &f.undo {
-        let u = u.get();
-        let on = matches!(
-            u.checkpoint.as_ref().map(|c| *c.get()),
-            Some(schema::CheckpointMode::PerCall)
-        );
-        if let Some(c) = u.checkpoint.as_ref().filter(|_| on) {
-            cx.not_enforced(c.span(), "undo.checkpoint");
-        }
-        if let Some(r) = &u.retention {
-            if u.checkpoint.is_some() && !on {
-                cx.err(
-                    K::Contradiction,
-                    r.span(),
-                    "undo.retention",
-                    "retention is set but checkpoints are off".into(),
-                    Some("set `checkpoint = \"per-call\"` or drop `retention`".into()),
-                );
-            }
-            cx.not_enforced(r.span(), "undo.retention");
-        }
+        check_undo(cx, u.get(), &mut layer);
     }
     let examples = f
         .example
@@ -534,6 +515,53 @@ fn check_resources(cx: &mut Cx, r: &schema::Resources, layer: &mut Layer) {
             disk: check_disk(cx, &m.disk, "resources.max.disk"),
             ..layer.caps.clone()
         };
+    }
+}
+
+/// The most checkpoints `undo.keep` may ask for (each is a manifest file on the daemon's
+/// state dir; the daemon's default is 1000).
+pub const UNDO_KEEP_MAX: u32 = 100_000;
+
+/// `[undo]`: the checkpoint mode, how many checkpoints are kept and for how long.
+fn check_undo(cx: &mut Cx, u: &schema::Undo, layer: &mut Layer) {
+    let off = matches!(
+        u.checkpoint.as_ref().map(|c| *c.get()),
+        Some(schema::CheckpointMode::Off)
+    );
+    layer.undo_checkpoint = cx.opt(&u.checkpoint, "undo.checkpoint");
+    for (span, key) in [
+        (u.retention.as_ref().map(|r| r.span()), "undo.retention"),
+        (u.keep.as_ref().map(|k| k.span()), "undo.keep"),
+    ] {
+        if let Some(span) = span.filter(|_| off) {
+            cx.err(
+                K::Contradiction,
+                span,
+                key,
+                format!("`{key}` is set but checkpoints are off"),
+                Some(format!(
+                    "set `checkpoint = \"per-call\"` or drop `{}`",
+                    key.trim_start_matches("undo.")
+                )),
+            );
+        }
+    }
+    layer.undo_retention = cx.opt(&u.retention, "undo.retention");
+    if let Some(k) = &u.keep {
+        if *k.get() == 0 || *k.get() > UNDO_KEEP_MAX {
+            cx.err(
+                K::Invalid,
+                k.span(),
+                "undo.keep",
+                format!(
+                    "`undo.keep = {}` is out of range (1 to {UNDO_KEEP_MAX} checkpoints)",
+                    k.get()
+                ),
+                Some("the default keeps the last 1000".into()),
+            );
+        } else {
+            layer.undo_keep = cx.opt(&u.keep, "undo.keep");
+        }
     }
 }
 

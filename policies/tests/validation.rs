@@ -485,30 +485,50 @@ fn secrets_validated_and_refused() {
 }
 
 #[test]
-fn undo_checkpoints_not_enforced() {
-    let d = one_error("version = 1\n[undo]\ncheckpoint = \"per-call\"\n");
-    assert_diag(
-        &d,
-        K::NotEnforced,
-        ".agentd/policy.toml:3:14",
-        "`undo.checkpoint` is not enforced by this build",
+fn undo_keys_are_enforced_and_checked_at_their_line_and_column() {
+    // Unset: no `undo` in the plan (journalled plans of older sessions stay equal).
+    assert!(plan("version = 1\n").session.undo.is_none());
+    let u = plan("version = 1\n[undo]\ncheckpoint = \"per-call\"\nretention = \"7d\"\nkeep = 50\n")
+        .session
+        .undo
+        .unwrap();
+    assert_eq!(
+        u,
+        agentd_policy::UndoPlan {
+            per_call: true,
+            keep: Some(50),
+            retention_s: Some(7 * 86400)
+        }
     );
+    let u = plan("version = 1\n[undo]\ncheckpoint = \"off\"\n")
+        .session
+        .undo
+        .unwrap();
+    assert!(!u.per_call && u.keep.is_none());
+    let u = plan("version = 1\n[undo]\nkeep = 100000\n")
+        .session
+        .undo
+        .unwrap();
+    assert!(u.per_call && u.keep == Some(100_000));
     let d = errors(
         None,
         "version = 1\n[undo]\ncheckpoint = \"off\"\nretention = \"7d\"\n",
     );
+    assert_eq!(d.len(), 1, "{d:?}");
     assert_diag(
         &d[0],
         K::Contradiction,
         ".agentd/policy.toml:4:13",
         "checkpoints are off",
     );
-    assert_diag(
-        &d[1],
-        K::NotEnforced,
-        ".agentd/policy.toml:4:13",
-        "`undo.retention`",
-    );
+    let d = one_error("version = 1\n[undo]\nkeep = 0\n");
+    assert_diag(&d, K::Invalid, ".agentd/policy.toml:3:8", "out of range");
+    let d = one_error("version = 1\n[undo]\nkeep = 100001\n");
+    assert_diag(&d, K::Invalid, ".agentd/policy.toml:3:8", "1 to 100000");
+    let d = one_error("version = 1\n[undo]\nretention = \"soon\"\n");
+    assert_eq!(d.line, 3, "{d:?}");
+    let d = one_error("version = 1\n[undo]\ncheckpoint = \"always\"\n");
+    assert_eq!(d.line, 3, "{d:?}");
 }
 
 #[test]

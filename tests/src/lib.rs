@@ -47,3 +47,51 @@ pub fn project_binary(name: &str) -> PathBuf {
     );
     bin
 }
+
+/// A soak size from the environment (`cargo xtask vm-test` exports the `AGENTD_*` sizes into
+/// the VM, docs/test-vm.md), else `default`; at least `min`, so a typo'd small value still
+/// exercises the test.
+pub fn soak_size(name: &str, default: u64, min: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .max(min)
+}
+
+/// Processes (`pid: command line`) whose command line mentions `needle`, the daemon's own
+/// `… serve …` excepted (its command line names the binaries it runs): what a test expects
+/// to be gone once a session or call has ended.
+pub fn processes_running(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) && !c.contains(" serve ") {
+                out.push(format!("{name}: {c}"));
+            }
+        }
+    }
+    out
+}
+
+/// Waits until `path` exists (a session's `session.json`, a socket), failing the test with
+/// `what` after `timeout`.
+pub fn wait_for_path(path: &std::path::Path, timeout: std::time::Duration, what: &str) {
+    let t = std::time::Instant::now();
+    while !path.exists() {
+        assert!(
+            t.elapsed() < timeout,
+            "{what}: {} did not appear",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -331,10 +331,7 @@ fn cgctl_thousand_cycles_leave_no_cgroup_behind() {
     let mut phase = [Duration::ZERO; 4];
     // 250 by default (enough to see a leak of fds, cgroups or time per cycle grow under
     // TCG); the 1,000-cycle soak of issue 4: AGENTD_CGCTL_CYCLES=1000 (docs/test-vm.md).
-    let cycles: u64 = std::env::var("AGENTD_CGCTL_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(250);
+    let cycles = agentd_tests::soak_size("AGENTD_CGCTL_CYCLES", 250, 1);
     for n in 0..cycles {
         let t0 = Instant::now();
         let call = s.create_call(n, &limits).unwrap();

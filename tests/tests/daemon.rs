@@ -452,13 +452,6 @@ fn daemon_systemd_socket_activation_and_readiness_notification() {
     assert!(d.socket.exists());
 }
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn mount_count() -> usize {
     fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -467,28 +460,6 @@ fn mount_count() -> usize {
 }
 
 /// Processes whose command line mentions `needle`.
-fn processes_running(needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        if let Ok(c) = fs::read(e.path().join("cmdline")) {
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            // The daemon's own command line names the binary (--sandbox-bin): not a leftover.
-            if c.contains(needle) && !c.contains(" serve ") {
-                out.push(format!("{}: {c}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    out
-}
-
 #[test]
 #[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
 fn daemon_concurrent_sessions_and_calls_leave_nothing_behind() {
@@ -496,8 +467,8 @@ fn daemon_concurrent_sessions_and_calls_leave_nothing_behind() {
     // Lean by default (the suite runs under TCG); issue 6's 20 x 50 passed in 179 s in the VM
     // (2026-11-23): run it with `cargo xtask vm-run -- env AGENTD_TEST_SESSIONS=20
     // AGENTD_TEST_CALLS=50 <daemon test binary> --ignored daemon_concurrent`.
-    let sessions = env_or("AGENTD_TEST_SESSIONS", 10);
-    let calls = env_or("AGENTD_TEST_CALLS", 10);
+    let sessions = agentd_tests::soak_size("AGENTD_TEST_SESSIONS", 10, 1) as usize;
+    let calls = agentd_tests::soak_size("AGENTD_TEST_CALLS", 10, 1) as usize;
     let mounts_before = mount_count();
     let d = Daemon::start();
     let ids: Vec<String> = (0..sessions).map(|_| d.session()).collect();
@@ -549,7 +520,7 @@ fn daemon_concurrent_sessions_and_calls_leave_nothing_behind() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
-        processes_running("agentd-sandbox"),
+        agentd_tests::processes_running("agentd-sandbox"),
         Vec::<String>::new(),
         "runtime or exec processes left"
     );

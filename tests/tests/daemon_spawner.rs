@@ -14,32 +14,12 @@ use serde_json::Value;
 mod daemon_common;
 use daemon_common::*;
 
-/// Processes whose command line mentions `needle` (the daemon itself excepted).
-fn processes_running(needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
-            continue;
-        }
-        if let Ok(c) = fs::read(e.path().join("cmdline")) {
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            if c.contains(needle) && !c.contains(" serve ") {
-                out.push(format!("{}: {c}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    out
-}
-
 #[test]
 #[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
 fn daemon_spawner_calls_from_ten_clients_into_one_session_none_lost_or_misattributed() {
     let _vm = agentd_tests::vm::enter();
     // 100 by default (docs/test-vm.md); issue 15's 1,000: AGENTD_SPAWNER_CALLS=1000.
-    let total: usize = std::env::var("AGENTD_SPAWNER_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(100, |n: usize| n.max(10));
+    let total = agentd_tests::soak_size("AGENTD_SPAWNER_CALLS", 100, 10) as usize;
     let clients = 10;
     let d = Daemon::start();
     let id = d.session();
@@ -118,11 +98,11 @@ fn daemon_spawner_calls_from_ten_clients_into_one_session_none_lost_or_misattrib
     // Removing the session takes its spawner and runtime with it.
     assert!(d.run(&["rm", &id]).status.success());
     let t = Instant::now();
-    while !processes_running("agentd-sandbox").is_empty() {
+    while !agentd_tests::processes_running("agentd-sandbox").is_empty() {
         assert!(
             t.elapsed() < Duration::from_secs(30),
             "left: {:?}",
-            processes_running("agentd-sandbox")
+            agentd_tests::processes_running("agentd-sandbox")
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -278,9 +278,22 @@ fn layer_disk_the_layer_survives_a_daemon_restart_and_the_host_going_down() {
     assert!(state.join("layer.img").is_file());
     assert!(!state.join("layer/upper").exists(), "still mounted");
     d.spawn();
-    // b comes back ended, with the layer it had when the host went down.
-    let sb = state_of(&d, &b);
-    assert!(sb == "failed" || sb == "stopped", "{sb}");
+    // b comes back stopped (not failed: its work was kept), with the layer it had when
+    // the host went down, and `ps` lists it without --all (it awaits a commit or discard).
+    assert_eq!(state_of(&d, &b), "stopped");
+    let ps = d.json(&["ps"]);
+    let listed: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert!(listed.contains(&b.as_str()), "ps: {ps}");
+    let info = d.json(&["inspect", &b]);
+    assert!(
+        info["error"].as_str().unwrap().contains("layer was kept"),
+        "{info}"
+    );
     let diff = d.json(&["diff", &b]);
     assert_eq!(paths(&diff), ["from-b.txt", "out-b", "out-b/f"], "{diff}");
     let c = d.json(&["commit", &b]);
@@ -292,6 +305,14 @@ fn layer_disk_the_layer_survives_a_daemon_restart_and_the_host_going_down() {
     assert_eq!(fs::read_to_string(d.repo.join("out-b/f")).unwrap(), "o\n");
     // Its image is gone once the final checkpoint holds the layer.
     assert!(!state.exists(), "the state of b was kept");
+    // And it is discardable: back to its start (the repo now, with b's commit in it).
+    d.json(&["discard", &b]);
+    assert!(
+        d.json(&["diff", &b])["files"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     // a, still running after both restarts, commits too.
     d.json(&["commit", &a]);
     assert_eq!(

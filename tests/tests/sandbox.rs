@@ -471,10 +471,7 @@ fn sandbox_teardown_many_sessions_leave_nothing_behind() {
     // 250 by default, so the suite stays inside CI's budget (a leaked mount, cgroup, state
     // dir or process shows after a few sessions already); issue 5's 1,000-session soak:
     // AGENTD_SANDBOX_SESSIONS=1000 cargo xtask vm-test sandbox_teardown (docs/test-vm.md).
-    let n: usize = std::env::var("AGENTD_SANDBOX_SESSIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(250);
+    let n = agentd_tests::soak_size("AGENTD_SANDBOX_SESSIONS", 250, 1) as usize;
     let count_mounts = || {
         fs::read_to_string("/proc/self/mountinfo")
             .unwrap()

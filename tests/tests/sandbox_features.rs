@@ -394,11 +394,11 @@ fn sandbox_exec_pty_raw_mode_is_restored_and_window_size_follows() {
     let mut agent = sandbox_cmd(&f, &[], "while [ ! -e /tmp/stop ]; do sleep 0.1; done")
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while !f.state.join("session.json").exists() {
-        assert!(t.elapsed() < Duration::from_secs(60), "no session");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agentd_tests::wait_for_path(
+        &f.state.join("session.json"),
+        Duration::from_secs(60),
+        "no session",
+    );
     let (m, s) = local_terminal();
     assert!(!is_raw(&s));
     // 1. Attached: raw; the starting size is the local one; a resize follows; input keys

@@ -10,7 +10,7 @@
 mod sandbox_common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sandbox_common::*;
 
@@ -85,14 +85,11 @@ fn sandbox_run_and_exec_keep_the_callers_terminal_out() {
     // `exec` (no --pty) into a running session, from a terminal.
     let mut keep = sandbox_cmd(&f, &["--keep-state"], "sleep 600");
     let mut session = keep.stdin(Stdio::null()).spawn().unwrap();
-    let t = Instant::now();
-    while !f.state.join("session.json").exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "session did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agentd_tests::wait_for_path(
+        &f.state.join("session.json"),
+        Duration::from_secs(60),
+        "session did not start",
+    );
     let mut exec = Command::new(agentd_tests::project_binary("agentd-sandbox"));
     exec.arg("exec")
         .arg("--state")

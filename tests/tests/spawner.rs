@@ -27,14 +27,11 @@ fn start_session(f: &Fixture, cg: &Path, script: &str) -> Child {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while !f.state.join("session.json").exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "session did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agentd_tests::wait_for_path(
+        &f.state.join("session.json"),
+        Duration::from_secs(60),
+        "session did not start",
+    );
     assert!(
         client::available(&f.state),
         "no spawner socket in the state dir"
@@ -278,10 +275,7 @@ fn spawner_survives_the_agent_killing_everything_it_can_see() {
 fn spawner_many_calls_from_ten_clients_none_lost_and_nothing_left() {
     let _vm = agentd_tests::vm::enter();
     // 200 by default (docs/test-vm.md); issue 15's 1,000: AGENTD_SPAWNER_CALLS=1000.
-    let total: usize = std::env::var("AGENTD_SPAWNER_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let total = agentd_tests::soak_size("AGENTD_SPAWNER_CALLS", 200, 1) as usize;
     let f = fixture();
     let cg = test_cgroup("many");
     fs::create_dir(cg.join("calls")).unwrap();

@@ -216,6 +216,10 @@ pub const SOAK_VARS: &[&str] = &[
     "AGENTD_TEST_SESSIONS",
     "AGENTD_TEST_CALLS",
     "AGENTD_SPAWNER_CALLS",
+    "AGENTD_UNDO_CASES",
+    "AGENTD_TORN_RUNS",
+    "AGENTD_COMMIT_KILLS",
+    "PROPTEST_RNG_SEED",
 ];
 
 fn soak_exports() -> String {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use agentd::api::{
     self, CallInfo, CallRequest, CreateSession, Health, Logs, PolicySource, SessionInfo,
-    SessionStats,
+    SessionState, SessionStats,
 };
 use agentd::attach::{self, sess};
 use agentd::client::{Client, ClientError};
@@ -76,7 +76,7 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// List running sessions (yours; all for root); --all adds ended ones.
+    /// List running and stopped sessions (yours; all for root); --all adds ended ones.
     Ps {
         /// Also list sessions that have ended (exited, killed, failed).
         #[arg(long, short)]
@@ -383,7 +383,8 @@ async fn run(cli: Cli) -> Result<u8, String> {
         Cmd::Ps { all } => {
             let mut list: Vec<SessionInfo> = c.get(&routes::SESSIONS.at(&[])).await.map_err(e)?;
             if !all {
-                list.retain(|s| !s.state.ended());
+                // Stopped sessions hold work a person has to commit or discard.
+                list.retain(|s| !s.state.ended() || s.state == SessionState::Stopped);
             }
             if json {
                 print_json(&list)?;

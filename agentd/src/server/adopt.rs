@@ -76,6 +76,9 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
         .map_err(|e| AdoptError::Policy(Box::new(e)))?;
     let plan = resolve_journalled(d, &s.id, policy.as_ref())?;
     let cg = d.root.session(&s.id)?;
+    // A daemon killed during a checkpoint, undo or commit left the session frozen
+    // (cgroup.freeze of `session-<id>`; the memory pool freezes calls one level down).
+    cg.cgroup().thaw(Duration::from_secs(10))?;
     let calls = d
         .journal(|j| j.calls(&s.id))
         .map_err(|e| AdoptError::Policy(Box::new(e)))?;
@@ -164,10 +167,24 @@ pub fn readopt(d: &Arc<Daemon>) -> Result<Vec<String>, ServeError> {
                 adopted.push(s.id);
             }
             Err(e) => {
-                let why = format!("lost across a daemon restart: {e}");
-                super::log::warn(&format!("session {}: {why}", s.id));
+                // Its layer image still in its state dir: the agent's work is kept (the
+                // final checkpoint is taken from it next, undo::recover_all), so the
+                // session is `stopped`, not failed.
+                let kept =
+                    agentd_sandbox::disk::image_path(&d.cfg.state_dir.join("sessions").join(&s.id))
+                        .is_file();
                 let j = d.journal.lock().unwrap_or_else(|p| p.into_inner());
-                j.mark_lost(s, &why)?;
+                if kept {
+                    let why = format!(
+                        "stopped: its processes are gone ({e}); the session layer was kept"
+                    );
+                    super::log::warn(&format!("session {}: {why}", s.id));
+                    j.mark_stopped(s, &why)?;
+                } else {
+                    let why = format!("lost across a daemon restart: {e}");
+                    super::log::warn(&format!("session {}: {why}", s.id));
+                    j.mark_lost(s, &why)?;
+                }
             }
         }
     }

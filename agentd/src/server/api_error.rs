@@ -150,11 +150,12 @@ pub enum ApiError {
     },
 
     // 410: existed once.
-    #[error("checkpoint {id} of session {session} was pruned (retention keeps the last {retain})")]
+    #[error("checkpoint {id} of session {session} was pruned ({retention})")]
     Pruned {
         session: String,
         id: u64,
-        retain: usize,
+        /// The session's retention, as a phrase ("retention keeps the last 1000").
+        retention: String,
     },
 
     // 500: the daemon or the host failed.
@@ -362,7 +363,7 @@ mod tests {
                 ApiError::Pruned {
                     session: "ab12".into(),
                     id: 3,
-                    retain: 100,
+                    retention: "retention keeps the last 100".into(),
                 },
                 StatusCode::GONE,
                 "checkpoint 3 of session ab12 was pruned",

@@ -133,8 +133,7 @@ async fn run_call(
     events: Events,
 ) -> Result<CallInfo, ApiError> {
     let info = CallInfo::running(&live.id, n, &req.argv, req.intent.clone(), view);
-    d.journal(|j| j.put_call(&info))?;
-    live.update(d, |s| s.calls = s.calls.max(n))?;
+    live.start_call(d, &info)?;
     let call = match live.cg.create_call(n, cg_limits) {
         Ok(c) => c,
         Err(source) => {

@@ -16,6 +16,7 @@ pub mod log;
 pub mod mempool;
 pub mod net;
 pub mod require;
+pub mod retention;
 pub mod sessions;
 pub mod shim;
 pub mod spawn;

@@ -124,6 +124,17 @@ impl Live {
         };
         d.journal(|j| j.put_session(&row))
     }
+
+    /// Journals call `info` as started and raises the session's call count to it, in one
+    /// journal transaction (the hot path of every call).
+    pub fn start_call(&self, d: &Daemon, info: &crate::api::CallInfo) -> Result<(), ApiError> {
+        let row = {
+            let mut i = self.info.lock().unwrap_or_else(|p| p.into_inner());
+            i.calls = i.calls.max(info.n);
+            i.clone()
+        };
+        d.journal(|j| j.start_call(info, &row))
+    }
 }
 
 /// Policy files for a request: the host policy text (read by the daemon from its own
@@ -523,7 +534,9 @@ async fn fail(d: &Arc<Daemon>, live: &Live, why: &str) {
         live.id.clone(),
         live.info().workspace,
     );
-    let _ = tokio::task::spawn_blocking(move || super::undo::session_ended(&sd, &id, &ws)).await;
+    let keep = super::undo::Retention::of(live.plan.session.undo.as_ref());
+    let _ =
+        tokio::task::spawn_blocking(move || super::undo::session_ended(&sd, &id, &ws, keep)).await;
 }
 
 async fn remove_cgroups(d: &Arc<Daemon>, id: &str) {
@@ -605,7 +618,9 @@ pub async fn finish(
         live.id.clone(),
         live.info().workspace,
     );
-    let _ = tokio::task::spawn_blocking(move || super::undo::session_ended(&sd, &id, &ws)).await;
+    let keep = super::undo::Retention::of(live.plan.session.undo.as_ref());
+    let _ =
+        tokio::task::spawn_blocking(move || super::undo::session_ended(&sd, &id, &ws, keep)).await;
     d.live
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -104,8 +104,7 @@ async fn shim_call(
     let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
     super::undo::before_call(&s.d, live, n).await;
     let info = CallInfo::running(&live.id, n, &req.argv, intent, view.clone());
-    s.d.journal(|j| j.put_call(&info))?;
-    live.update(&s.d, |i| i.calls = i.calls.max(n))?;
+    live.start_call(&s.d, &info)?;
     // The memory pool's admission: the shim (and so the agent's command) waits here while
     // the call's grant does not fit.
     let grant = super::mempool::admit(&s.d, live, n, &plan, &mut cg_limits).await;

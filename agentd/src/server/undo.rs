@@ -23,12 +23,10 @@ use axum::Json;
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, State as AxState};
 use serde::{Deserialize, Serialize};
 
+pub use super::retention::Retention;
 use super::sessions::{self, Live};
 use super::{ApiError, Daemon, Peer, State};
 
-/// Checkpoints kept per session (besides checkpoint 0, the session's start); older ones
-/// are pruned and their objects swept.
-pub const RETAIN: usize = 1000;
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A checkpoint as listed.
@@ -139,6 +137,8 @@ pub struct Sess {
     pub upper: PathBuf,
     /// The running session (None once it ended).
     pub live: Option<Arc<Live>>,
+    /// Its `[undo]` policy.
+    pub retention: Retention,
 }
 
 /// The store of session `id` under the daemon's state dir.
@@ -154,6 +154,10 @@ impl Sess {
             store_dir: store_dir(&d.cfg.state_dir, id),
             upper: agentd_sandbox::plan::upper_of(&d.cfg.state_dir.join("sessions").join(id)),
             live: d.live(id),
+            retention: match d.live(id) {
+                Some(l) => Retention::of(l.plan.session.undo.as_ref()),
+                None => Retention::of_journal(d, id),
+            },
         }
     }
 
@@ -230,8 +234,11 @@ impl<'a> Frozen<'a> {
 
 impl Drop for Frozen<'_> {
     fn drop(&mut self) {
+        // The thaw is not waited for: writing 0 clears the freeze of the whole subtree
+        // before the write returns (a call cgroup created next is not born frozen), and the
+        // tasks wake on their own; waiting for `frozen 0` cost every call ~10 ms under TCG.
         if let Some(l) = self.0
-            && let Err(e) = l.cg.cgroup().thaw(FREEZE_TIMEOUT)
+            && let Err(e) = l.cg.cgroup().thaw_nowait()
         {
             super::log::error(&format!("thawing session {}: {e}", l.id));
         }
@@ -257,7 +264,7 @@ fn resolve(store: &Store, s: &Sess, id: u64) -> Result<Checkpoint, ApiError> {
         return Err(ApiError::Pruned {
             session: s.id.clone(),
             id,
-            retain: RETAIN,
+            retention: s.retention.describe(),
         });
     }
     Err(ApiError::NoCheckpoint {
@@ -284,6 +291,19 @@ fn save(
     m: Manifest,
     call: Option<u64>,
     reason: String,
+) -> Result<Checkpoint, ApiError> {
+    save_pinning(s, store, m, call, reason, None)
+}
+
+/// [`save`], keeping `pinned`'s objects even if pruning drops every checkpoint that
+/// refers to them (an undo's target, about to be restored).
+fn save_pinning(
+    s: &Sess,
+    store: &Store,
+    m: Manifest,
+    call: Option<u64>,
+    reason: String,
+    pinned: Option<&Manifest>,
 ) -> Result<Checkpoint, ApiError> {
     let id = store.next_id().map_err(layer_err)?;
     let (files, bytes) = m.totals();
@@ -314,11 +334,31 @@ fn save(
     };
     store.save(&cp).map_err(layer_err)?;
     let ids = store.ids().map_err(layer_err)?;
-    if ids.len() > RETAIN + 1 {
-        for old in ids.iter().filter(|i| **i != 0).take(ids.len() - RETAIN - 1) {
-            store.prune(*old).map_err(layer_err)?;
+    let r = &s.retention;
+    // Only an age limit needs the times (the record's mtime: it is written once).
+    let stamped: Vec<(u64, u64)> = if r.max_age_s.is_some() {
+        let mut v = Vec::with_capacity(ids.len());
+        for i in &ids {
+            v.push((
+                *i,
+                store.saved_at(*i).map_err(layer_err)?.unwrap_or(u64::MAX),
+            ));
         }
-        store.gc(&[]).map_err(layer_err)?;
+        v
+    } else if ids.len() > r.keep + 1 {
+        ids.iter().map(|i| (*i, 0)).collect()
+    } else {
+        Vec::new()
+    };
+    let prune = r.to_prune(&stamped, crate::api::now());
+    if !prune.is_empty() {
+        for old in prune {
+            store.prune(old).map_err(layer_err)?;
+        }
+        let keep: Vec<String> = pinned
+            .map(|p| p.objects().map(str::to_owned).collect())
+            .unwrap_or_default();
+        store.gc(&keep).map_err(layer_err)?;
     }
     Ok(cp)
 }
@@ -395,7 +435,14 @@ pub fn undo(s: &Sess, to: u64, reason: &str) -> Result<UndoAnswer, ApiError> {
     let target = resolve(&store, s, to)?;
     let _f = Frozen::new(s.live.as_deref())?;
     let now = layer_now(s, &store)?;
-    let saved = save(s, &store, now.clone(), None, format!("before {reason}"))?;
+    let saved = save_pinning(
+        s,
+        &store,
+        now.clone(),
+        None,
+        format!("before {reason}"),
+        Some(&target.manifest),
+    )?;
     let lower = s.lower()?;
     let plan = changes(&now, &target.manifest, Some(&lower)).map_err(layer_err)?;
     let paths: Vec<String> = plan.iter().map(|c| c.path.clone()).collect();
@@ -508,6 +555,10 @@ pub fn uncommitted(state_dir: &Path, id: &str, workspace: &Path) -> Result<usize
 /// Before a tool call: a checkpoint (errors are logged, never fail the call: the call is
 /// the agent's work, the checkpoint our record of it; the log names what was lost).
 pub async fn before_call(d: &State, live: &Arc<Live>, n: u64) {
+    // `undo.checkpoint = "off"`: none before calls.
+    if !Retention::of(live.plan.session.undo.as_ref()).per_call {
+        return;
+    }
     let workspace = live.info().workspace;
     let mut s = Sess::of(d, &live.id, &workspace);
     s.live = Some(live.clone());
@@ -522,7 +573,7 @@ pub async fn before_call(d: &State, live: &Arc<Live>, n: u64) {
 
 /// When a session's agent has exited: the final checkpoint from its kept layer, then the
 /// layer's state dir is destroyed (the store keeps what a commit needs).
-pub fn session_ended(state_dir: &Path, id: &str, workspace: &Path) {
+pub fn session_ended(state_dir: &Path, id: &str, workspace: &Path, retention: Retention) {
     let st = state_dir.join("sessions").join(id);
     let s = Sess {
         id: id.to_owned(),
@@ -530,6 +581,7 @@ pub fn session_ended(state_dir: &Path, id: &str, workspace: &Path) {
         store_dir: store_dir(state_dir, id),
         upper: agentd_sandbox::plan::upper_of(&st),
         live: None,
+        retention,
     };
     if s.upper.is_dir() {
         let lock = lock_for(id);
@@ -597,7 +649,7 @@ pub fn recover_all(d: &Daemon, live: &[String]) {
             super::log::error(&format!("the layer of session {}: {e}", row.id));
         }
         if s.upper.is_dir() {
-            session_ended(&d.cfg.state_dir, &row.id, &row.workspace);
+            session_ended(&d.cfg.state_dir, &row.id, &row.workspace, s.retention);
         }
     }
 }

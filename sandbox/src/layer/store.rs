@@ -260,6 +260,22 @@ impl Store {
         Ok(max.map_or(0, |m| m + 1))
     }
 
+    /// When checkpoint `id` was saved (its record's mtime, seconds since the epoch; the
+    /// record is written once), None when it does not exist.
+    pub fn saved_at(&self, id: u64) -> Result<Option<u64>, LayerError> {
+        let p = self.checkpoint_path(id);
+        match fs::metadata(&p) {
+            Ok(md) => Ok(Some(
+                md.modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs()),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LayerError::io("stat", p, e)),
+        }
+    }
+
     /// Whether checkpoint `id` existed and was pruned.
     pub fn pruned(&self, id: u64) -> bool {
         self.root.join("pruned").join(id.to_string()).exists()

@@ -2,6 +2,14 @@
 //! visited. A regular file whose stamp (inode, size, mtime, ctime) equals the previous
 //! checkpoint's is not read again (its hash is carried over), so a checkpoint costs the
 //! layer's entries plus the bytes written since the last one.
+//!
+//! A stamp is only recorded for a file that last changed [`STAMP_SETTLE_NS`] before the
+//! walk began ("racy" stamps, as git calls them): file times come from the kernel's coarse
+//! clock (one tick, 1–10 ms; a second on some filesystems; Linux ≤ 6.12 has no multigrain
+//! timestamps), so a file rewritten with the same size in the same tick as the checkpoint
+//! that read it keeps its (inode, size, mtime, ctime), and trusting that stamp kept the old
+//! hash — an undo then left the new content (found by the VM proptest on 6.12). A file
+//! that changed within the settle time is simply read again at the next checkpoint.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -51,9 +59,36 @@ fn ns(sec: i64, nsec: i64) -> i128 {
     i128::from(sec) * 1_000_000_000 + i128::from(nsec)
 }
 
+/// How long before a walk's start a file must have last changed (its ctime, which no
+/// process can set) for its stamp to be kept. Any later change then gets a ctime past the
+/// recorded one whatever the filesystem's time granularity, up to 2 s (FAT's; ext4 with
+/// small inodes has 1 s).
+pub const STAMP_SETTLE_NS: i128 = 2_000_000_000;
+
+/// The real-time clock in ns (the clock file times are taken from).
+pub fn now_ns() -> i128 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i128::try_from(d.as_nanos()).unwrap_or(i128::MAX),
+        // A clock before 1970: trust no stamp.
+        Err(_) => i128::MIN,
+    }
+}
+
 /// Walks `upper` into a manifest, storing new or changed file contents in `store`.
 /// `prev` (the previous checkpoint's manifest) lets unchanged files skip the read.
 pub fn walk(upper: &Path, store: &Store, prev: Option<&Manifest>) -> Result<Manifest, LayerError> {
+    walk_at(upper, store, prev, now_ns())
+}
+
+/// [`walk`] begun at `started_ns` (real time): stamps are kept only for files whose ctime
+/// is at least [`STAMP_SETTLE_NS`] older (the clock is a parameter so the rule is tested
+/// without sleeping).
+pub fn walk_at(
+    upper: &Path,
+    store: &Store,
+    prev: Option<&Manifest>,
+    started_ns: i128,
+) -> Result<Manifest, LayerError> {
     let mut m = Manifest::default();
     let mut stack: Vec<String> = vec![String::new()];
     while let Some(dir) = stack.pop() {
@@ -99,7 +134,9 @@ pub fn walk(upper: &Path, store: &Store, prev: Option<&Manifest>) -> Result<Mani
                         Some(k) => k,
                         None => store.put_file(&p)?,
                     };
-                    m.stamps.insert(rel.clone(), stamp);
+                    if stamp.ctime_ns.saturating_add(STAMP_SETTLE_NS) <= started_ns {
+                        m.stamps.insert(rel.clone(), stamp);
+                    }
                     Entry::File {
                         mode,
                         size,
@@ -172,13 +209,74 @@ mod tests {
             panic!("files expected");
         };
         assert!(a.is_some() && a == b, "hard links share a group");
-        // An unchanged file is not read again: remove its object, and the next walk with
-        // the previous manifest must re-store it only because the object is gone.
         let m2 = walk(&up, &store, Some(&m)).unwrap();
         assert_eq!(m2, m);
         fs::write(up.join("d/f"), b"two").unwrap();
         let m3 = walk(&up, &store, Some(&m)).unwrap();
         assert_ne!(m3.entries["d/f"], m.entries["d/f"]);
+    }
+
+    fn ctime_ns(p: &Path) -> i128 {
+        let md = fs::symlink_metadata(p).unwrap();
+        ns(md.ctime(), md.ctime_nsec())
+    }
+
+    #[test]
+    fn a_settled_file_is_not_read_again() {
+        let t = tempfile::tempdir().unwrap();
+        let up = t.path().join("upper");
+        fs::create_dir_all(&up).unwrap();
+        fs::write(up.join("f"), b"one").unwrap();
+        let store = Store::open(&t.path().join("s")).unwrap();
+        let later = ctime_ns(&up.join("f")) + STAMP_SETTLE_NS;
+        let m = walk_at(&up, &store, None, later).unwrap();
+        assert!(m.stamps.contains_key("f"), "a settled file's stamp is kept");
+        // Its stamp is trusted: plant another (stored) hash under the same stamp and see
+        // that the next walk carries it over instead of reading the file.
+        let mut forged = m.clone();
+        let fake = store.put_bytes(b"not the file").unwrap();
+        if let Some(Entry::File { hash, .. }) = forged.entries.get_mut("f") {
+            *hash = fake.clone();
+        }
+        let m2 = walk_at(&up, &store, Some(&forged), later).unwrap();
+        assert!(
+            matches!(&m2.entries["f"], Entry::File { hash, .. } if *hash == fake),
+            "an unchanged settled file was read again"
+        );
+    }
+
+    /// The bug the VM proptest found on Linux 6.12: the checkpoint's walk ran in the same
+    /// clock tick as the file's last write, the file was then rewritten with the same size
+    /// in that tick (same inode, size, mtime and ctime on a coarse clock), and the next walk
+    /// trusted the stamp and kept the old hash. The walk now keeps no stamp for a file that
+    /// changed within the settle time, so the next walk reads it whatever its times say.
+    #[test]
+    fn a_file_changed_in_the_walks_tick_is_read_again_at_the_next_walk() {
+        let t = tempfile::tempdir().unwrap();
+        let up = t.path().join("upper");
+        fs::create_dir_all(&up).unwrap();
+        fs::write(up.join("README"), [253u8; 5000]).unwrap();
+        let store = Store::open(&t.path().join("s")).unwrap();
+        // The walk began in the tick of the write (what a coarse clock makes of "just
+        // after"): no stamp may be kept.
+        let cp1 = walk_at(&up, &store, None, ctime_ns(&up.join("README"))).unwrap();
+        assert!(
+            !cp1.stamps.contains_key("README"),
+            "a stamp from the file's own tick was kept: a same-size rewrite in that tick \
+             would go unseen"
+        );
+        fs::write(up.join("README"), [33u8; 5000]).unwrap();
+        // Had the stamp been kept, a coarse clock would have given the rewrite the same
+        // stat (forged here with the file's stat now), and the walk would carry the old
+        // hash over: the stale checkpoint the undo then trusted.
+        let stat = walk_at(&up, &store, None, i128::MAX).unwrap().stamps["README"];
+        let mut racy = cp1.clone();
+        racy.stamps.insert("README".into(), stat);
+        let stale = walk(&up, &store, Some(&racy)).unwrap();
+        assert_eq!(stale.entries["README"], cp1.entries["README"]);
+        let cp2 = walk(&up, &store, Some(&cp1)).unwrap();
+        let want = store.put_bytes(&[33u8; 5000]).unwrap();
+        assert!(matches!(&cp2.entries["README"], Entry::File { hash, .. } if *hash == want));
     }
 
     #[test]
