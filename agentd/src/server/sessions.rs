@@ -61,6 +61,8 @@ pub struct Live {
     pub stdin: Mutex<Option<tokio::net::unix::pipe::Sender>>,
     /// The session's egress proxy (network sessions, once started).
     pub egress: Mutex<Option<Arc<crate::egress::SessionEgress>>>,
+    /// The last frozen checkpoint walk, for checkpoints of an unchanged layer.
+    pub quiet: Mutex<Option<super::undo::QuietRef>>,
 }
 
 /// What [`Live::new`] needs: everything of a live session that is not its runtime state.
@@ -98,6 +100,7 @@ impl Live {
             done: done_rx,
             stdin: Mutex::new(n.stdin),
             egress: Mutex::new(None),
+            quiet: Mutex::new(None),
         });
         (live, done_tx)
     }
