@@ -20,6 +20,7 @@ pub mod journal;
 pub mod mcp;
 pub mod mem;
 pub mod routes;
+pub mod sched;
 pub mod server;
 pub mod term;
 pub mod top;
