@@ -213,7 +213,10 @@ impl Resource {
                     .rsplit_once(':')
                     .ok_or_else(|| bad(text, "write `fs:/path/glob:read` or `:write`"))?;
                 let rights = Rights::parse(rights).ok_or_else(|| {
-                    bad(text, format!("rights `{rights}`: use read, write or read,write"))
+                    bad(
+                        text,
+                        format!("rights `{rights}`: use read, write or read,write"),
+                    )
                 })?;
                 let m = path_glob(text, glob, Kind::Fs)?;
                 Ok(Resource::Fs {
@@ -293,12 +296,12 @@ impl Resource {
     pub fn narrows(&self, wider: &Resource) -> bool {
         match (self, wider) {
             (Resource::Secret { name: a }, Resource::Secret { name: b }) => a == b,
-            (Resource::Exec { glob: a, .. }, Resource::Exec { glob: b, m }) => {
-                glob_within(a, b, m)
-            }
+            (Resource::Exec { glob: a, .. }, Resource::Exec { glob: b, m }) => glob_within(a, b, m),
             (
                 Resource::Fs {
-                    glob: a, rights: ra, ..
+                    glob: a,
+                    rights: ra,
+                    ..
                 },
                 Resource::Fs {
                     glob: b,
@@ -306,9 +309,9 @@ impl Resource {
                     m,
                 },
             ) => ra.within(*rb) && glob_within(a, b, m),
-            (Resource::Net { patterns: a, .. }, Resource::Net { patterns: b, .. }) => a
-                .iter()
-                .all(|p| b.iter().any(|q| net_within(p, q))),
+            (Resource::Net { patterns: a, .. }, Resource::Net { patterns: b, .. }) => {
+                a.iter().all(|p| b.iter().any(|q| net_within(p, q)))
+            }
             _ => false,
         }
     }
@@ -538,7 +541,10 @@ mod tests {
         assert!(Resource::parse("fs:/repo/**:write").unwrap().covers(&w));
         assert!(!Resource::parse("fs:/repo/**:read").unwrap().covers(&w));
         assert!(r.exact().covers(&r));
-        assert!(!r.exact().covers(&Request::parse("net:web.test:80").unwrap()));
+        assert!(
+            !r.exact()
+                .covers(&Request::parse("net:web.test:80").unwrap())
+        );
     }
 
     #[test]

@@ -157,7 +157,10 @@ pub const TABLE: &[Entry] = &[
         "per-rule grant lifetimes (the approver's --scope decides today)",
         "unset",
     ),
-    on("approvals", "agentd approval queue (unanswered requests deny)"),
+    on(
+        "approvals",
+        "agentd approval queue (unanswered requests deny)",
+    ),
     off("secrets", "the secret broker", "empty table"),
     off("undo.checkpoint", "journal checkpoints", "\"off\""),
     off("undo.retention", "journal checkpoints", "unset"),

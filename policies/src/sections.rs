@@ -149,7 +149,10 @@ pub(crate) fn check_capability(
     };
     let c = cap.get();
     for (v, key) in [
-        (c.one_shot.as_ref().map(|o| o.span()), "capabilities.one_shot"),
+        (
+            c.one_shot.as_ref().map(|o| o.span()),
+            "capabilities.one_shot",
+        ),
         (c.ttl.as_ref().map(|t| t.span()), "capabilities.ttl"),
     ] {
         if let Some(span) = v {
@@ -175,7 +178,10 @@ pub(crate) fn check_capability(
             c.effect.span(),
             "capabilities",
             format!("`{res}`: a `net:` capability may deny or ask, not allow"),
-            Some("allow destinations with `network.allow` (bounded by the host's network.max.allow)".into()),
+            Some(
+                "allow destinations with `network.allow` (bounded by the host's network.max.allow)"
+                    .into(),
+            ),
         ),
     }
 }

@@ -378,9 +378,19 @@ fn network_ask_resolves_within_the_host_caps_and_net_capabilities_join_it() {
     assert!(a.rule.contains(".agentd/policy.toml:5:8"), "{}", a.rule);
     let b = n.decide(Dest::Name("b.ex.com"), 443, none);
     assert_eq!(b.effect, NetEffect::Ask, "{b}");
-    assert!(b.rule.contains("capabilities.\"net:b.ex.com:443\""), "{}", b.rule);
-    assert_eq!(n.decide(Dest::Name("b.ex.com"), 80, none).effect, NetEffect::Allow);
-    assert_eq!(n.decide(Dest::Name("c.ex.com"), 443, none).effect, NetEffect::Deny);
+    assert!(
+        b.rule.contains("capabilities.\"net:b.ex.com:443\""),
+        "{}",
+        b.rule
+    );
+    assert_eq!(
+        n.decide(Dest::Name("b.ex.com"), 80, none).effect,
+        NetEffect::Allow
+    );
+    assert_eq!(
+        n.decide(Dest::Name("c.ex.com"), 443, none).effect,
+        NetEffect::Deny
+    );
     assert_eq!(p.approvals.timeout_s, 3);
     // Outside the built-in caps: refused like an allow rule would be.
     let d = one_error("version = 1\n[network]\nenabled = true\nask = [\"ex.com\"]\n");
@@ -486,10 +496,23 @@ fn capabilities_validated_and_refused() {
         ],
         "{d:#?}"
     );
-    let msg = |line| d.iter().find(|x| x.line == line).map(|x| x.message.clone()).unwrap();
+    let msg = |line| {
+        d.iter()
+            .find(|x| x.line == line)
+            .map(|x| x.message.clone())
+            .unwrap()
+    };
     assert!(msg(4).contains("`disk:/x`: unknown kind"), "{}", msg(4));
-    assert!(msg(5).contains("`capabilities.fs` is not enforced"), "{}", msg(5));
-    assert!(msg(6).contains("`capabilities.exec` is not enforced"), "{}", msg(6));
+    assert!(
+        msg(5).contains("`capabilities.fs` is not enforced"),
+        "{}",
+        msg(5)
+    );
+    assert!(
+        msg(6).contains("`capabilities.exec` is not enforced"),
+        "{}",
+        msg(6)
+    );
     assert!(msg(7).contains("may deny or ask, not allow"), "{}", msg(7));
     assert!(msg(8).contains("covers every fs resource"), "{}", msg(8));
 }

@@ -42,7 +42,9 @@ fn hex(b: &[u8]) -> String {
 
 /// The `prev` of a session's first record.
 pub fn genesis(session: &str) -> String {
-    hex(&Sha256::digest(format!("agentd audit {session}").as_bytes()))
+    hex(&Sha256::digest(
+        format!("agentd audit {session}").as_bytes(),
+    ))
 }
 
 fn field(h: &mut Sha256, b: &[u8]) {
@@ -63,7 +65,13 @@ pub fn hash(seq: u64, at_ms: u64, kind: &str, body: &str, prev: &str) -> String 
 
 impl Record {
     /// The record following `last` (`None`: the session's first).
-    pub fn next(session: &str, last: Option<(u64, &str)>, at_ms: u64, kind: &str, body: String) -> Record {
+    pub fn next(
+        session: &str,
+        last: Option<(u64, &str)>,
+        at_ms: u64,
+        kind: &str,
+        body: String,
+    ) -> Record {
         let (seq, prev) = match last {
             Some((s, h)) => (s + 1, h.to_string()),
             None => (1, genesis(session)),
@@ -106,17 +114,26 @@ pub fn verify(session: &str, records: &[Record], head: Option<(u64, &str)>) -> V
         if r.seq != want {
             return bad(
                 want - 1,
-                format!("record {want} is missing (found seq {} next): removed", r.seq),
+                format!(
+                    "record {want} is missing (found seq {} next): removed",
+                    r.seq
+                ),
             );
         }
         if r.prev != prev {
             return bad(
                 want - 1,
-                format!("record {want} does not follow record {}: removed or reordered", want - 1),
+                format!(
+                    "record {want} does not follow record {}: removed or reordered",
+                    want - 1
+                ),
             );
         }
         if hash(r.seq, r.at_ms, &r.kind, &r.body, &r.prev) != r.hash {
-            return bad(want - 1, format!("record {want} was modified (its hash does not match)"));
+            return bad(
+                want - 1,
+                format!("record {want} was modified (its hash does not match)"),
+            );
         }
         prev.clone_from(&r.hash);
     }
@@ -127,7 +144,10 @@ pub fn verify(session: &str, records: &[Record], head: Option<(u64, &str)>) -> V
             records: 0,
             problem: None,
         },
-        None => bad(n, "the chain has records but no head: the head row was removed".into()),
+        None => bad(
+            n,
+            "the chain has records but no head: the head row was removed".into(),
+        ),
         Some((s, _)) if s > n => bad(
             n,
             format!("the head says {s} records, {n} remain: truncated after record {n}"),
@@ -175,7 +195,10 @@ mod tests {
         let mut m = c.clone();
         m[20].body = "{\"n\":999}".into();
         let v = verify("s1", &m, head(&c));
-        assert_eq!(v.problem.as_deref(), Some("record 21 was modified (its hash does not match)"));
+        assert_eq!(
+            v.problem.as_deref(),
+            Some("record 21 was modified (its hash does not match)")
+        );
 
         let mut m = c.clone();
         m.remove(20);

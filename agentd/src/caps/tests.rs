@@ -230,13 +230,26 @@ fn delegation_refusals_say_why_and_end_call_revokes_call_grants() {
     let e = t
         .delegate("s", p.id, base("fs:/etc/**:write", Subject::Call(1)), 0)
         .unwrap_err();
-    assert!(e.to_string().contains("is not within fs:/repo/**:write"), "{e}");
+    assert!(
+        e.to_string().contains("is not within fs:/repo/**:write"),
+        "{e}"
+    );
     let e = t
-        .delegate("s", p.id, base("fs:/repo/**:read,write", Subject::Call(1)), 0)
+        .delegate(
+            "s",
+            p.id,
+            base("fs:/repo/**:read,write", Subject::Call(1)),
+            0,
+        )
         .unwrap_err();
     assert!(matches!(e, CapsError::Widens { .. }), "{e}");
     let c = t
-        .delegate("s", p.id, base("fs:/repo/src/**:write", Subject::Call(1)), 0)
+        .delegate(
+            "s",
+            p.id,
+            base("fs:/repo/src/**:write", Subject::Call(1)),
+            0,
+        )
         .unwrap();
     assert_eq!(c.parent, Some(p.id));
     assert!(matches!(

@@ -203,6 +203,7 @@ pub async fn finish(
     super::mempool::finish(grant, &mut info);
     super::net::annotate_call(d, &mut info).await;
     d.journal(|j| j.put_call(&info))?;
+    super::approvals::call_ended(d, &info);
     Ok(info)
 }
 

@@ -8,6 +8,7 @@
 pub mod adopt;
 mod api_error;
 pub mod apply;
+pub mod approvals;
 pub mod calls;
 pub mod conn;
 mod errors;
@@ -149,6 +150,8 @@ pub struct Daemon {
     pub live: Mutex<HashMap<String, Arc<sessions::Live>>>,
     /// The host's memory pool (`[resources.pool]` of the host policy), if enabled.
     pub mem: Option<Arc<crate::mem::MemPool>>,
+    /// Capability tables and the approval queue.
+    pub caps: approvals::Broker,
 }
 
 /// Handler state.
@@ -210,6 +213,7 @@ pub fn router(state: State) -> Router {
         .route(&r::CALLS.template(), get(calls::list).post(calls::create))
         .route(&r::CALL_KILL.template(), post(calls::kill))
         .merge(undo_routes())
+        .merge(caps_routes())
         .with_state(state)
         .layer(axum::middleware::map_response(errors::json_errors))
 }
@@ -226,6 +230,21 @@ fn undo_routes() -> Router<State> {
         .route(&r::UNDO.template(), post(undo::undo_route))
         .route(&r::COMMIT.template(), post(undo::commit_route))
         .route(&r::DISCARD.template(), post(undo::discard))
+}
+
+/// The approval queue and capability routes ([`approvals`]).
+fn caps_routes() -> Router<State> {
+    use crate::routes as r;
+    Router::new()
+        .route(&r::APPROVALS.template(), get(approvals::list))
+        .route(&r::APPROVE.template(), post(approvals::approve))
+        .route(&r::DENY.template(), post(approvals::deny))
+        .route(&r::GRANTS.template(), get(approvals::grants))
+        .route(
+            &r::GRANT.template(),
+            axum::routing::delete(approvals::revoke),
+        )
+        .route(&r::AUDIT.template(), get(approvals::audit_route))
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -288,7 +307,9 @@ pub fn open(mut cfg: Config) -> Result<State, ServeError> {
         root,
         live: Mutex::new(HashMap::new()),
         mem,
+        caps: approvals::Broker::default(),
     });
+    approvals::cancel_stale(&d);
     let adopted = adopt::readopt(&d)?;
     undo::recover_all(&d, &adopted);
     d.root

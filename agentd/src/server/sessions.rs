@@ -448,6 +448,13 @@ pub async fn create(
         return Err(e);
     }
     live.update(&d, |i| i.state = SessionState::Running)?;
+    super::approvals::audit_logged(
+        &d,
+        &id,
+        "session-start",
+        serde_json::json!({"owner": peer.uid, "agent_uid": agent_uid, "argv": req.argv,
+            "workspace": workspace}),
+    );
     d.live
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -590,6 +597,7 @@ pub async fn finish(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     super::mempool::session_ended(d, &live.id);
+    super::approvals::session_ended(d, &live.id, live.info().state.as_str());
     super::net::stop(live);
     remove_cgroups(d, &live.id).await;
     let (sd, id, ws) = (

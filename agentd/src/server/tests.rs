@@ -46,6 +46,7 @@ fn fixture() -> Fixture {
         root,
         live: Mutex::new(HashMap::new()),
         mem: None,
+        caps: super::approvals::Broker::default(),
     });
     Fixture { _dir: dir, daemon }
 }
@@ -215,7 +216,7 @@ async fn unknown_and_stopped_sessions_get_404_and_409() {
 async fn routes_answer_exactly_their_methods() {
     let f = fixture();
     for r in crate::routes::DAEMON {
-        let path = r.at(&["x"]);
+        let path = r.at(&["x", "1"]);
         let app = router(f.daemon.clone()).layer(MockConnectInfo(peer(0)));
         let req = Request::builder()
             .method("PATCH")
