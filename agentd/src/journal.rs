@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod caps;
 mod net;
 
 use crate::api::{CallInfo, CallState, PolicySource, SessionInfo, SessionState};
@@ -109,6 +110,38 @@ CREATE TABLE net_connections (
     duration_ms INTEGER NOT NULL
 );
 CREATE INDEX net_connections_session ON net_connections (session_id, call);
+",
+    // 4: capability grants, approval requests and the hash-chained audit trail with its
+    // per-session head (`journal::caps`, docs/capabilities.md).
+    "
+CREATE TABLE cap_grants (
+    session_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    grant_json TEXT NOT NULL,
+    PRIMARY KEY (session_id, id)
+);
+CREATE TABLE approvals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    info TEXT NOT NULL
+);
+CREATE INDEX approvals_session ON approvals (session_id);
+CREATE TABLE audit (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE TABLE audit_head (
+    session_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
 ",
 ];
 

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod attach;
 pub mod caps;
+pub mod caps_cli;
 pub mod client;
 pub mod ctl;
 pub mod doctor;

@@ -112,6 +112,31 @@ pub const DISCARD: Route = Route {
     methods: &["post"],
 };
 
+pub const APPROVALS: Route = Route {
+    path: "/approvals",
+    methods: &["get"],
+};
+pub const APPROVE: Route = Route {
+    path: "/approvals/{aid}/approve",
+    methods: &["post"],
+};
+pub const DENY: Route = Route {
+    path: "/approvals/{aid}/deny",
+    methods: &["post"],
+};
+pub const GRANTS: Route = Route {
+    path: "/sessions/{id}/grants",
+    methods: &["get"],
+};
+pub const GRANT: Route = Route {
+    path: "/sessions/{id}/grants/{g}",
+    methods: &["delete"],
+};
+pub const AUDIT: Route = Route {
+    path: "/sessions/{id}/audit",
+    methods: &["get"],
+};
+
 /// Every route of the daemon's socket.
 pub const DAEMON: &[Route] = &[
     HEALTH,
@@ -132,6 +157,12 @@ pub const DAEMON: &[Route] = &[
     UNDO,
     COMMIT,
     DISCARD,
+    APPROVALS,
+    APPROVE,
+    DENY,
+    GRANTS,
+    GRANT,
+    AUDIT,
 ];
 
 /// The shim asks for a call cgroup (`api::ShimCall` → `api::ShimAnswer`).
@@ -145,8 +176,16 @@ pub const SHIM_EXIT: Route = Route {
     methods: &["post"],
 };
 
+/// A request from inside (`agentd-cap request`): blocks until it is answered
+/// (`approvals::CapRequest` → `approvals::CapAnswer`). The session socket has no route
+/// that answers a request.
+pub const SHIM_REQUESTS: Route = Route {
+    path: "/shim/requests",
+    methods: &["post"],
+};
+
 /// Every route of a session's own socket (inside its container).
-pub const SHIM: &[Route] = &[SHIM_CALLS, SHIM_EXIT];
+pub const SHIM: &[Route] = &[SHIM_CALLS, SHIM_EXIT, SHIM_REQUESTS];
 
 #[cfg(test)]
 mod tests {

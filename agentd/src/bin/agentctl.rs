@@ -113,6 +113,8 @@ enum Cmd {
     },
     #[command(flatten)]
     Undo(agentd::undo_cli::UndoCmd),
+    #[command(flatten)]
+    Caps(agentd::caps_cli::CapsCmd),
     /// Inspect one session.
     Inspect { session: String },
     /// A session's output so far (the last 8 MiB of each stream).
@@ -423,6 +425,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             show_session(&s, json)
         }
         Cmd::Undo(u) => agentd::undo_cli::run(&c, u, json).await,
+        Cmd::Caps(k) => agentd::caps_cli::run(&c, k, json).await,
         Cmd::Rm { session, force } => {
             let q = if force { "?force=true" } else { "" };
             let s: SessionInfo = c

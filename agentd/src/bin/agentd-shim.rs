@@ -133,8 +133,66 @@ fn ask_retrying(socket: &str, cmd: &str) -> Result<(ShimAnswer, bool), String> {
     }
 }
 
+/// `agentd-cap request RESOURCE [--reason TEXT]` (the shim run as `agentd-cap`, or
+/// `agentd-shim cap request …`): files the request over the session's socket and waits for
+/// the answer. Exit 0 approved, 3 denied (or expired), 2 bad usage or no daemon.
+fn cap(args: &[String]) -> ExitCode {
+    let usage =
+        "usage: agentd-cap request RESOURCE [--reason TEXT]   (e.g. net:api.github.com:443)";
+    let (Some("request"), Some(resource)) = (args.first().map(String::as_str), args.get(1)) else {
+        eprintln!("{usage}");
+        return ExitCode::from(2);
+    };
+    let mut reason = String::new();
+    let mut rest = args[2..].iter();
+    while let Some(a) = rest.next() {
+        match (a.as_str(), rest.next()) {
+            ("--reason", Some(r)) => reason.clone_from(r),
+            _ => {
+                eprintln!("{usage}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    // The session's socket is at a fixed path in every container.
+    let socket = std::env::var("AGENTD_SHIM_SOCKET")
+        .unwrap_or_else(|_| agentd::server::apply::SOCKET_IN_CONTAINER.to_string());
+    let body = serde_json::json!({ "resource": resource, "reason": reason }).to_string();
+    match post(&socket, &routes::SHIM_REQUESTS.at(&[]), body.as_bytes()) {
+        Ok((200, b)) => {
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+            let why = v["why"].as_str().unwrap_or("");
+            if v["approved"] == true {
+                eprintln!("agentd-cap: {resource}: {why}");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("agentd-cap: {resource}: {why}");
+                ExitCode::from(3)
+            }
+        }
+        Ok((status, b)) => {
+            eprintln!(
+                "agentd-cap: refused ({status}): {}",
+                String::from_utf8_lossy(&b)
+            );
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("agentd-cap: {socket}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if argv0.rsplit('/').next() == Some("agentd-cap") {
+        return cap(&args);
+    }
+    if args.first().map(String::as_str) == Some("cap") {
+        return cap(&args[1..]);
+    }
     let shell = real_shell();
     let socket = std::env::var("AGENTD_SHIM_SOCKET").ok();
     let cmd = match args.first().map(String::as_str) {

@@ -388,5 +388,104 @@ impl Table {
     }
 }
 
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Denied,
+    /// Unanswered at the policy's timeout (`approvals.timeout`): denied.
+    Expired,
+    /// Its session or daemon ended before an answer: denied.
+    Cancelled,
+}
+
+impl ApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+            ApprovalState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One request for a person's approval (`GET /v1/approvals`), and its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalInfo {
+    pub id: u64,
+    pub session: String,
+    /// The requesting call (`None`: the agent itself).
+    pub call: Option<u64>,
+    /// The concrete resource asked for (`net:web.test:443`).
+    pub resource: String,
+    /// Why (the requester's `--reason`, or what the enforcement point saw).
+    pub reason: String,
+    /// Who filed it: `egress` (a parked connection) or `agentd-cap` (from inside).
+    pub via: String,
+    /// The policy rule that put the resource under ask.
+    pub rule: String,
+    pub state: ApprovalState,
+    pub created_at_ms: u64,
+    /// Unanswered by then: denied.
+    pub deadline_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at_ms: Option<u64>,
+    /// The uid that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// The grant an approval made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<u64>,
+    /// The answer's reason (a denial's, or why it expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+impl ApprovalInfo {
+    /// A new pending request (id 0 until the journal numbers it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pending(
+        session: &str,
+        call: Option<u64>,
+        resource: &str,
+        reason: &str,
+        via: &str,
+        rule: &str,
+        now_ms: u64,
+        timeout_ms: u64,
+    ) -> ApprovalInfo {
+        ApprovalInfo {
+            id: 0,
+            session: session.to_string(),
+            call,
+            resource: resource.to_string(),
+            reason: reason.chars().take(1000).collect(),
+            via: via.to_string(),
+            rule: rule.to_string(),
+            state: ApprovalState::Pending,
+            created_at_ms: now_ms,
+            deadline_ms: now_ms + timeout_ms,
+            answered_at_ms: None,
+            answered_by: None,
+            scope: None,
+            grant: None,
+            why: None,
+        }
+    }
+}
+
+/// Unix time in ms.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests;

@@ -90,6 +90,30 @@ pub type AuditSink = Arc<dyn Fn(&ConnRecord) + Send + Sync>;
 /// The argv of call `n` of this session (the journal).
 pub type ArgvOf = Arc<dyn Fn(u64) -> Option<Vec<String>> + Send + Sync>;
 
+/// A connection a rule puts under `ask`, for the approval queue.
+#[derive(Debug, Clone)]
+pub struct AskFor {
+    pub call: Option<u64>,
+    pub host: String,
+    pub port: u16,
+    /// The ask rule (text and origin).
+    pub rule: String,
+    /// `transparent`, `http-connect`, …
+    pub via: String,
+}
+
+/// Decides an `ask` (the daemon's approval queue, `server::approvals::gate`): `Ok(why)`
+/// connects, `Err(why)` is refused the way every refusal is. The connection is parked
+/// until this resolves.
+pub type Asker = Arc<
+    dyn Fn(
+            AskFor,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Daemon-wide egress settings.
 #[derive(Debug, Clone)]
 pub struct EgressConfig {
@@ -167,6 +191,19 @@ pub fn proxy_env() -> Vec<(String, String)> {
 /// The resolv.conf the session sees (bound over /etc/resolv.conf).
 pub const RESOLV_CONF: &str = "# agentd: names resolve through the daemon's egress DNS stub\nnameserver 127.0.0.1\noptions timeout:1 attempts:2\n";
 
+/// The daemon's callbacks a session's egress uses.
+pub struct Hooks {
+    pub argv_of: ArgvOf,
+    pub audit: AuditSink,
+    pub asker: Asker,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks").finish_non_exhaustive()
+    }
+}
+
 /// A running session's egress.
 pub struct SessionEgress {
     pub(crate) session: String,
@@ -178,6 +215,7 @@ pub struct SessionEgress {
     pub(crate) cg_cache: Mutex<HashMap<u64, Option<u64>>>,
     pub(crate) argv_of: ArgvOf,
     pub(crate) audit: AuditSink,
+    pub(crate) asker: Asker,
     pub(crate) cfg: EgressConfig,
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
     /// Argv of each call seen (a call's argv never changes).
@@ -208,9 +246,13 @@ impl SessionEgress {
         plan: NetworkPlan,
         calls_dir: PathBuf,
         cfg: EgressConfig,
-        argv_of: ArgvOf,
-        audit: AuditSink,
+        hooks: Hooks,
     ) -> Result<Arc<SessionEgress>, EgressError> {
+        let Hooks {
+            argv_of,
+            audit,
+            asker,
+        } = hooks;
         let s = netns::open(init_pid, &transparent_ports(&plan))?;
         let eg = Arc::new(SessionEgress {
             session: session.to_string(),
@@ -221,6 +263,7 @@ impl SessionEgress {
             cg_cache: Mutex::new(HashMap::new()),
             argv_of,
             audit,
+            asker,
             cfg,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             dns_cache: Mutex::new(HashMap::new()),

@@ -99,6 +99,9 @@ struct Conn {
     rec: ConnRecord,
     start: Instant,
     argv: Option<Vec<String>>,
+    /// An `ask` already answered yes for this connection (the transparent path asks before
+    /// reading, then connects through `decide_connect`): why.
+    approved: Option<String>,
 }
 
 impl Conn {
@@ -145,6 +148,7 @@ async fn handle(eg: &SessionEgress, mut sock: TcpStream, peer: SocketAddr, via: 
         },
         start: Instant::now(),
         argv,
+        approved: None,
     };
     let r = match via {
         Via::Http => http(eg, &mut sock, &mut c).await,
@@ -242,8 +246,16 @@ async fn decide_connect(
     let dest = dest_of(host)?;
     let d = eg.plan.decide(dest, port, c.argv.as_deref());
     c.rec.rule = d.rule.clone();
-    if d.effect != NetEffect::Allow {
-        return Err(format!("agentd policy: {host}:{port} {d}"));
+    match d.effect {
+        NetEffect::Allow => {}
+        NetEffect::Deny => return Err(format!("agentd policy: {host}:{port} {d}")),
+        NetEffect::Ask => {
+            let why = match c.approved.clone() {
+                Some(why) => why,
+                None => ask(eg, c, host, port, &d.rule).await?,
+            };
+            c.rec.rule = format!("{} — {why}", d.rule);
+        }
     }
     let addrs = match dest {
         Dest::Addr(a) => vec![a],
@@ -268,6 +280,25 @@ async fn decide_connect(
         }
     }
     Err(why)
+}
+
+/// Parks the connection on the approval queue: `Ok(why)` connects, `Err(why)` refuses.
+async fn ask(
+    eg: &SessionEgress,
+    c: &Conn,
+    host: &str,
+    port: u16,
+    rule: &str,
+) -> Result<String, String> {
+    (eg.asker)(super::AskFor {
+        call: c.rec.call,
+        host: host.to_string(),
+        port,
+        rule: rule.to_string(),
+        via: c.rec.via.clone(),
+    })
+    .await
+    .map_err(|e| format!("{e} (ask rule: {rule})"))
 }
 
 /// Checks a TLS ClientHello at the start of `buf` (if the client speaks TLS): its SNI must
@@ -511,11 +542,23 @@ async fn transparent(
     c.rec.dest = name.clone();
     // Decide before reading: a denied call gets its refusal without sending anything.
     let d = eg.plan.decide(Dest::Name(&name), port, c.argv.as_deref());
-    if d.effect != NetEffect::Allow {
-        let why = format!("agentd policy: {name}:{port} {d}");
-        c.deny(why.clone());
-        refuse(sock, port, &why).await;
-        return None;
+    match d.effect {
+        NetEffect::Allow => {}
+        NetEffect::Deny => {
+            let why = format!("agentd policy: {name}:{port} {d}");
+            c.deny(why.clone());
+            refuse(sock, port, &why).await;
+            return None;
+        }
+        // Parked here, before anything is read: the client waits for the answer.
+        NetEffect::Ask => match ask(eg, c, &name, port, &d.rule).await {
+            Ok(why) => c.approved = Some(why),
+            Err(why) => {
+                c.deny(why.clone());
+                refuse(sock, port, &why).await;
+                return None;
+            }
+        },
     }
     let mut buf = Vec::new();
     let checked = if port == 80 {

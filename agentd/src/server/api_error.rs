@@ -62,6 +62,11 @@ pub enum ApiError {
     },
     #[error("{what} is not implemented yet")]
     NotImplemented { what: &'static str },
+    #[error("{source}")]
+    Caps {
+        #[source]
+        source: crate::caps::CapsError,
+    },
     #[error("{field}: {why}")]
     BadQuery {
         field: &'static str,
@@ -107,10 +112,17 @@ pub enum ApiError {
     },
     #[error("process {pid} is not in call {n} of session {session}")]
     NotInCall { pid: i32, n: u64, session: String },
+    #[error(
+        "process {pid} runs inside a session: approval {id} can only be answered from outside \
+         every sandbox"
+    )]
+    AnswerFromInside { pid: i32, id: u64 },
 
     // 404: no such thing.
     #[error("no session {id}")]
     NoSession { id: String },
+    #[error("no approval request {id}")]
+    NoApproval { id: u64 },
     #[error("session {session} has no checkpoint {id}")]
     NoCheckpoint { session: String, id: u64 },
     #[error("session {session} has no checkpoint before call {call} (no such call, or pruned)")]
@@ -121,6 +133,8 @@ pub enum ApiError {
     NotRunning { id: String, state: &'static str },
     #[error("session {id} is not running")]
     NotLive { id: String },
+    #[error("approval {id} is not pending (it is {state})")]
+    NotPending { id: u64, state: &'static str },
     #[error("session {id} is not running: its layer is its last checkpoint")]
     LayerNotLive { id: String },
     #[error("call {n} of session {id} is not running: {source}")]
@@ -267,6 +281,7 @@ impl ApiError {
             | EnvNotAllowed { .. }
             | Intent { .. }
             | NotImplemented { .. }
+            | Caps { .. }
             | BadQuery { .. }
             | Body { .. } => StatusCode::BAD_REQUEST,
             OtherUid { .. }
@@ -275,11 +290,14 @@ impl ApiError {
             | RootOnly { .. }
             | UnnamedPeer
             | NotInSession { .. }
-            | NotInCall { .. } => StatusCode::FORBIDDEN,
-            NoSession { .. } | NoCheckpoint { .. } | NoCheckpointBefore { .. } => {
-                StatusCode::NOT_FOUND
-            }
-            NotRunning { .. }
+            | NotInCall { .. }
+            | AnswerFromInside { .. } => StatusCode::FORBIDDEN,
+            NoSession { .. }
+            | NoApproval { .. }
+            | NoCheckpoint { .. }
+            | NoCheckpointBefore { .. } => StatusCode::NOT_FOUND,
+            NotPending { .. }
+            | NotRunning { .. }
             | NotLive { .. }
             | LayerNotLive { .. }
             | CallNotRunning { .. }

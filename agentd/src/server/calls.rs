@@ -215,6 +215,7 @@ pub async fn finish(
     }
     super::net::annotate_call(d, &mut info).await;
     d.journal(|j| j.put_call(&info))?;
+    super::approvals::call_ended(d, &info);
     Ok(info)
 }
 

@@ -43,11 +43,13 @@ pub const API: Bounds = Bounds {
     lifetime: None,
 };
 
-/// A session's shim socket: one agent, short request/answer exchanges.
+/// A session's shim socket: one agent, short request/answer exchanges, except
+/// `agentd-cap request`, which waits for a person up to the longest `approvals.timeout`
+/// (1 h, policies' validation) — the connection's bound is that plus a minute.
 pub const SHIM: Bounds = Bounds {
     max_connections: 64,
     header_timeout: Duration::from_secs(5),
-    lifetime: Some(Duration::from_secs(60)),
+    lifetime: Some(Duration::from_secs(3660)),
 };
 
 /// How long a shut-down server waits for its open connections to finish.

@@ -8,6 +8,7 @@
 pub mod adopt;
 mod api_error;
 pub mod apply;
+pub mod approvals;
 pub mod calls;
 pub mod conn;
 mod errors;
@@ -152,6 +153,8 @@ pub struct Daemon {
     pub mem: Option<Arc<crate::mem::MemPool>>,
     /// agentd's sched_ext scheduler and the per-call CPU accounting (docs/scheduler.md).
     pub sched: crate::sched::Sched,
+    /// Capability tables and the approval queue.
+    pub caps: approvals::Broker,
 }
 
 /// Handler state.
@@ -213,6 +216,7 @@ pub fn router(state: State) -> Router {
         .route(&r::CALLS.template(), get(calls::list).post(calls::create))
         .route(&r::CALL_KILL.template(), post(calls::kill))
         .merge(undo_routes())
+        .merge(caps_routes())
         .with_state(state)
         .layer(axum::middleware::map_response(errors::json_errors))
 }
@@ -229,6 +233,21 @@ fn undo_routes() -> Router<State> {
         .route(&r::UNDO.template(), post(undo::undo_route))
         .route(&r::COMMIT.template(), post(undo::commit_route))
         .route(&r::DISCARD.template(), post(undo::discard))
+}
+
+/// The approval queue and capability routes ([`approvals`]).
+fn caps_routes() -> Router<State> {
+    use crate::routes as r;
+    Router::new()
+        .route(&r::APPROVALS.template(), get(approvals::list))
+        .route(&r::APPROVE.template(), post(approvals::approve))
+        .route(&r::DENY.template(), post(approvals::deny))
+        .route(&r::GRANTS.template(), get(approvals::grants))
+        .route(
+            &r::GRANT.template(),
+            axum::routing::delete(approvals::revoke),
+        )
+        .route(&r::AUDIT.template(), get(approvals::audit_route))
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -292,7 +311,9 @@ pub fn open(mut cfg: Config) -> Result<State, ServeError> {
         live: Mutex::new(HashMap::new()),
         mem,
         sched: crate::sched::Sched::start(),
+        caps: approvals::Broker::default(),
     });
+    approvals::cancel_stale(&d);
     let adopted = adopt::readopt(&d)?;
     undo::recover_all(&d, &adopted);
     d.root

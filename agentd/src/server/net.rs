@@ -97,18 +97,52 @@ pub fn start(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<(), Api
             ));
         }
     });
+    let asker = asker(d, live);
     let eg = SessionEgress::start(
         &session,
         init_pid,
         plan,
         live.cg.calls().path().to_path_buf(),
         cfg,
-        argv_of,
-        audit,
+        egress::Hooks {
+            argv_of,
+            audit,
+            asker,
+        },
     )
     .map_err(egress_err)?;
     *live.egress.lock().unwrap_or_else(|p| p.into_inner()) = Some(eg);
     Ok(())
+}
+
+/// The egress proxy's way to the approval queue: a connection under an `ask` rule becomes
+/// a request for `net:HOST:PORT` from its call (`server::approvals::gate`).
+fn asker(d: &Arc<Daemon>, live: &Arc<Live>) -> egress::Asker {
+    let weak: Weak<Daemon> = Arc::downgrade(d);
+    let (session, owner, timeout_s) = (live.id.clone(), live.owner, live.plan.approvals.timeout_s);
+    Arc::new(move |a: egress::AskFor| {
+        let weak = weak.clone();
+        let session = session.clone();
+        Box::pin(async move {
+            let d = weak
+                .upgrade()
+                .ok_or_else(|| "agentd: the daemon is stopping".to_string())?;
+            let text = format!("net:{}:{}", a.host, a.port);
+            let request = agentd_policy::capability::Request::parse(&text)
+                .map_err(|e| format!("agentd policy: {e}"))?;
+            let g = super::approvals::GateRequest {
+                session,
+                owner,
+                call: a.call,
+                request,
+                reason: format!("{} connection to {}:{}", a.via, a.host, a.port),
+                rule: a.rule,
+                via: "egress",
+                timeout_s,
+            };
+            super::approvals::gate(&d, g).await
+        })
+    })
 }
 
 /// Stops the session's egress (its end).

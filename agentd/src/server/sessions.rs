@@ -469,6 +469,13 @@ pub async fn create(
         return Err(e);
     }
     live.update(&d, |i| i.state = SessionState::Running)?;
+    super::approvals::audit_logged(
+        &d,
+        &id,
+        "session-start",
+        serde_json::json!({"owner": peer.uid, "agent_uid": agent_uid, "argv": req.argv,
+            "workspace": workspace}),
+    );
     d.live
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -614,6 +621,7 @@ pub async fn finish(
     }
     super::mempool::session_ended(d, &live.id);
     d.sched.session_ended(&live.id);
+    super::approvals::session_ended(d, &live.id, live.info().state.as_str());
     super::net::stop(live);
     remove_cgroups(d, &live.id).await;
     let (sd, id, ws) = (

@@ -158,6 +158,20 @@ async fn watch_call(
     live.inflight.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// `agentd-cap request`: files the request for this session (and the caller's call) and
+/// answers once it is decided. Nothing on this socket answers a request.
+async fn shim_request(
+    AxState(s): AxState<ShimState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(req): Json<super::approvals::CapRequest>,
+) -> Result<Json<super::approvals::CapAnswer>, ApiError> {
+    let call = match place(&s.live, &peer)? {
+        Place::Agent => None,
+        Place::Call(n) => n,
+    };
+    super::approvals::shim_request(s.d.clone(), s.live.clone(), call, req).await
+}
+
 async fn shim_exit(
     AxState(s): AxState<ShimState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -275,6 +289,7 @@ pub fn listen(d: &Arc<Daemon>, live: &Arc<Live>, init_pid: i32) -> Result<PathBu
     let app = Router::new()
         .route(&crate::routes::SHIM_CALLS.template(), post(shim_call))
         .route(&crate::routes::SHIM_EXIT.template(), post(shim_exit))
+        .route(&crate::routes::SHIM_REQUESTS.template(), post(shim_request))
         .with_state(ShimState {
             d: d.clone(),
             live: live.clone(),

@@ -47,6 +47,7 @@ fn fixture() -> Fixture {
         live: Mutex::new(HashMap::new()),
         mem: None,
         sched: crate::sched::Sched::off("unit test"),
+        caps: super::approvals::Broker::default(),
     });
     Fixture { _dir: dir, daemon }
 }
@@ -216,7 +217,7 @@ async fn unknown_and_stopped_sessions_get_404_and_409() {
 async fn routes_answer_exactly_their_methods() {
     let f = fixture();
     for r in crate::routes::DAEMON {
-        let path = r.at(&["x"]);
+        let path = r.at(&["x", "1"]);
         let app = router(f.daemon.clone()).layer(MockConnectInfo(peer(0)));
         let req = Request::builder()
             .method("PATCH")
