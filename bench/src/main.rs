@@ -4,6 +4,7 @@
 //! SVG into `--out` and prints the markdown. The other subcommands are the processes the
 //! benchmarks start: the shim agent and the replay's agent and tool-call workers.
 
+mod audit;
 mod calls;
 mod checkpoint;
 mod crun;
@@ -26,7 +27,8 @@ use clap::{Parser, Subcommand};
 use crate::report::{Machine, Report};
 
 /// The benchmarks, in the order the suite runs them.
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 8] = [
+    "audit",
     "calls",
     "lifecycle",
     "footprint",
@@ -53,7 +55,7 @@ enum Cmd {
         /// Small run counts (CI: the whole run, VM boot included, under 5 minutes).
         #[arg(long)]
         quick: bool,
-        /// Only these benchmarks (calls, lifecycle, footprint, checkpoint, egress, latency, replay); default all.
+        /// Only these benchmarks (audit, calls, lifecycle, footprint, checkpoint, egress, latency, replay); default all.
         names: Vec<String>,
         /// Directory for report.json, report.md and plots.
         #[arg(long)]
@@ -73,6 +75,11 @@ enum Cmd {
         /// The cargo profile the binaries were built with.
         #[arg(long, default_value = "unknown")]
         profile: String,
+    },
+    /// The audit-chain benchmark alone, on this machine (pure code: no VM needed).
+    Audit {
+        #[arg(long)]
+        quick: bool,
     },
     /// (inside a session) time `$SHELL -c true` against `/bin/sh -c true`.
     #[command(hide = true)]
@@ -159,6 +166,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             trace,
             &replay_sessions,
         ),
+        Cmd::Audit { quick } => {
+            let s = audit::run(quick)?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            Ok(())
+        }
         Cmd::ShimAgent { n, warmup } => calls::shim_agent(n, warmup),
         Cmd::ReplayAgent { plan, calls } => replay::agent::run(&plan, &calls),
         Cmd::ReplayCall { steps, end_ms } => replay::agent::call(&steps, end_ms),
@@ -233,6 +245,7 @@ fn suite(
             if quick { " (quick)" } else { "" }
         );
         let section = match name {
+            "audit" => audit::run(quick),
             "calls" => calls::run(quick),
             "lifecycle" => lifecycle::run(quick),
             "footprint" => footprint::run(quick),

@@ -269,7 +269,14 @@ impl Api {
     ) -> Answer {
         // `id` may be `ID/N` for a template that also names a call number `{n}`.
         let (id, n) = id.split_once('/').unwrap_or((id, ""));
-        let path = format!("{}{query}", template.replace("{id}", id).replace("{n}", n));
+        let path = format!(
+            "{}{query}",
+            template
+                .replace("{id}", id)
+                .replace("{aid}", id)
+                .replace("{n}", n)
+                .replace("{g}", n)
+        );
         let a = self.raw(uid, method, &path, body);
         let m = method.to_ascii_lowercase();
         let op = self.doc["paths"][template][&m].clone();
@@ -356,6 +363,10 @@ fn streamed<'a>(a: &'a Answer, which: &str) -> (String, &'a Value) {
 #[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
 fn api_every_documented_operation_answers_as_documented() {
     let _vm = agentd_tests::vm::enter();
+    // The approvals part starts a network session: its daemon needs an upstream DNS
+    // setting (nothing is resolved: the request from inside names no connection).
+    // SAFETY: set before the daemon (and any other thread) starts.
+    unsafe { std::env::set_var("AGENTD_EGRESS_DNS", "127.0.0.1:53") };
     let mut api = Api::start();
     let repo = api.d.repo.to_str().unwrap().to_string();
 
@@ -668,6 +679,128 @@ fn api_every_documented_operation_answers_as_documented() {
     api.json(None, "DELETE", "/sessions/{id}", &id, None);
     let l = api.json(None, "GET", "/sessions", "", None);
     assert!(!lists(&l.body, &id));
+
+    // Approvals (docs/capabilities.md): a request from inside a network session whose policy
+    // puts crates.io under ask (within the built-in host caps), answered through the API.
+    let ask = json!({"workspace": repo, "argv": ["sleep", "600"],
+        "policy": {"name": ".agentd/policy.toml", "text": "version = 1\n[network]\nenabled = true\nask = [\"@crates\"]\n[approvals]\ntimeout = \"60s\"\n"}});
+    let s3 = api.json(None, "POST", "/sessions", "", Some(&ask.to_string()));
+    assert_eq!(s3.status, 200, "{}", s3.body);
+    let id3 = s3.body["id"].as_str().unwrap().to_string();
+    let socket = api.d.socket.clone();
+    let request_from_inside = || {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "120", "-X", "POST", "--unix-socket"])
+            .arg(&socket)
+            .args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(json!({"argv": ["/run/agentd/bin/agentd-shim", "cap", "request", "net:crates.io:443", "--reason", "api"]}).to_string())
+            .arg(format!("http://localhost/v1/sessions/{id3}/calls"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait_pending = |api: &mut Api| -> u64 {
+        for _ in 0..300 {
+            let q = api.json(None, "GET", "/approvals", "", None);
+            if let Some(a) = q.body["requests"].as_array().unwrap().first() {
+                return a["id"].as_u64().unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("no request filed");
+    };
+    let first = request_from_inside();
+    let aid = wait_pending(&mut api);
+    let q = api.call(None, "GET", "/approvals", "", "?wait=1&after=0", None);
+    assert_eq!(q.status, 200, "{}", q.body);
+    let mine = api.json(Some(USER), "GET", "/approvals", "", None);
+    assert_eq!(
+        mine.body["requests"],
+        json!([]),
+        "another uid sees none: {}",
+        mine.body
+    );
+    let path = format!("{aid}");
+    let a = api.json(
+        Some(USER),
+        "POST",
+        "/approvals/{aid}/approve",
+        &path,
+        Some("{}"),
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = api.json(
+        None,
+        "POST",
+        "/approvals/{aid}/approve",
+        "999999",
+        Some("{}"),
+    );
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = api.json(
+        None,
+        "POST",
+        "/approvals/{aid}/approve",
+        &path,
+        Some(r#"{"scope":"forever"}"#),
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    let a = api.json(
+        None,
+        "POST",
+        "/approvals/{aid}/approve",
+        &path,
+        Some(r#"{"scope":"session"}"#),
+    );
+    assert_eq!(
+        (a.status, &a.body["state"]),
+        (200, &json!("approved")),
+        "{}",
+        a.body
+    );
+    let grant = a.body["grant"].as_u64().unwrap();
+    let out = first.wait_with_output().unwrap();
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["exit_code"], 0, "{c}");
+    let a = api.json(None, "POST", "/approvals/{aid}/deny", &path, Some("{}"));
+    assert_eq!(a.status, 409, "answered already: {}", a.body);
+    let g = api.json(None, "GET", "/sessions/{id}/grants", &id3, None);
+    assert!(
+        g.body.to_string().contains("net:crates.io:443"),
+        "{}",
+        g.body
+    );
+    let r = api.json(
+        None,
+        "DELETE",
+        "/sessions/{id}/grants/{g}",
+        &format!("{id3}/{grant}"),
+        None,
+    );
+    assert_eq!(r.body["revoked"], json!([grant]), "{}", r.body);
+    let second = request_from_inside();
+    let aid2 = wait_pending(&mut api);
+    let a = api.json(
+        None,
+        "POST",
+        "/approvals/{aid}/deny",
+        &aid2.to_string(),
+        Some(r#"{"reason":"no"}"#),
+    );
+    assert_eq!(
+        (a.status, &a.body["state"]),
+        (200, &json!("denied")),
+        "{}",
+        a.body
+    );
+    let out = second.wait_with_output().unwrap();
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["exit_code"], 3, "{c}");
+    let au = api.json(None, "GET", "/sessions/{id}/audit", &id3, None);
+    assert_eq!(au.body["verified"]["ok"], true, "{}", au.body["verified"]);
+    let a = api.json(Some(USER), "GET", "/sessions/{id}/audit", &id3, None);
+    assert_eq!(a.status, 403, "{}", a.body);
+    api.json(None, "POST", "/sessions/{id}/kill", &id3, None);
 
     // Nothing undocumented answers, and even axum's own refusals carry an ErrorBody.
     let error_body = validator(&api.doc, &json!({"$ref": "#/components/schemas/ErrorBody"}));

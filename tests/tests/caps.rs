@@ -34,7 +34,8 @@ ask = ["other.test", "alpha.test"]
 timeout = "4s"
 "#;
 
-const HOST: &str = "\n[network.max]\nenabled = true\nallow = [\"*.test\", \"10.77.0.2/32\"]\n";
+const HOST: &str =
+    "\n[network.max]\nenabled = true\nallow = [\"*.test\", \"*.test:*\", \"10.77.0.2/32\"]\n";
 
 fn session(d: &Daemon, up: &Upstream) -> String {
     fs::write(d.root.join("host.toml"), format!("{HOST_POLICY}{HOST}")).unwrap();

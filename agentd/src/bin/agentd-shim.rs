@@ -6,6 +6,10 @@
 //! shell, no socket) runs the real shell in place: the agent's own leaf and its tight limits
 //! are then what applies, so skipping the shim gains nothing.
 //!
+//! Run as `agentd-cap request RESOURCE --reason …` (argv0 `agentd-cap`, or `agentd-shim cap
+//! request …`) it files a capability request over the same socket and blocks until it is
+//! answered (docs/capabilities.md).
+//!
 //! Deliberately small and synchronous (one HTTP/1.1 request per connection, `Connection:
 //! close`): it runs once per shell command, often under emulation.
 
