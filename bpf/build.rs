@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 /// BPF programs of this crate: (source stem, skeleton file).
-const PROGRAMS: &[&str] = &["syscount"];
+const PROGRAMS: &[&str] = &["syscount", "sched", "callacct"];
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
     let clang = std::env::var("BPF_CLANG").unwrap_or_else(|_| "clang-19".to_string());
     println!("cargo:rerun-if-env-changed=BPF_CLANG");
     println!("cargo:rerun-if-changed=src/bpf/intf.h");
+    println!("cargo:rerun-if-changed=src/bpf/scx_min.h");
     for name in PROGRAMS {
         let src = format!("src/bpf/{name}.bpf.c");
         println!("cargo:rerun-if-changed={src}");
@@ -26,6 +27,7 @@ fn main() {
                 "-Werror",
                 "-I/usr/include/x86_64-linux-gnu",
                 "-Isrc/bpf",
+                "-D__TARGET_ARCH_x86",
             ])
             .build_and_generate(out.join(format!("{name}.skel.rs")));
         if let Err(e) = result {

@@ -319,6 +319,10 @@ pub struct CallInfo {
     /// when the session's network is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<CallNet>,
+    /// The call's CPU time on and off CPU and its run-queue wait, counted by the per-call
+    /// accounting BPF program (docs/scheduler.md); absent when it could not load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_sched: Option<CallSched>,
     /// Only in the answer to `POST …/calls` (not kept in the journal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<String>,
@@ -335,6 +339,27 @@ pub struct PoolOutcome {
     pub grant: u64,
     pub memory_max: u64,
     pub killed: Option<String>,
+}
+
+/// A call's scheduling, as the per-call accounting program saw it (all its tasks, summed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallSched {
+    /// Who scheduled it: `agentd` (agentd's sched_ext scheduler) or `fair` (the kernel's).
+    pub scheduler: String,
+    /// The class it was given: `latency` or `batch`.
+    pub class: CpuClass,
+    /// Time on a CPU, microseconds.
+    pub on_cpu_us: u64,
+    /// Time runnable but waiting for a CPU (run-queue wait), microseconds.
+    pub runq_wait_us: u64,
+    /// The longest single run-queue wait, microseconds.
+    pub runq_wait_max_us: u64,
+    /// Time blocked (sleeping, waiting for I/O), microseconds.
+    pub off_cpu_us: u64,
+    /// Times a task of the call was switched onto a CPU.
+    pub runs: u64,
+    /// Wake-ups of its tasks.
+    pub wakeups: u64,
 }
 
 /// A call's traffic through the egress proxy, counted by the proxy itself.
@@ -371,6 +396,7 @@ impl CallInfo {
             report: None,
             memory_pool: None,
             net: None,
+            cpu_sched: None,
             stdout: None,
             stderr: None,
             error: None,

@@ -7,10 +7,11 @@
 //! [`client`] (HTTP over the Unix socket),
 //! [`ctl`] (`agentctl`'s commands and their output), [`attach`] (its live commands and
 //! the in-process daemon), [`term`] (sandbox-originated text escaped before a terminal),
-//! [`top`] (`agentctl top`'s live view).
+//! [`top`] (`agentctl top`'s live view), [`caps`] (capability grants and the audit hash chain).
 
 pub mod api;
 pub mod attach;
+pub mod caps;
 pub mod client;
 pub mod ctl;
 pub mod doctor;
@@ -19,6 +20,7 @@ pub mod journal;
 pub mod mcp;
 pub mod mem;
 pub mod routes;
+pub mod sched;
 pub mod server;
 pub mod term;
 pub mod top;

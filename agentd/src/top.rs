@@ -4,7 +4,7 @@
 //! as `agentctl stats`); CPU is a percentage of one CPU over the refresh interval, computed
 //! here from the difference of two samples (pure: [`rows`], unit-tested). Sessions are
 //! ordered by memory, largest first; within a session: the session total, the agent leaf,
-//! then its calls by number.
+//! then its calls by number. A last line names who schedules the sessions' tasks.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -120,6 +120,23 @@ pub fn render(rows: &[TopRow]) -> String {
     out
 }
 
+/// Who schedules the sessions' tasks, read from /sys/kernel/sched_ext (docs/scheduler.md).
+pub fn scheduler_line() -> String {
+    let what = match agentd_bpf::sched::attached() {
+        Some(n) if n == agentd_bpf::sched::OPS_NAME => {
+            "agentd (sched_ext, partial mode: session tasks only)".to_owned()
+        }
+        Some(other) => format!("{other} (another BPF scheduler; agentd's is not attached)"),
+        None if std::path::Path::new(agentd_bpf::sched::STATE_FILE).exists() => {
+            "fair class (sched_ext present, agentd's scheduler not attached: see `agentd \
+             doctor`)"
+                .to_owned()
+        }
+        None => "fair class with cpu.weight/cpu.max (this kernel has no sched_ext)".to_owned(),
+    };
+    format!("scheduler: {what}\n")
+}
+
 /// What `agentctl top` was asked for.
 #[derive(Debug, Clone)]
 pub struct TopOpts {
@@ -159,7 +176,7 @@ pub async fn run(c: &Client, o: &TopOpts) -> Result<(), String> {
             // Home + clear, like top: redraw in place. The commands came from inside a
             // sandbox: their control characters are escaped before a terminal sees them.
             let clear = if interactive { "\x1b[H\x1b[2J" } else { "" };
-            let text = render(&table);
+            let text = format!("{}{}", render(&table), scheduler_line());
             let text = if tty {
                 crate::term::escape_controls(&text)
             } else {

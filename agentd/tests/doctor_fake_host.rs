@@ -17,6 +17,7 @@ struct Fake {
     lsm_load: Result<bool, String>,
     memcg_ops: bool,
     writable: bool,
+    sched_load: Result<(), String>,
 }
 
 impl Fake {
@@ -30,6 +31,7 @@ impl Fake {
             lsm_load: Ok(true),
             memcg_ops: false,
             writable: true,
+            sched_load: Ok(()),
         };
         f.write(
             "proc/self/mountinfo",
@@ -100,6 +102,9 @@ impl LiveProbes for Fake {
     }
     fn kernel_release(&self) -> String {
         "7.3.4-test".into()
+    }
+    fn sched_loads(&self) -> Result<(), String> {
+        self.sched_load.clone()
     }
 }
 
@@ -280,6 +285,30 @@ fn no_sched_ext_falls_back_to_cpu_weight() {
     assert_eq!(c.status, Status::Degraded);
     assert_eq!(c.fallback.as_deref(), Some("cpu.weight / cpu.max per call"));
     assert!(r.ready(), "sched_ext is optional");
+    assert!(
+        c.detail.contains("not supported by this kernel"),
+        "{}",
+        c.detail
+    );
+}
+
+#[test]
+fn agentd_scheduler_attached_is_loaded_and_a_failed_load_says_why() {
+    let mut f = Fake::unified();
+    let c = doctor::run(&f).check("sched_ext").unwrap().clone();
+    assert_eq!(c.status, Status::Available);
+    assert!(c.detail.contains("loads"), "{}", c.detail);
+    f.write("sys/kernel/sched_ext/state", "enabled\n");
+    f.write("sys/kernel/sched_ext/root/ops", "agentd\n");
+    let c = doctor::run(&f).check("sched_ext").unwrap().clone();
+    assert_eq!(c.status, Status::Available);
+    assert!(c.detail.starts_with("loaded"), "{}", c.detail);
+    f.write("sys/kernel/sched_ext/state", "disabled\n");
+    f.sched_load = Err("kfunc scx_bpf_dsq_insert missing".into());
+    let c = doctor::run(&f).check("sched_ext").unwrap().clone();
+    assert_eq!(c.status, Status::Degraded);
+    assert!(c.detail.starts_with("failed") && c.detail.contains("scx_bpf_dsq_insert"));
+    assert_eq!(c.fallback.as_deref(), Some("cpu.weight / cpu.max per call"));
 }
 
 #[test]

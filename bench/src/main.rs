@@ -10,6 +10,7 @@ mod crun;
 mod egress;
 mod fixture;
 mod footprint;
+mod latency;
 mod lifecycle;
 mod replay;
 mod report;
@@ -25,12 +26,13 @@ use clap::{Parser, Subcommand};
 use crate::report::{Machine, Report};
 
 /// The benchmarks, in the order the suite runs them.
-const NAMES: [&str; 6] = [
+const NAMES: [&str; 7] = [
     "calls",
     "lifecycle",
     "footprint",
     "checkpoint",
     "egress",
+    "latency",
     "replay",
 ];
 
@@ -51,7 +53,7 @@ enum Cmd {
         /// Small run counts (CI: the whole run, VM boot included, under 5 minutes).
         #[arg(long)]
         quick: bool,
-        /// Only these benchmarks (calls, lifecycle, footprint, checkpoint, egress, replay); default all.
+        /// Only these benchmarks (calls, lifecycle, footprint, checkpoint, egress, latency, replay); default all.
         names: Vec<String>,
         /// Directory for report.json, report.md and plots.
         #[arg(long)]
@@ -107,6 +109,16 @@ enum Cmd {
         #[arg(long)]
         bytes: u64,
     },
+    /// (latency) the agent-loop probe: wake every period, work, print each lateness (µs).
+    #[command(hide = true)]
+    LatencyProbe {
+        #[arg(long)]
+        period_us: u64,
+        #[arg(long)]
+        work_us: u64,
+        #[arg(long)]
+        secs: u64,
+    },
     /// (replay) one tool call: holds a memory schedule for its duration.
     #[command(hide = true)]
     ReplayCall {
@@ -151,6 +163,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::ReplayAgent { plan, calls } => replay::agent::run(&plan, &calls),
         Cmd::ReplayCall { steps, end_ms } => replay::agent::call(&steps, end_ms),
         Cmd::EgressServer { addr } => egress::server(&addr),
+        Cmd::LatencyProbe {
+            period_us,
+            work_us,
+            secs,
+        } => latency::probe(period_us, work_us, secs),
         Cmd::EgressClient { host, n, bytes } => egress::client(&host, n, bytes),
     }
 }
@@ -221,6 +238,7 @@ fn suite(
             "footprint" => footprint::run(quick),
             "checkpoint" => checkpoint::run(quick),
             "egress" => egress::run(quick),
+            "latency" => latency::run(quick),
             _ => match &trace {
                 Some(t) => replay::run(quick, out, t, replay_sessions),
                 None => Err(anyhow::anyhow!("the replay needs --trace FILE")),

@@ -47,6 +47,30 @@ impl KernelBtf {
                 .type_by_name::<libbpf_rs::btf::types::Union<'_>>(name)
                 .is_some()
     }
+
+    /// Whether a function (a kfunc, a kernel function) of this name exists.
+    pub fn has_func(&self, name: &str) -> bool {
+        self.btf
+            .type_by_name::<libbpf_rs::btf::types::Func<'_>>(name)
+            .is_some()
+    }
+
+    /// The value of `member` of the enum named `enum_name` (32- or 64-bit), if both exist:
+    /// how a flag whose number may change between kernels is looked up.
+    pub fn enum_value(&self, enum_name: &str, member: &str) -> Option<u64> {
+        use libbpf_rs::btf::types::{Enum, Enum64};
+        let want = std::ffi::OsStr::new(member);
+        if let Some(e) = self.btf.type_by_name::<Enum64<'_>>(enum_name) {
+            return e
+                .iter()
+                .find(|m| m.name == Some(want))
+                .and_then(|m| u64::try_from(m.value).ok());
+        }
+        let e = self.btf.type_by_name::<Enum<'_>>(enum_name)?;
+        e.iter()
+            .find(|m| m.name == Some(want))
+            .and_then(|m| u64::try_from(m.value).ok())
+    }
 }
 
 /// Types whose presence marks a feature.

@@ -195,6 +195,18 @@ pub fn explain(
         call.network,
         plan.session.network.describe_for(&call.argv)
     );
+    if !plan.session.network.ask.is_empty() {
+        let a = &plan.approvals;
+        let from = a
+            .from
+            .as_ref()
+            .map_or("built-in default".to_string(), |o| o.to_string());
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<8} unanswered requests are denied after {}s ({from})",
+            "approvals", "ask", a.timeout_s
+        );
+    }
     Output::ok(out)
 }
 

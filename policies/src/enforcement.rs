@@ -111,10 +111,9 @@ pub const TABLE: &[Entry] = &[
     ),
     on("network.allow", "agentd egress proxy (per connection)"),
     on("network.deny", "agentd egress proxy (per connection)"),
-    off(
+    on(
         "network.ask",
-        "the approval queue (issue 12): `ask` needs a person to answer",
-        "[]",
+        "agentd egress proxy + approval queue (the connection waits for an answer)",
     ),
     on(
         "network.grant",
@@ -126,7 +125,42 @@ pub const TABLE: &[Entry] = &[
         "exec rules (seccomp user notification / BPF LSM)",
         "empty lists",
     ),
-    off("capabilities", "the capability broker", "empty table"),
+    // `[capabilities]` keys are resources; each kind has its own row (validate.rs looks up
+    // `capabilities.<kind>`). Only `net:` rules (deny or ask) have a mechanism today.
+    on("capabilities", "agentd capability table (per kind below)"),
+    on(
+        "capabilities.net",
+        "agentd egress proxy + approval queue (`net:` deny and ask rules)",
+    ),
+    off(
+        "capabilities.fs",
+        "seccomp user notification / BPF LSM (docs/capabilities.md)",
+        "no fs: rules",
+    ),
+    off(
+        "capabilities.exec",
+        "seccomp user notification / BPF LSM (docs/capabilities.md)",
+        "no exec: rules",
+    ),
+    off(
+        "capabilities.secret",
+        "the secret broker (docs/capabilities.md)",
+        "no secret: rules",
+    ),
+    off(
+        "capabilities.one_shot",
+        "per-rule grant lifetimes (the approver's --scope decides today)",
+        "unset",
+    ),
+    off(
+        "capabilities.ttl",
+        "per-rule grant lifetimes (the approver's --scope decides today)",
+        "unset",
+    ),
+    on(
+        "approvals",
+        "agentd approval queue (unanswered requests deny)",
+    ),
     off("secrets", "the secret broker", "empty table"),
     on("undo.checkpoint", "agentd checkpoints (docs/undo.md)"),
     on("undo.retention", "agentd checkpoint pruning (docs/undo.md)"),
@@ -187,6 +221,10 @@ mod tests {
         assert!(!is_enforced("filesystem.read_only"));
         assert!(!is_enforced("filesystemx"));
         assert!(!is_enforced("nonsense"));
+        assert!(is_enforced("network.ask"));
+        assert!(is_enforced("capabilities.net"));
+        assert!(!is_enforced("capabilities.fs"));
+        assert!(!is_enforced("capabilities.exec"));
         assert_eq!(lookup("intent.memory").map(|e| e.key), Some("intent"));
     }
 }

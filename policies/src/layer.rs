@@ -267,8 +267,12 @@ pub struct Layer {
     pub network_enabled: Option<Val<bool>>,
     /// `network.allow`: an allowlist, so the later layer's list wins as a whole.
     pub network_allow: Option<Vec<Val<String>>>,
-    /// `network.deny`: accumulates (deny beats allow).
+    /// `network.deny` and `net:` deny capabilities: accumulate (deny beats allow).
     pub network_deny: Vec<Val<String>>,
+    /// `network.ask` and `net:` ask capabilities: accumulate (ask beats allow).
+    pub network_ask: Vec<Val<String>>,
+    /// `approvals.timeout`.
+    pub approval_timeout: Option<Val<Duration>>,
     /// `network.grant`: later layers' grants first.
     pub network_grants: Vec<NetGrant>,
     /// `undo.checkpoint`, `undo.keep`, `undo.retention`.
@@ -349,6 +353,8 @@ pub fn merge(a: &Layer, b: &Layer) -> Layer {
         network_enabled: over(&a.network_enabled, &b.network_enabled),
         network_allow: over(&a.network_allow, &b.network_allow),
         network_deny: union(&a.network_deny, &b.network_deny, |v| v.value.clone()),
+        network_ask: union(&a.network_ask, &b.network_ask, |v| v.value.clone()),
+        approval_timeout: over(&a.approval_timeout, &b.approval_timeout),
         network_grants: b
             .network_grants
             .iter()

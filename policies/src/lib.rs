@@ -11,6 +11,7 @@
 //! (resolution), `network` (network rules and decisions), `load` (files, extends, examples),
 //! `intent` (`memory=64M,cpu=batch` declarations), `cli` (the `policy` commands).
 
+pub mod capability;
 pub mod cli;
 pub mod enforcement;
 pub mod error;
@@ -32,7 +33,8 @@ pub use load::{
 };
 pub use network::{Dest, NetDecision, NetEffect, NetworkPlan};
 pub use plan::{
-    CallLimit, CallPlan, CapRef, Decider, DeclaredIntent, Limit, Plan, PoolPlan, UndoPlan,
+    ApprovalsPlan, CallLimit, CallPlan, CapRef, Decider, DeclaredIntent, Limit, Plan, PoolPlan,
+    UndoPlan,
 };
 pub use schema::{CpuClass, Effect, Priority, json_schema};
 pub use units::{Cpu, Duration, Size};

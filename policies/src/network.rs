@@ -10,9 +10,10 @@
 //!   written literally or resolved from an allowed name): rebinding-safe by construction.
 //! - `@registry`: a well-known set of package-registry hosts (`REGISTRY_HOSTS`).
 //!
-//! Precedence: deny > ask > allow; nothing matching means deny. `ask` is validated and
-//! refused by `policy check` until the approval queue exists (issue 12), so a plan never
-//! holds one. Grants add allow rules for calls whose argv matches their patterns.
+//! Precedence: deny > ask > allow; nothing matching means deny. `ask` (network.ask and
+//! `net:` ask capabilities) makes the proxy park the connection and file a request in the
+//! approval queue (docs/capabilities.md). Grants add allow rules for calls whose argv
+//! matches their patterns; an ask rule still beats them.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -239,6 +240,10 @@ pub struct NetworkPlan {
     pub enabled: bool,
     pub allow: Vec<NetRule>,
     pub deny: Vec<NetRule>,
+    /// Destinations that need a person's approval (each connection asks, unless a grant
+    /// from an earlier approval covers it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ask: Vec<NetRule>,
     pub grants: Vec<GrantPlan>,
 }
 
@@ -248,6 +253,7 @@ impl NetworkPlan {
             enabled: false,
             allow: Vec::new(),
             deny: Vec::new(),
+            ask: Vec::new(),
             grants: Vec::new(),
         }
     }
@@ -258,6 +264,8 @@ impl NetworkPlan {
 #[serde(rename_all = "kebab-case")]
 pub enum NetEffect {
     Allow,
+    /// Park the connection and ask a person (the approval queue).
+    Ask,
     Deny,
 }
 
@@ -273,6 +281,7 @@ impl fmt::Display for NetDecision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = match self.effect {
             NetEffect::Allow => "allowed",
+            NetEffect::Ask => "held for approval",
             NetEffect::Deny => "denied",
         };
         write!(f, "{e} by {}", self.rule)
@@ -314,9 +323,10 @@ impl fmt::Display for NetworkPlan {
         }
         write!(
             f,
-            "via the egress proxy ({} allow, {} deny, {} grant rules)",
+            "via the egress proxy ({} allow, {} deny, {} ask, {} grant rules)",
             self.allow.len(),
             self.deny.len(),
+            self.ask.len(),
             self.grants.len()
         )
     }
@@ -335,19 +345,29 @@ impl NetworkPlan {
             }
         }
         let deny: Vec<&str> = self.deny.iter().map(|r| r.text.as_str()).collect();
-        format!(
-            "allow [{}]{}",
-            allow.join(", "),
-            if deny.is_empty() {
+        let ask: Vec<String> = self
+            .ask
+            .iter()
+            .map(|r| format!("{} ({})", r.text, r.origin))
+            .collect();
+        let list = |what: &str, v: &[String]| {
+            if v.is_empty() {
                 String::new()
             } else {
-                format!(", deny [{}]", deny.join(", "))
+                format!(", {what} [{}]", v.join(", "))
             }
+        };
+        let deny: Vec<String> = deny.iter().map(|s| s.to_string()).collect();
+        format!(
+            "allow [{}]{}{}",
+            allow.join(", "),
+            list("ask", &ask),
+            list("deny", &deny)
         )
     }
 
     /// Decides `dest:port` for a call with `argv` (`None`: the agent itself, outside any
-    /// call). deny > allow; a grant counts only for matching calls; no match denies.
+    /// call). deny > ask > allow; a grant counts only for matching calls; no match denies.
     pub fn decide<S: AsRef<str>>(
         &self,
         dest: Dest<'_>,
@@ -363,6 +383,12 @@ impl NetworkPlan {
         if let Some(r) = self.deny.iter().find(|r| r.matches(dest, port)) {
             return NetDecision {
                 effect: NetEffect::Deny,
+                rule: named(r),
+            };
+        }
+        if let Some(r) = self.ask.iter().find(|r| r.matches(dest, port)) {
+            return NetDecision {
+                effect: NetEffect::Ask,
                 rule: named(r),
             };
         }
@@ -420,6 +446,7 @@ impl NetworkPlan {
         let named = self
             .allow
             .iter()
+            .chain(&self.ask)
             .chain(self.grants.iter().flat_map(|g| &g.allow))
             .any(|r| r.patterns.iter().any(|p| p.names_addr(a)));
         if named {
@@ -458,6 +485,7 @@ mod tests {
             enabled: true,
             allow: rules(allow, "network.allow"),
             deny: rules(deny, "network.deny"),
+            ask: Vec::new(),
             grants: Vec::new(),
         }
     }
@@ -552,6 +580,26 @@ mod tests {
         let lit = Dest::Addr("10.77.0.9".parse().unwrap());
         assert_eq!(p.decide(lit, 443, NONE).effect, NetEffect::Allow);
         assert_eq!(p.decide(lit, 8080, NONE).effect, NetEffect::Deny);
+    }
+
+    #[test]
+    fn ask_beats_allow_and_grants_and_deny_beats_ask() {
+        let mut p = plan(&["*.ex.com"], &["bad.ex.com"]);
+        p.ask = rules(&["*.ex.com:443", "bad.ex.com"], "network.ask");
+        p.grants.push(GrantPlan {
+            patterns: vec![ArgvPattern { text: "git".into() }],
+            allow: rules(&["a.ex.com"], "network.grant.allow"),
+            origin: o("network.grant"),
+            compiled: vec![ArgvPattern::compile("git").unwrap()],
+        });
+        let d = |n: &str, port, argv: Option<&[&str]>| p.decide(Dest::Name(n), port, argv).effect;
+        assert_eq!(d("a.ex.com", 443, NONE), NetEffect::Ask);
+        assert_eq!(d("a.ex.com", 443, Some(&["git", "push"])), NetEffect::Ask);
+        assert_eq!(d("a.ex.com", 80, NONE), NetEffect::Allow);
+        assert_eq!(d("bad.ex.com", 443, NONE), NetEffect::Deny);
+        let a = p.decide(Dest::Name("a.ex.com"), 443, NONE);
+        assert!(a.rule.contains("network.ask `*.ex.com:443`"), "{}", a.rule);
+        assert!(p.describe_for(&["x"]).contains("ask [*.ex.com:443"));
     }
 
     #[test]

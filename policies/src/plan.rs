@@ -167,6 +167,21 @@ pub struct Plan {
     /// The host's memory pool, when `[resources.pool] enabled = true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolPlan>,
+    /// How requests for approval are handled (`[approvals]`).
+    pub approvals: ApprovalsPlan,
+}
+
+/// The approval timeout when no layer sets `approvals.timeout`.
+pub const DEFAULT_APPROVAL_TIMEOUT_S: u64 = 120;
+
+/// `[approvals]` as resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalsPlan {
+    /// An unanswered request is denied after this many seconds.
+    pub timeout_s: u64,
+    /// Where the timeout was set (`None`: the built-in default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<Origin>,
 }
 
 /// What a caller declares about a tool call. Every field may only lower a limit.
@@ -490,6 +505,13 @@ pub fn resolve_layers(stack: &[StackLayer<'_>]) -> (Option<Plan>, Vec<Diagnostic
             }),
         call_defaults,
         intents,
+        approvals: ApprovalsPlan {
+            timeout_s: all
+                .approval_timeout
+                .as_ref()
+                .map_or(DEFAULT_APPROVAL_TIMEOUT_S, |v| v.value.0),
+            from: all.approval_timeout.as_ref().map(|v| v.origin.clone()),
+        },
     };
     (Some(plan), d)
 }
@@ -540,6 +562,12 @@ fn resolve_network(all: &Layer, caps: &crate::layer::Caps, d: &mut Vec<Diagnosti
         .filter(|v| within(v))
         .cloned()
         .collect();
+    let ask: Vec<Val<String>> = all
+        .network_ask
+        .iter()
+        .filter(|v| within(v))
+        .cloned()
+        .collect();
     let mut grant_allow = Vec::new();
     for g in &all.network_grants {
         let ok: Vec<Val<String>> = g.allow.iter().filter(|v| within(v)).cloned().collect();
@@ -564,6 +592,7 @@ fn resolve_network(all: &Layer, caps: &crate::layer::Caps, d: &mut Vec<Diagnosti
         enabled: true,
         allow: net_rules(&allow),
         deny: net_rules(&all.network_deny),
+        ask: net_rules(&ask),
         grants,
     }
 }

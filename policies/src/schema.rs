@@ -69,6 +69,8 @@ pub struct PolicyFile {
     pub capabilities: Option<L<BTreeMap<String, L<Capability>>>>,
     /// Secret name → where it comes from and who may receive it.
     pub secrets: Option<L<BTreeMap<String, L<Secret>>>>,
+    /// How requests for a person's approval (`ask` rules) are handled.
+    pub approvals: Option<L<Approvals>>,
     pub undo: Option<L<Undo>>,
     /// Examples checked by `policy check` and the tests: a command → its expected intent.
     pub example: Option<Vec<L<Example>>>,
@@ -238,7 +240,8 @@ pub struct Network {
     pub allow: Option<L<Vec<L<String>>>>,
     /// Destinations never reached (deny beats ask beats allow); same syntax as `allow`.
     pub deny: Option<L<Vec<L<String>>>>,
-    /// Destinations that need a person's approval (needs the approval queue: refused today).
+    /// Destinations that need a person's approval (the approval queue: the connection waits
+    /// for `agentctl approve`/`deny`, denied at `approvals.timeout`); same syntax as `allow`.
     pub ask: Option<L<Vec<L<String>>>>,
     /// Per-command grants.
     pub grant: Option<Vec<L<NetworkGrant>>>,
@@ -299,6 +302,14 @@ pub struct Secret {
     pub commands: Option<L<Vec<L<String>>>>,
     /// Domains it may be sent to.
     pub domains: Option<L<Vec<L<String>>>>,
+}
+
+/// `[approvals]`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approvals {
+    /// An unanswered request is denied after this long (default 120s; 1s to 1h).
+    pub timeout: Option<L<Duration>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]

@@ -1,9 +1,8 @@
-//! Per-file checks of the network section (enforced by the egress proxy) and of the
-//! sections whose mechanisms are not enforced yet (filesystem, capabilities, secrets): their values are still validated fully (paths, globs,
+//! Per-file checks of the network section and `net:` capabilities (enforced by the egress
+//! proxy and the approval queue) and of the sections whose mechanisms are not enforced yet
+//! (filesystem, other capability kinds, secrets): their values are still validated fully (paths, globs,
 //! domains, names, contradictions) so that a policy is correct the day the mechanism lands,
 //! and then refused through `enforcement.rs`. Split from `validate.rs` to keep files small.
-
-use std::ops::Range;
 
 use globset::Glob;
 
@@ -86,9 +85,17 @@ pub(crate) fn check_network(cx: &mut Cx, n: &schema::Network, layer: &mut Layer)
         );
     }
     layer.network_deny = cx.domains(&n.deny, "network.deny");
-    cx.domains(&n.ask, "network.ask");
-    if let Some(a) = n.ask.as_ref().filter(|a| !a.get().is_empty()) {
-        cx.not_enforced(a.span(), "network.ask");
+    layer.network_ask = cx.domains(&n.ask, "network.ask");
+    if let Some(a) = n.ask.as_ref().filter(|a| !a.get().is_empty())
+        && enabled == Some(false)
+    {
+        cx.err(
+            K::Contradiction,
+            a.span(),
+            "network.ask",
+            "destinations are put under ask but the network is off".into(),
+            Some("set `enabled = true` or drop `ask`".into()),
+        );
     }
     for g in n.grant.iter().flatten() {
         let patterns = cx.patterns(&g.get().patterns, "network.grant.match");
@@ -115,13 +122,67 @@ pub(crate) fn check_network(cx: &mut Cx, n: &schema::Network, layer: &mut Layer)
     }
 }
 
-pub(crate) fn check_capability_resource(cx: &mut Cx, res: &str, span: Range<usize>) {
-    let ok = ["fs:", "net:", "exec:", "secret:"].iter().any(|p| {
-        res.strip_prefix(p)
-            .is_some_and(|rest| !rest.is_empty() && Glob::new(rest).is_ok())
-    });
-    if !ok {
-        cx.err(K::Invalid, span, "capabilities", format!("bad capability resource `{res}`"), Some("resources look like `fs:/srv/repo/**:write`, `net:api.github.com:443`, `exec:/usr/bin/git`, `secret:NAME`".into()));
+/// One `[capabilities]` rule: the resource parsed (`capability::Resource`), its kind
+/// refused when this build has no mechanism for it (`capabilities.<kind>` in the table),
+/// `net:` rules turned into network deny/ask rules (an allow is refused: allow lists are
+/// `network.allow`, which the host caps bound).
+pub(crate) fn check_capability(
+    cx: &mut Cx,
+    res: &str,
+    cap: &L<schema::Capability>,
+    layer: &mut Layer,
+) {
+    use crate::capability::{Kind, Resource};
+    use crate::schema::Effect;
+    let r = match Resource::parse(res) {
+        Ok(r) => r,
+        Err(e) => {
+            cx.err(
+                K::Invalid,
+                cap.span(),
+                "capabilities",
+                format!("bad capability resource: {e}"),
+                Some("resources look like `fs:/srv/repo/**:write`, `net:api.github.com:443`, `exec:/usr/bin/git`, `secret:NAME`".into()),
+            );
+            return;
+        }
+    };
+    let c = cap.get();
+    for (v, key) in [
+        (
+            c.one_shot.as_ref().map(|o| o.span()),
+            "capabilities.one_shot",
+        ),
+        (c.ttl.as_ref().map(|t| t.span()), "capabilities.ttl"),
+    ] {
+        if let Some(span) = v {
+            cx.not_enforced(span, key);
+        }
+    }
+    if r.kind() != Kind::Net {
+        cx.not_enforced(cap.span(), r.kind().table_key());
+        return;
+    }
+    let Resource::Net { rule, .. } = &r else {
+        return;
+    };
+    let v = Val {
+        value: rule.clone(),
+        origin: cx.origin(&cap.span(), &format!("capabilities.\"{res}\"")),
+    };
+    match c.effect.get() {
+        Effect::Deny => layer.network_deny.push(v),
+        Effect::Ask => layer.network_ask.push(v),
+        Effect::Allow => cx.err(
+            K::Invalid,
+            c.effect.span(),
+            "capabilities",
+            format!("`{res}`: a `net:` capability may deny or ask, not allow"),
+            Some(
+                "allow destinations with `network.allow` (bounded by the host's network.max.allow)"
+                    .into(),
+            ),
+        ),
     }
 }
 

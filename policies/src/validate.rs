@@ -12,7 +12,7 @@ use crate::error::{Diagnostic, DiagnosticKind as K, Source, closest};
 use crate::layer::{ArgvPattern, CallLayer, Caps, CompiledPattern, Layer, LayerKind, Mechanism};
 use crate::layer::{Origin, Rule, Val};
 use crate::schema::{self, CpuClass, Effect, L, PolicyFile};
-use crate::sections::{check_capability_resource, check_filesystem, check_network, check_secret};
+use crate::sections::{check_capability, check_filesystem, check_network, check_secret};
 use crate::units::{Duration, Size};
 
 /// A top-level `[[example]]`: a command and what the resolved plan must say about it.
@@ -332,7 +332,7 @@ fn check_file(cx: &mut Cx, f: &PolicyFile) -> Validated {
     }
     if let Some(caps) = &f.capabilities {
         for (res, cap) in caps.get() {
-            check_capability_resource(cx, res, cap.span());
+            check_capability(cx, res, cap, &mut layer);
             let c = cap.get();
             if let (Effect::Deny, Some(o)) = (c.effect.get(), &c.one_shot)
                 && *o.get()
@@ -345,7 +345,22 @@ fn check_file(cx: &mut Cx, f: &PolicyFile) -> Validated {
                     Some("one_shot only makes sense for allow or ask".into()),
                 );
             }
-            cx.not_enforced(cap.span(), "capabilities");
+        }
+    }
+    if let Some(a) = &f.approvals
+        && let Some(t) = &a.get().timeout
+    {
+        let secs = t.get().0;
+        if !(1..=3600).contains(&secs) {
+            cx.err(
+                K::Invalid,
+                t.span(),
+                "approvals.timeout",
+                format!("`approvals.timeout = {}` is outside 1s to 1h", t.get()),
+                Some("an unanswered request is denied at the timeout; pick e.g. \"2m\"".into()),
+            );
+        } else {
+            layer.approval_timeout = Some(cx.val(t, "approvals.timeout"));
         }
     }
     if let Some(secrets) = &f.secrets {

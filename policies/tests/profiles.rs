@@ -293,7 +293,19 @@ fn cli_schema_and_profiles() {
     assert_eq!(v["title"], "agentd policy");
     assert!(v["properties"]["resources"].is_object());
     let out = cli::profiles(false);
-    assert!(out.stdout.contains("network.ask                      NOT enforced (only [] accepted; lands with the approval queue (issue 12): `ask` needs a person to answer)"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(
+            "network.ask                      enforced by agentd egress proxy + approval queue"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("capabilities.fs                  NOT enforced"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]

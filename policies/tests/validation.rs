@@ -364,23 +364,44 @@ fn network_rules_resolve_deny_over_allow_with_positions() {
 }
 
 #[test]
-fn network_ask_is_refused_until_the_approval_queue_exists() {
-    let d = one_error("version = 1\n[network]\nenabled = true\nask = [\"ex.com\"]\n");
-    assert_diag(
-        &d,
-        K::NotEnforced,
-        ".agentd/policy.toml:4:7",
-        "`network.ask` is not enforced by this build",
+fn network_ask_resolves_within_the_host_caps_and_net_capabilities_join_it() {
+    use agentd_policy::{Dest, NetEffect};
+    // Within the caps: accepted, and it beats an allow of the same name.
+    let p = plan_with(
+        OPEN_NETWORK_HOST,
+        "version = 1\n[network]\nenabled = true\nallow = [\"*.ex.com\"]\nask = [\"a.ex.com\"]\n[capabilities]\n\"net:b.ex.com:443\" = { effect = \"ask\" }\n\"net:c.ex.com:*\" = { effect = \"deny\" }\n[approvals]\ntimeout = \"3s\"\n",
     );
+    let n = &p.session.network;
+    let none: Option<&[&str]> = None;
+    let a = n.decide(Dest::Name("a.ex.com"), 443, none);
+    assert_eq!(a.effect, NetEffect::Ask);
+    assert!(a.rule.contains(".agentd/policy.toml:5:8"), "{}", a.rule);
+    let b = n.decide(Dest::Name("b.ex.com"), 443, none);
+    assert_eq!(b.effect, NetEffect::Ask, "{b}");
     assert!(
-        d.hint
-            .as_deref()
-            .unwrap_or("")
-            .contains("approval queue (issue 12)")
+        b.rule.contains("capabilities.\"net:b.ex.com:443\""),
+        "{}",
+        b.rule
     );
+    assert_eq!(
+        n.decide(Dest::Name("b.ex.com"), 80, none).effect,
+        NetEffect::Allow
+    );
+    assert_eq!(
+        n.decide(Dest::Name("c.ex.com"), 443, none).effect,
+        NetEffect::Deny
+    );
+    assert_eq!(p.approvals.timeout_s, 3);
+    // Outside the built-in caps: refused like an allow rule would be.
+    let d = one_error("version = 1\n[network]\nenabled = true\nask = [\"ex.com\"]\n");
+    assert_eq!(d.kind, K::ExceedsHostCap, "{}", d.message);
+    assert_eq!((d.line, d.column), (4, 8));
     let d = one_error("version = 1\n[network]\nenabled = true\ndeny = [\"10.0.0.1/8\"]\n");
     assert!(d.message.contains("host bits set"), "{}", d.message);
     assert_eq!((d.line, d.column), (4, 9));
+    let d = one_error("version = 1\n[approvals]\ntimeout = \"2h\"\n");
+    assert!(d.message.contains("outside 1s to 1h"), "{}", d.message);
+    assert_eq!((d.line, d.column), (3, 11));
 }
 
 /// The built-in host defaults let a session turn the network on but a repo name only the
@@ -456,18 +477,44 @@ fn workspace_disk_quota_below_a_filesystem_is_refused_at_its_line() {
 
 #[test]
 fn capabilities_validated_and_refused() {
-    let text = "version = 1\n[capabilities]\n\"net:api.github.com:443\" = { effect = \"ask\", one_shot = true, ttl = \"10m\" }\n\"disk:/x\" = { effect = \"allow\" }\n";
-    let d = errors(None, text);
-    let kinds: Vec<(K, usize, usize)> = d.iter().map(|d| (d.kind, d.line, d.column)).collect();
+    // A bad resource, a kind without a mechanism (fs, exec, secret: fail closed), lifetimes
+    // not enforced, a `net:` allow (allow lists are network.allow), a wildcard-everything.
+    let text = "version = 1\n[capabilities]\n\"net:api.github.com:443\" = { effect = \"ask\", one_shot = true, ttl = \"10m\" }\n\"disk:/x\" = { effect = \"allow\" }\n\"fs:/repo/**:write\" = { effect = \"allow\" }\n\"exec:/usr/bin/git\" = { effect = \"deny\" }\n\"net:x.ex.com\" = { effect = \"allow\" }\n\"fs:/**:write\" = { effect = \"deny\" }\n";
+    let d = errors(Some(OPEN_NETWORK_HOST), text);
+    let mut kinds: Vec<(K, usize, usize)> = d.iter().map(|d| (d.kind, d.line, d.column)).collect();
+    kinds.sort_by_key(|k| (k.1, k.2));
     assert_eq!(
         kinds,
         [
+            (K::NotEnforced, 3, 57),
+            (K::NotEnforced, 3, 69),
             (K::Invalid, 4, 13),
-            (K::NotEnforced, 4, 13),
-            (K::NotEnforced, 3, 28)
-        ]
+            (K::NotEnforced, 5, 23),
+            (K::NotEnforced, 6, 23),
+            (K::Invalid, 7, 29),
+            (K::Invalid, 8, 18),
+        ],
+        "{d:#?}"
     );
-    assert!(d[0].message.contains("bad capability resource `disk:/x`"));
+    let msg = |line| {
+        d.iter()
+            .find(|x| x.line == line)
+            .map(|x| x.message.clone())
+            .unwrap()
+    };
+    assert!(msg(4).contains("`disk:/x`: unknown kind"), "{}", msg(4));
+    assert!(
+        msg(5).contains("`capabilities.fs` is not enforced"),
+        "{}",
+        msg(5)
+    );
+    assert!(
+        msg(6).contains("`capabilities.exec` is not enforced"),
+        "{}",
+        msg(6)
+    );
+    assert!(msg(7).contains("may deny or ask, not allow"), "{}", msg(7));
+    assert!(msg(8).contains("covers every fs resource"), "{}", msg(8));
 }
 
 #[test]

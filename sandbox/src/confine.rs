@@ -2,7 +2,8 @@
 //! order (each step needs what the previous one still allows): no_new_privs; drop the
 //! bounding set and ambient caps (needs CAP_SETPCAP, still held as container root);
 //! setgroups/setresgid/setresuid to the agent id (clears permitted and effective caps);
-//! clear inheritable caps with capset; rlimits; Landlock; seccomp last (it denies nothing
+//! clear inheritable caps with capset; rlimits; Landlock; seccomp last. Before all of them,
+//! when the plan says so, the SCHED_EXT policy (agentd's scheduler, docs/scheduler.md) (it denies nothing
 //! the earlier steps need, and loading it requires no_new_privs).
 //!
 //! The container init is single-threaded, so the allocations Landlock and libseccomp make
@@ -115,11 +116,34 @@ pub struct Confinement {
     pub landlock: Landlock,
     /// The compiled seccomp program ([`crate::seccomp::compile`]).
     pub seccomp: Vec<u8>,
+    /// Switch to SCHED_EXT first ([`crate::plan::SessionPlan::sched_ext`]).
+    pub sched_ext: bool,
+}
+
+/// Puts the calling process in the SCHED_EXT policy (inherited by everything it forks). A
+/// failure is an error: the plan asked for a kernel that has it.
+pub fn set_sched_ext() -> Result<(), Error> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on ourselves with a live param struct.
+    let r =
+        unsafe { libc::sched_setscheduler(0, crate::seccomp::SCHED_EXT as libc::c_int, &param) };
+    if r < 0 {
+        return Err(Error::sys(
+            "sched_setscheduler(SCHED_EXT)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 impl Confinement {
     /// Applies the whole confinement to the calling process (see the module doc for order).
     pub fn apply(&self) -> Result<(), Error> {
+        // First: unprivileged users may set SCHED_EXT too, but nothing after this needs
+        // to change the policy, and seccomp (last) forbids every other one.
+        if self.sched_ext {
+            set_sched_ext()?;
+        }
         prctl("PR_SET_NO_NEW_PRIVS", libc::PR_SET_NO_NEW_PRIVS, 1)?;
         drop_bounding_and_ambient()?;
         setgroups(&[]).map_err(|e| Error::sys("setgroups", e))?;

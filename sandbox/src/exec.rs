@@ -158,6 +158,7 @@ pub fn confinement(plan: &SessionPlan, seccomp: Vec<u8>) -> Confinement {
         rlimits: plan.rlimits.clone(),
         landlock: plan.effective_landlock(),
         seccomp,
+        sched_ext: plan.sched_ext,
     }
 }
 

@@ -131,6 +131,7 @@ pub fn run_launch(launch: Launch, sync: std::os::unix::net::UnixStream) -> Resul
         rlimits: plan.rlimits.clone(),
         landlock: plan.effective_landlock(),
         seccomp: crate::seccomp::compile(&crate::seccomp::build(&plan.seccomp)?)?,
+        sched_ext: plan.sched_ext,
     };
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);

@@ -204,6 +204,11 @@ pub struct SessionPlan {
     pub seccomp: Seccomp,
     /// Landlock rules.
     pub landlock: Landlock,
+    /// Set SCHED_EXT on the agent and every call before their exec (a kernel with
+    /// sched_ext): agentd's scheduler, when attached, schedules them; without one they run
+    /// as SCHED_NORMAL. The seccomp filter then keeps them there (docs/scheduler.md).
+    #[serde(default)]
+    pub sched_ext: bool,
 }
 
 /// OCI's default masked paths (runtime-spec config-linux, runc's defaults).
@@ -327,6 +332,7 @@ impl SessionPlan {
                 optional: false,
                 optional_rights: default_optional_rights(),
             },
+            sched_ext: false,
         }
     }
 

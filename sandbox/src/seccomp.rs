@@ -2,7 +2,9 @@
 //! Docker's default profile (mount and namespace manipulation, kernel modules, kexec, BPF,
 //! perf, keyrings, handle-based opens, userfaultfd, ptrace, clock and swap changes, io_uring
 //! unless the plan allows it), built with libseccomp so a user-notification listener can be
-//! added later. The list is pure data and unit-tested; loading happens in the agent's
+//! added later. Scheduling: `sched_setattr` is denied and `sched_setscheduler` allowed only
+//! to SCHED_EXT, so a session task cannot leave agentd's scheduler (docs/scheduler.md) for
+//! the fair class, SCHED_BATCH or SCHED_IDLE, nor set the reset-on-fork flag. The list is pure data and unit-tested; loading happens in the agent's
 //! process just before exec (after no_new_privs, so no privilege is needed).
 
 use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
@@ -66,6 +68,8 @@ pub const DENIED: &[&str] = &[
     "kcmp",
     // another process's descriptors (the daemon's, a spawner's) must not be copied in
     "pidfd_getfd",
+    // scheduling policy: set by the sandbox before exec; sched_setscheduler is filtered below
+    "sched_setattr",
     // time is global
     "settimeofday",
     "clock_settime",
@@ -76,6 +80,11 @@ pub const DENIED: &[&str] = &[
 /// ioctl requests denied with EPERM: TIOCSTI (push input into a terminal) and TIOCLINUX
 /// (console selection and paste).
 pub const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI, libc::TIOCLINUX];
+
+/// The one policy `sched_setscheduler` may set from inside (uapi SCHED_EXT): the one the
+/// sandbox gives session tasks; anything else (leaving agentd's scheduler, or setting
+/// SCHED_RESET_ON_FORK, or-ed into the same argument) is EPERM.
+pub const SCHED_EXT: u64 = 7;
 
 /// io_uring: its operations are not seen by seccomp.
 pub const IO_URING: &[&str] = &["io_uring_setup", "io_uring_enter", "io_uring_register"];
@@ -141,6 +150,16 @@ pub fn build(cfg: &Seccomp) -> Result<ScmpFilterContext, Error> {
         )
         .map_err(|e| err("ioctl", e))?;
     }
+    // sched_setscheduler(pid, policy, param): only policy == SCHED_EXT passes. The whole
+    // 64-bit register is compared, so high bits set around a 7 are refused too (fail closed).
+    let setsched =
+        ScmpSyscall::from_name("sched_setscheduler").map_err(|e| err("sched_setscheduler", e))?;
+    f.add_rule_conditional(
+        ScmpAction::Errno(libc::EPERM),
+        setsched,
+        &[ScmpArgCompare::new(1, ScmpCompareOp::NotEqual, SCHED_EXT)],
+    )
+    .map_err(|e| err("sched_setscheduler", e))?;
     // clone3 takes its flags in memory seccomp cannot read: ENOSYS makes libc fall back to
     // clone, which is filtered above (Docker does the same).
     let clone3 = ScmpSyscall::from_name("clone3").map_err(|e| err("clone3", e))?;
@@ -242,6 +261,7 @@ mod tests {
             "swapoff",
             "io_uring_setup",
             "pidfd_getfd",
+            "sched_setattr",
         ] {
             assert!(d.iter().any(|n| n == must), "{must} missing");
         }

@@ -19,6 +19,8 @@ pub trait LiveProbes {
     fn btf_has_struct(&self, path: &Path, name: &str) -> Result<bool, String>;
     /// `uname -r`.
     fn kernel_release(&self) -> String;
+    /// Whether agentd's sched_ext scheduler loads (verified by the kernel, not attached).
+    fn sched_loads(&self) -> Result<(), String>;
 }
 
 /// Files plus live probes.
@@ -142,6 +144,12 @@ impl LiveProbes for RealHost {
 
     fn bpf_loadable(&self, feature: Feature) -> Result<bool, String> {
         agentd_bpf::probe::loadable(feature)
+    }
+
+    fn sched_loads(&self) -> Result<(), String> {
+        agentd_bpf::sched::Scheduler::load(&agentd_bpf::sched::Config::default(), false)
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     fn btf_has_struct(&self, path: &Path, name: &str) -> Result<bool, String> {

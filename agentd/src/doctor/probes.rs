@@ -237,13 +237,17 @@ fn psi(host: &dyn Host) -> Check {
     }
 }
 
+/// agentd's sched_ext scheduler: loaded (attached by a running daemon), not supported by
+/// this kernel (the fallback runs), or failed with the kernel's reason (a live load).
 fn sched_ext(host: &dyn Host) -> Check {
     let c = row("sched_ext", false);
     let fallback = "cpu.weight / cpu.max per call";
     let Ok(state) = host.read("/sys/kernel/sched_ext/state") else {
         return degraded(
             c,
-            "no /sys/kernel/sched_ext: kernel built without CONFIG_SCHED_CLASS_EXT".into(),
+            "not supported by this kernel (no /sys/kernel/sched_ext: built without \
+             CONFIG_SCHED_CLASS_EXT)"
+                .into(),
             fallback,
             "use Linux 6.12+ with CONFIG_SCHED_CLASS_EXT=y (Debian trixie-backports)",
         );
@@ -254,6 +258,14 @@ fn sched_ext(host: &dyn Host) -> Check {
             .read("/sys/kernel/sched_ext/root/ops")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
+        if ops == agentd_bpf::sched::OPS_NAME {
+            return Check {
+                detail: "loaded: agentd's scheduler is attached (partial mode: session tasks \
+                         only)"
+                    .into(),
+                ..c
+            };
+        }
         return degraded(
             c,
             format!("another BPF scheduler ({ops}) is attached"),
@@ -261,9 +273,20 @@ fn sched_ext(host: &dyn Host) -> Check {
             "detach it before starting agentd",
         );
     }
-    Check {
-        detail: format!("sched_ext present (state: {state})"),
-        ..c
+    match host.sched_loads() {
+        Ok(()) => Check {
+            detail: format!(
+                "sched_ext present (state: {state}); agentd's scheduler loads (the daemon \
+                 attaches it at start)"
+            ),
+            ..c
+        },
+        Err(e) => degraded(
+            c,
+            format!("failed: agentd's scheduler does not load: {e}"),
+            fallback,
+            "run doctor as root; see the reason above",
+        ),
     }
 }
 

@@ -130,6 +130,7 @@ pub fn transparent_ports(plan: &NetworkPlan) -> Vec<u16> {
     let rules = plan
         .allow
         .iter()
+        .chain(&plan.ask)
         .chain(plan.grants.iter().flat_map(|g| &g.allow));
     for r in rules {
         for p in &r.patterns {

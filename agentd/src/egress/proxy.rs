@@ -242,7 +242,7 @@ async fn decide_connect(
     let dest = dest_of(host)?;
     let d = eg.plan.decide(dest, port, c.argv.as_deref());
     c.rec.rule = d.rule.clone();
-    if d.effect == NetEffect::Deny {
+    if d.effect != NetEffect::Allow {
         return Err(format!("agentd policy: {host}:{port} {d}"));
     }
     let addrs = match dest {
@@ -511,7 +511,7 @@ async fn transparent(
     c.rec.dest = name.clone();
     // Decide before reading: a denied call gets its refusal without sending anything.
     let d = eg.plan.decide(Dest::Name(&name), port, c.argv.as_deref());
-    if d.effect == NetEffect::Deny {
+    if d.effect != NetEffect::Allow {
         let why = format!("agentd policy: {name}:{port} {d}");
         c.deny(why.clone());
         refuse(sock, port, &why).await;

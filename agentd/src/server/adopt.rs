@@ -100,6 +100,11 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
         .unwrap_or_else(|p| p.into_inner())
         .insert(s.id.clone(), live.clone());
     super::mempool::session_started(d, &live);
+    d.sched.session_started(
+        &live.id,
+        live.cg.agent().path(),
+        super::mempool::priority(&live),
+    );
     // The shim socket is rebound at the same path (the agent's environment names it).
     if let Err(e) = super::shim::listen(d, &live, pid) {
         super::log::warn(&format!("session {}: {e}", s.id));

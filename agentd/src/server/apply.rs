@@ -51,6 +51,8 @@ pub struct SessionContext {
     /// The session's resolv.conf on the host (naming the egress DNS stub), written by the
     /// daemon for a session with the network on; bound over `/etc/resolv.conf`.
     pub resolv_conf: Option<PathBuf>,
+    /// The kernel has sched_ext: session tasks get SCHED_EXT (docs/scheduler.md).
+    pub sched_ext: bool,
 }
 
 /// The sandbox plan of a session: the coding-agent default container (host root
@@ -73,6 +75,7 @@ pub fn sandbox_plan(plan: &Plan, cx: &SessionContext) -> SessionPlan {
     );
     // Off or through the proxy, the session never shares the host's network.
     p.namespaces.net = true;
+    p.sched_ext = cx.sched_ext;
     p.bind_ro.push(BindRo {
         source: cx.shim_bin.clone(),
         target: PathBuf::from(SHIM_IN_CONTAINER),

@@ -64,6 +64,7 @@ fn context() -> SessionContext {
         resolv_conf: Some(PathBuf::from(
             "/var/lib/agentd/egress/0123456789ab.resolv.conf",
         )),
+        sched_ext: false,
     }
 }
 

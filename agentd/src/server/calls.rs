@@ -143,6 +143,13 @@ async fn run_call(
         }
     };
     super::mempool::attach(&grant, call.cgroup());
+    // Before the clone3 into it: the scheduler's class and the accounting watch.
+    d.sched.call_starting(
+        &live.id,
+        call.cgroup().path(),
+        info.limits.cpu_class,
+        info.limits.cpu_weight,
+    );
     exec.cgroup = Some(call.cgroup().path().to_path_buf());
     if let Some(tx) = &events {
         // The call's number, before any output: what a client needs to kill it.
@@ -181,6 +188,9 @@ pub async fn finish(
     timed_out: bool,
     grant: Option<super::mempool::Grant>,
 ) -> Result<CallInfo, ApiError> {
+    let sched_id = call
+        .as_ref()
+        .and_then(|c| crate::sched::cgroup_id(c.cgroup().path()).ok());
     let report = match call {
         Some(call) => Some(
             match tokio::task::spawn_blocking(move || call.finish(Duration::from_secs(10))).await {
@@ -200,6 +210,9 @@ pub async fn finish(
         },
     );
     super::mempool::finish(grant, &mut info);
+    if let Some(id) = sched_id {
+        info.cpu_sched = d.sched.call_ended(id, info.limits.cpu_class);
+    }
     super::net::annotate_call(d, &mut info).await;
     d.journal(|j| j.put_call(&info))?;
     Ok(info)

@@ -37,7 +37,8 @@ pub fn start(
     Ok(Some(MemPool::start(&cfg.cgroup_root, &settings)?))
 }
 
-fn priority(live: &Live) -> Priority {
+/// The session's priority (`[resources] priority`), also its scheduler weight.
+pub fn priority(live: &Live) -> Priority {
     match live.plan.session.priority.as_ref().map(|l| l.value) {
         Some(agentd_policy::Priority::High) => Priority::High,
         Some(agentd_policy::Priority::Low) => Priority::Low,

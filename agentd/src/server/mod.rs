@@ -150,6 +150,8 @@ pub struct Daemon {
     pub live: Mutex<HashMap<String, Arc<sessions::Live>>>,
     /// The host's memory pool (`[resources.pool]` of the host policy), if enabled.
     pub mem: Option<Arc<crate::mem::MemPool>>,
+    /// agentd's sched_ext scheduler and the per-call CPU accounting (docs/scheduler.md).
+    pub sched: crate::sched::Sched,
 }
 
 /// Handler state.
@@ -289,6 +291,7 @@ pub fn open(mut cfg: Config) -> Result<State, ServeError> {
         root,
         live: Mutex::new(HashMap::new()),
         mem,
+        sched: crate::sched::Sched::start(),
     });
     let adopted = adopt::readopt(&d)?;
     undo::recover_all(&d, &adopted);

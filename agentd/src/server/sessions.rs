@@ -61,6 +61,8 @@ pub struct Live {
     pub stdin: Mutex<Option<tokio::net::unix::pipe::Sender>>,
     /// The session's egress proxy (network sessions, once started).
     pub egress: Mutex<Option<Arc<crate::egress::SessionEgress>>>,
+    /// The last frozen checkpoint walk, for checkpoints of an unchanged layer.
+    pub quiet: Mutex<Option<super::undo::QuietRef>>,
 }
 
 /// What [`Live::new`] needs: everything of a live session that is not its runtime state.
@@ -98,6 +100,7 @@ impl Live {
             done: done_rx,
             stdin: Mutex::new(n.stdin),
             egress: Mutex::new(None),
+            quiet: Mutex::new(None),
         });
         (live, done_tx)
     }
@@ -336,6 +339,7 @@ pub async fn create(
                 agent_uid,
                 shim_bin: d.cfg.shim_bin.clone(),
                 resolv_conf,
+                sched_ext: d.sched.kernel_ext(),
             },
         ),
         argv: req.argv.clone(),
@@ -450,6 +454,12 @@ pub async fn create(
         // Calls from inside then run in the agent's leaf; said in the session row.
         live.update(&d, |i| i.error = Some(format!("no shim socket: {e}")))?;
     }
+    // Before the agent starts: its leaf is the session's latency work.
+    d.sched.session_started(
+        &live.id,
+        live.cg.agent().path(),
+        super::mempool::priority(&live),
+    );
     if let Err(source) = sync.write_all(&[launch::GO]).await {
         let _ = child.start_kill();
         let _ = child.wait().await;
@@ -603,6 +613,7 @@ pub async fn finish(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     super::mempool::session_ended(d, &live.id);
+    d.sched.session_ended(&live.id);
     super::net::stop(live);
     remove_cgroups(d, &live.id).await;
     let (sd, id, ws) = (

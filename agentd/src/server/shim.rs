@@ -118,6 +118,13 @@ async fn shim_call(
         }
     };
     super::mempool::attach(&grant, call.cgroup());
+    // Before the agent's command moves in: the scheduler's class and the accounting watch.
+    s.d.sched.call_starting(
+        &live.id,
+        call.cgroup().path(),
+        view.cpu_class,
+        view.cpu_weight,
+    );
     let pid = peer.pid.unwrap_or_default();
     if let Err(source) = call.cgroup().add_pid(pid as u32) {
         let e = ApiError::MovePid { n, pid, source };

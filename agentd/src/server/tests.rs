@@ -46,6 +46,7 @@ fn fixture() -> Fixture {
         root,
         live: Mutex::new(HashMap::new()),
         mem: None,
+        sched: crate::sched::Sched::off("unit test"),
     });
     Fixture { _dir: dir, daemon }
 }

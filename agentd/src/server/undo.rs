@@ -17,7 +17,7 @@ use agentd_sandbox::layer::commit::{self, Bases};
 use agentd_sandbox::layer::diff::{FileDiff, render};
 use agentd_sandbox::layer::store::{Checkpoint, Store, write_durably};
 use agentd_sandbox::layer::view::{Content, changes};
-use agentd_sandbox::layer::walk::walk;
+use agentd_sandbox::layer::walk::{STAMP_SETTLE_NS, now_ns, quiet_since, walk};
 use agentd_sandbox::layer::{LayerError, Manifest};
 use axum::Json;
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, State as AxState};
@@ -363,16 +363,81 @@ fn save_pinning(
     Ok(cp)
 }
 
-/// Takes a checkpoint of session `s` (frozen while its layer is read).
+/// A live session's last frozen walk (docs/undo.md, "Quiet checkpoints"): the checkpoint
+/// it became (or the latest quiet one after it) and the real-time clock while the session
+/// was frozen, with a monotonic reading to notice the clock being set back.
+#[derive(Debug, Clone, Copy)]
+pub struct QuietRef {
+    checkpoint: u64,
+    walked_ns: i128,
+    walked_at: std::time::Instant,
+}
+
+/// How far the real-time clock may run behind the monotonic one since the frozen walk
+/// before quiet checkpoints stop being trusted (a clock set back could stamp a change
+/// before the walk).
+const CLOCK_STEP_NS: i128 = 100_000_000;
+
+/// The manifest of the latest checkpoint if nothing in the live session's layer changed
+/// since its last frozen walk, checked without freezing ([`quiet_since`]); `None` when a
+/// frozen walk is needed (something changed, another checkpoint came in between, the clock
+/// was set back, or the check failed).
+fn quiet_manifest(s: &Sess, store: &Store) -> Result<Option<Manifest>, ApiError> {
+    let Some(live) = s.live.as_deref() else {
+        return Ok(None);
+    };
+    let Some(q) = *live.quiet.lock().unwrap_or_else(|p| p.into_inner()) else {
+        return Ok(None);
+    };
+    let prev = latest(store)?;
+    let expected_now =
+        q.walked_ns + i128::try_from(q.walked_at.elapsed().as_nanos()).unwrap_or(i128::MAX);
+    if prev.id != q.checkpoint || now_ns() < expected_now - CLOCK_STEP_NS || !s.upper.is_dir() {
+        return Ok(None);
+    }
+    // A change after the frozen walk has a ctime of at least the walk's time less the
+    // filesystem's granularity and the coarse clock's lag: the stamp rule's settle time.
+    match quiet_since(&s.upper, q.walked_ns - STAMP_SETTLE_NS) {
+        Ok(true) => Ok(Some(prev.manifest)),
+        Ok(false) | Err(_) => Ok(None),
+    }
+}
+
+/// Takes a checkpoint of session `s`: frozen while its layer is read, unless nothing in the
+/// layer changed since the last frozen walk (then that walk's manifest, without a freeze).
 pub fn take(s: &Sess, call: Option<u64>, reason: String) -> Result<Checkpoint, ApiError> {
     let lock = lock_for(&s.id);
     let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
     let store = s.store()?;
-    let m = {
+    if let Some(m) = quiet_manifest(s, &store)? {
+        let cp = save(s, &store, m, call, reason)?;
+        if let Some(live) = s.live.as_deref()
+            && let Some(q) = live
+                .quiet
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+        {
+            q.checkpoint = cp.id;
+        }
+        return Ok(cp);
+    }
+    let (m, walked) = {
         let _f = Frozen::new(s.live.as_deref())?;
-        layer_now(s, &store)?
+        // Read once frozen: every change before it is in the walk, every one after it
+        // (after the thaw) is stamped no earlier than this less the settle time.
+        let walked = (now_ns(), std::time::Instant::now());
+        (layer_now(s, &store)?, walked)
     };
-    save(s, &store, m, call, reason)
+    let cp = save(s, &store, m, call, reason)?;
+    if let Some(live) = s.live.as_deref() {
+        *live.quiet.lock().unwrap_or_else(|p| p.into_inner()) = Some(QuietRef {
+            checkpoint: cp.id,
+            walked_ns: walked.0,
+            walked_at: walked.1,
+        });
+    }
+    Ok(cp)
 }
 
 /// Runs `f` on a fresh thread whose filesystem ids are the owner's (writes through the

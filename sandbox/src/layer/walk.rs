@@ -74,6 +74,38 @@ pub fn now_ns() -> i128 {
     }
 }
 
+/// Whether no inode of `upper` (the dir itself, every entry below it) has a ctime at or
+/// after `limit_ns`: then nothing in the layer changed since `limit_ns`, because every change
+/// a process can make to an inode (contents, mode, owner, xattrs such as the overlay's opaque
+/// mark, links) and to a directory's entries (create, delete, rename in it) sets the ctime of
+/// the inode or of its directory to the time of the change, and no process can set a ctime.
+/// Stops at the first such inode; reads no file contents. Without freezing anything: an
+/// inode seen unchanged was unchanged from `limit_ns` until it was seen.
+pub fn quiet_since(upper: &Path, limit_ns: i128) -> Result<bool, LayerError> {
+    let changed = |p: &Path| -> Result<bool, LayerError> {
+        let md = std::fs::symlink_metadata(p).map_err(|e| LayerError::io("stat", p, e))?;
+        Ok(ns(md.ctime(), md.ctime_nsec()) >= limit_ns)
+    };
+    if changed(upper)? {
+        return Ok(false);
+    }
+    let mut stack = vec![upper.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let rd = std::fs::read_dir(&dir).map_err(|e| LayerError::io("readdir", &dir, e))?;
+        for e in rd {
+            let e = e.map_err(|e| LayerError::io("readdir", &dir, e))?;
+            let p = e.path();
+            if changed(&p)? {
+                return Ok(false);
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// Walks `upper` into a manifest, storing new or changed file contents in `store`.
 /// `prev` (the previous checkpoint's manifest) lets unchanged files skip the read.
 pub fn walk(upper: &Path, store: &Store, prev: Option<&Manifest>) -> Result<Manifest, LayerError> {
@@ -173,6 +205,48 @@ pub fn walk_at(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
     use super::*;
+
+    #[test]
+    fn quiet_since_sees_any_change_after_the_limit_and_nothing_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = dir.path();
+        std::fs::create_dir_all(up.join("a/b")).unwrap();
+        std::fs::write(up.join("a/b/f"), "one").unwrap();
+        std::fs::write(up.join("g"), "two").unwrap();
+        // Past the kernel's coarse clock tick, so the limit is after every ctime above.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let limit = now_ns();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            quiet_since(up, limit).unwrap(),
+            "nothing changed since the limit"
+        );
+        assert!(
+            !quiet_since(up, i128::MIN).unwrap(),
+            "everything changed since 1970"
+        );
+        // A same-size rewrite deep down, a chmod, a new entry, a delete: each is seen.
+        std::fs::write(up.join("a/b/f"), "uno").unwrap();
+        assert!(!quiet_since(up, limit).unwrap(), "rewrite");
+        let limit = {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let l = now_ns();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            l
+        };
+        assert!(quiet_since(up, limit).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(up.join("g"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(!quiet_since(up, limit).unwrap(), "chmod");
+        let limit = {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let l = now_ns();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            l
+        };
+        std::fs::remove_file(up.join("a/b/f")).unwrap();
+        assert!(!quiet_since(up, limit).unwrap(), "delete (the dir's ctime)");
+    }
     use std::fs;
 
     #[test]
