@@ -38,6 +38,15 @@ pub fn upstream() -> &'static Upstream {
     static UP: OnceLock<Upstream> = OnceLock::new();
     UP.get_or_init(|| {
         let dir = PathBuf::from("/tmp/agentd-egress-up");
+        // Another test process of this VM run (egress, then caps) leaves its upstream behind:
+        // its servers, namespace and veth pair live on after it exits. Start from nothing.
+        sh(&format!(
+            "if ip netns list | grep -qw {UP_NS}; then
+               for p in $(ip netns pids {UP_NS}); do kill -9 $p 2>/dev/null || true; done
+               ip netns del {UP_NS}
+             fi
+             ! ip link show veth-egh >/dev/null 2>&1 || ip link del veth-egh"
+        ));
         let _ = fs::remove_dir_all(&dir);
         let www = dir.join("www");
         fs::create_dir_all(www.join("simple/agentdpkg")).unwrap();
