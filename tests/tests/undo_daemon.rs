@@ -32,20 +32,6 @@ fn fails_with(d: &Daemon, args: &[&str], needle: &str) {
     assert!(err.contains(needle), "{args:?}: {err}");
 }
 
-fn paths(diff: &Value) -> Vec<(String, String)> {
-    diff["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["path"].as_str().unwrap().to_string(),
-                f["change"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 #[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
 fn undo_daemon_checkpoints_diff_undo_commit_discard_through_a_live_session() {
@@ -74,7 +60,7 @@ fn undo_daemon_checkpoints_diff_undo_commit_discard_through_a_live_session() {
     assert_eq!(calls, [Value::Null, 1.into(), 2.into(), 3.into()], "{cps}");
     let c1 = d.json(&["diff", &id, "--call", "1"]);
     assert_eq!(
-        paths(&c1),
+        diff_paths(&c1),
         [
             ("a.txt".into(), "added".into()),
             ("sub".into(), "added".into()),
@@ -85,7 +71,7 @@ fn undo_daemon_checkpoints_diff_undo_commit_discard_through_a_live_session() {
     );
     let c2 = d.json(&["diff", &id, "--call", "2"]);
     assert_eq!(
-        paths(&c2),
+        diff_paths(&c2),
         [
             ("README".into(), "deleted".into()),
             ("a.txt".into(), "modified".into()),
@@ -122,7 +108,7 @@ fn undo_daemon_checkpoints_diff_undo_commit_discard_through_a_live_session() {
     // The undo itself is undoable: the checkpoint saved before it has call 2's work.
     let saved = u["saved"].as_u64().unwrap().to_string();
     let redo = d.json(&["diff", &id, "--from", "2", "--to", &saved, "--stat"]);
-    assert_eq!(paths(&redo).len(), 3, "{redo}");
+    assert_eq!(diff_paths(&redo).len(), 3, "{redo}");
 
     // Bad input: unknown call, checkpoint, session.
     fails_with(
@@ -221,7 +207,7 @@ fn undo_daemon_an_ended_session_is_committed_from_its_final_checkpoint() {
     );
     let diff = d.json(&["diff", &id, "--stat"]);
     assert_eq!(
-        paths(&diff),
+        diff_paths(&diff),
         [
             ("README".into(), "deleted".into()),
             ("done.txt".into(), "added".into())
@@ -561,7 +547,7 @@ fn undo_daemon_retention_keys_prune_and_a_pruned_checkpoint_says_so() {
     // On demand still works, and the diff sees the work.
     d.json(&["checkpoints", &off, "--take", "now"]);
     assert_eq!(
-        paths(&d.json(&["diff", &off])),
+        diff_paths(&d.json(&["diff", &off])),
         [("g".into(), "added".into())]
     );
     assert!(d.run(&["kill", &off]).status.success());

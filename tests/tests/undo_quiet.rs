@@ -24,18 +24,7 @@ fn out(d: &Daemon, id: &str, script: &str) -> String {
 }
 
 fn changed(d: &Daemon, id: &str, call: u64) -> Vec<(String, String)> {
-    let diff = d.json(&["diff", id, "--call", &call.to_string()]);
-    diff["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["path"].as_str().unwrap().to_string(),
-                f["change"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    diff_paths(&d.json(&["diff", id, "--call", &call.to_string()]))
 }
 
 /// Past the stamp settle time (2 s), so the next checkpoint can be a quiet one.

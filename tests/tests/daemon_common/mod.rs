@@ -306,3 +306,18 @@ impl Drop for Daemon {
 pub fn read(p: &Path) -> Option<String> {
     fs::read_to_string(p).ok().map(|s| s.trim().to_string())
 }
+
+/// The `(path, change)` rows of an `agentctl --json diff` answer.
+pub fn diff_paths(diff: &Value) -> Vec<(String, String)> {
+    diff["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["change"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
