@@ -110,6 +110,35 @@ pub fn tally(lines: &[String]) -> (u64, u64, u64) {
     t
 }
 
+/// The names of the failed tests, from libtest's closing `failures:` list (the one right before
+/// each `test result:` line), so a long log's summary says which tests to look at.
+pub fn failed_tests(lines: &[String]) -> Vec<String> {
+    let mut failed = Vec::new();
+    let mut listed: Vec<String> = Vec::new();
+    let mut in_list = false;
+    for line in lines {
+        let trimmed = line.trim_end();
+        if trimmed == "failures:" {
+            listed.clear();
+            in_list = true;
+        } else if trimmed.trim_start().starts_with("test result: ") {
+            failed.append(&mut listed);
+            in_list = false;
+        } else if in_list {
+            let name = trimmed.trim();
+            let indented = trimmed.starts_with("    ");
+            if indented && !name.is_empty() && !name.contains(char::is_whitespace) {
+                listed.push(name.to_string());
+            } else if !name.is_empty() {
+                // The first `failures:` block holds the captured output, not names.
+                listed.clear();
+                in_list = false;
+            }
+        }
+    }
+    failed
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -120,5 +149,28 @@ mod tests {
             "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out".to_string(),
         ];
         assert_eq!(super::tally(&lines), (4, 2, 1));
+    }
+
+    #[test]
+    fn names_the_failed_tests_from_the_closing_list() {
+        let lines: Vec<String> = [
+            "test a::ok ... ok",
+            "failures:",
+            "",
+            "---- a::bad stdout ----",
+            "    indented output that is not a name",
+            "thread 'a::bad' panicked",
+            "",
+            "failures:",
+            "    a::bad",
+            "    a::worse",
+            "",
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+            "test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(super::failed_tests(&lines), vec!["a::bad", "a::worse"]);
     }
 }

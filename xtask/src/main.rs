@@ -147,12 +147,14 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             filter,
             nocapture,
         } => {
-            let (passed, failed, status) = vm_test(&ws, &vm, filter.as_deref(), nocapture)?;
+            let run = vm_test(&ws, &vm, filter.as_deref(), nocapture)?;
             println!(
-                "vm-test ({}): {passed} passed, {failed} failed",
-                vm.kernel.name()
+                "vm-test ({}): {} passed, {} failed",
+                vm.kernel.name(),
+                run.passed,
+                run.failed
             );
-            Ok(exit_byte(status))
+            Ok(exit_byte(run.status))
         }
         Cmd::VmRun { vm, command } => vm_run(&ws, &vm, &command).map(exit_byte),
         Cmd::Test { vm } => test_all(&ws, &vm),
@@ -234,13 +236,21 @@ fn soak_exports() -> String {
     out
 }
 
-/// Builds and runs the privileged tests in one boot; returns (passed, failed, status).
+/// What one boot of the privileged tests gave.
+struct VmTestOutcome {
+    passed: u64,
+    failed: u64,
+    failed_names: Vec<String>,
+    status: i32,
+}
+
+/// Builds and runs the privileged tests in one boot.
 fn vm_test(
     ws: &Path,
     args: &VmArgs,
     filter: Option<&str>,
     nocapture: bool,
-) -> Result<(u64, u64, i32)> {
+) -> Result<VmTestOutcome> {
     let bins = build::workspace_binaries()?;
     let tests = build::privileged_tests()?;
     let mut script = String::from("rc=0\necho \"agentd-vm: kernel $(uname -r)\"\n");
@@ -256,6 +266,7 @@ fn vm_test(
     script.push_str("exit $rc\n");
     let outcome = boot(ws, args, &bins, script)?;
     let (passed, failed, ignored) = build::tally(&outcome.lines);
+    let failed_names = build::failed_tests(&outcome.lines);
     println!(
         "vm-test: kernel {} ({}, {}): {passed} passed, {failed} failed, {ignored} ignored, {} binaries, {:.1} s",
         kernel_version(ws, args.kernel)?,
@@ -264,7 +275,15 @@ fn vm_test(
         tests.len(),
         outcome.elapsed.as_secs_f64()
     );
-    Ok((passed, failed, outcome.status))
+    for name in &failed_names {
+        println!("vm-test: FAILED on {}: {name}", args.kernel.name());
+    }
+    Ok(VmTestOutcome {
+        passed,
+        failed,
+        failed_names,
+        status: outcome.status,
+    })
 }
 
 fn vm_run(ws: &Path, args: &VmArgs, command: &[String]) -> Result<i32> {
@@ -314,29 +333,38 @@ fn test_all(ws: &Path, args: &VmArgs) -> Result<u8> {
         .context("running cargo test")?
         .success();
     let mut totals = (0, 0);
+    let mut failures = Vec::new();
     let mut all_ok = host_ok;
     for flavour in Flavour::ALL {
         let a = VmArgs {
             kernel: flavour,
             ..args.clone()
         };
-        let (p, f, status) = vm_test(ws, &a, None, true)?;
-        if p == 0 {
+        let run = vm_test(ws, &a, None, true)?;
+        if run.passed == 0 {
             eprintln!(
                 "xtask test: no privileged test passed on the {} kernel",
                 flavour.name()
             );
             all_ok = false;
         }
-        totals.0 += p;
-        totals.1 += f;
-        all_ok &= status == 0;
+        totals.0 += run.passed;
+        totals.1 += run.failed;
+        all_ok &= run.status == 0;
+        failures.extend(
+            run.failed_names
+                .into_iter()
+                .map(|name| format!("{}: {name}", flavour.name())),
+        );
     }
     println!(
         "xtask test: host unit tests {}; VM tests on both kernels:",
         if host_ok { "passed" } else { "FAILED" }
     );
     println!("vm-tests: {} passed, {} failed", totals.0, totals.1);
+    for failure in &failures {
+        println!("vm-tests: FAILED {failure}");
+    }
     Ok(if all_ok { 0 } else { 1 })
 }
 
