@@ -140,7 +140,9 @@ pub fn agent_limits(plan: &Plan, session_cpu_millis: u64) -> AgentLimits {
     }
 }
 
-/// The session's limits (API view) and the caps of `session-<id>`.
+/// The session's limits (API view) and the caps of `session-<id>`. memory.swap.max is 0:
+/// a session's memory is what memory.max says, never that plus the host's swap (no policy
+/// key grants swap yet; the kernel applies it to every leaf below).
 pub fn session_limits(plan: &Plan) -> (SessionLimits, cgctl::Limits) {
     let s = &plan.session;
     let agent = agent_limits(plan, s.cpu.value.0);
@@ -155,6 +157,7 @@ pub fn session_limits(plan: &Plan) -> (SessionLimits, cgctl::Limits) {
     };
     let cg = cgctl::Limits {
         memory_max: Some(cgctl::Max::Limit(lim.memory)),
+        memory_swap_max: Some(cgctl::Max::Limit(0)),
         cpu_max: Some(cgctl::CpuMax::cpus(lim.cpu_millis as f64 / 1000.0)),
         pids_max: Some(cgctl::Max::Limit(u64::from(lim.pids))),
         ..cgctl::Limits::default()
