@@ -86,7 +86,40 @@ fn raise_nofile() {
     }
 }
 
+/// Marks every descriptor the daemon inherited (above stdio) close-on-exec, before any
+/// thread or file of its own exists: a descriptor leaked into the daemon by whoever started
+/// it (a shell, a supervisor; systemd's LISTEN_FDS are the daemon's own to use) must never
+/// reach a runtime, an agent or a call (issue 18). The exec paths close theirs as well.
+fn cloexec_inherited() -> std::io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's fds.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: the same, one descriptor at a time.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number; a stale one (the read_dir's own) is EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
 fn serve(cfg: agentd::server::Config) -> ExitCode {
+    if let Err(e) = cloexec_inherited() {
+        agentd::server::log::error(&format!("marking inherited descriptors close-on-exec: {e}"));
+        return ExitCode::FAILURE;
+    }
     raise_nofile();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
