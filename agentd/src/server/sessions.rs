@@ -249,6 +249,9 @@ fn check_workspace(peer: &Peer, ws: &Path, user: Option<u32>) -> Result<(PathBuf
     if !md.is_dir() {
         return Err(ApiError::WorkspaceNotDir { path: canon });
     }
+    if let Some(ch) = agentd_sandbox::plan::overlay_special_char(&canon) {
+        return Err(ApiError::WorkspaceUnsafeName { path: canon, ch });
+    }
     agent_uid(peer, &canon, md.uid(), user).map(|uid| (canon, uid))
 }
 
