@@ -1,0 +1,144 @@
+//! Host-side hardening of the daemon (issue 18), black-box in the test VM: on a host with
+//! swap a session never swaps (memory.swap.max = 0: a memory bomb gets memory.max, not
+//! memory.max + the host's swap); a descriptor leaked into the daemon by whoever started it
+//! reaches no runtime, agent or call; a workspace path the overlay's mount options would
+//! misread is refused with a 400 naming it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod daemon_common;
+use daemon_common::*;
+
+/// A swap file on the VM's scratch disk, on for the guard's life (the test VM has no swap).
+struct Swap(std::path::PathBuf);
+
+impl Swap {
+    fn on(path: &str, mib: u32) -> Swap {
+        let sh = |cmd: &str| {
+            let st = std::process::Command::new("sh")
+                .args(["-c", cmd])
+                .status()
+                .unwrap();
+            assert!(st.success(), "{cmd}: {st}");
+        };
+        sh(&format!(
+            "dd if=/dev/zero of={path} bs=1M count={mib} status=none && chmod 600 {path} \
+             && mkswap {path} >/dev/null && swapon {path}"
+        ));
+        Swap(path.into())
+    }
+}
+
+impl Drop for Swap {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("swapoff").arg(&self.0).status();
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_a_memory_bomb_on_a_host_with_swap_gets_memory_max_and_no_swap() {
+    let _vm = agentd_tests::vm::enter();
+    let _swap = Swap::on("/var/tmp/agentd-bounds.swap", 512);
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap();
+    assert!(swaps.contains("agentd-bounds.swap"), "{swaps}");
+    let d = Daemon::start();
+    let id = d.session();
+    let cg = d.session_cgroup(&id);
+    assert_eq!(read(&cg.join("memory.swap.max")).as_deref(), Some("0"));
+    // 256 MiB touched under a 64 MiB call: with the host's swap it would page out and finish.
+    let out = d.run(&[
+        "--json",
+        "exec",
+        &id,
+        "--intent",
+        "memory=64M",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=256M",
+        "count=1",
+    ]);
+    assert!(!out.status.success(), "the bomb lived on swap");
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["oom_killed"], true, "{c}");
+    // memory.swap.peak is hierarchical: nothing of the session (agent leaf, calls) swapped.
+    let peak = read(&cg.join("memory.swap.peak"));
+    assert_eq!(peak.as_deref(), Some("0"), "the session swapped");
+    let _ = d.json(&["kill", &id]);
+}
+
+/// Every process (but those in `except`) holding a descriptor whose target names `needle`.
+fn holders(needle: &str, except: &[u32]) -> Vec<String> {
+    let mut found = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && target.to_string_lossy().contains(needle)
+                && !except.contains(&pid)
+            {
+                let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+                found.push(format!("{pid} ({}) {}", comm.trim(), fd.path().display()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_a_descriptor_leaked_into_the_daemon_reaches_no_runtime_agent_or_call() {
+    let _vm = agentd_tests::vm::enter();
+    let mut d = Daemon::new();
+    let secret = d.root.join("leaked-secret");
+    std::fs::write(&secret, "not for the agent\n").unwrap();
+    d.leak_fd = Some(std::fs::File::open(&secret).unwrap());
+    d.spawn();
+    let pid = d.child.as_ref().unwrap().id();
+    let ours = std::fs::read_link(format!("/proc/{pid}/fd/9")).unwrap();
+    assert!(ours.ends_with("leaked-secret"), "{}", ours.display());
+    // The agent, a shim call and an API call each list their own descriptors.
+    let repo = d.repo.to_str().unwrap().to_string();
+    let list = "ls -l /proc/self/fd";
+    let script = format!("{list}; $SHELL -c '{list}'");
+    let out = d.run(&["run", "--workspace", &repo, "--", "sh", "-c", &script]);
+    assert!(out.status.success());
+    let id = d.session();
+    let call = d.run(&["exec", &id, "--", "ls", "-l", "/proc/self/fd"]);
+    assert!(call.status.success());
+    let listed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&call.stdout)
+    );
+    assert_eq!(listed.matches(" 0 -> ").count(), 3, "{listed}");
+    assert!(!listed.contains("leaked-secret"), "{listed}");
+    // Nothing else of the running session (runtime, init, spawner, agent) holds it either.
+    let held = holders("leaked-secret", &[pid, std::process::id()]);
+    assert!(held.is_empty(), "leaked to: {held:?}");
+    let _ = d.json(&["kill", &id]);
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn daemon_a_workspace_the_overlay_options_would_misread_is_refused_by_name() {
+    let _vm = agentd_tests::vm::enter();
+    let d = Daemon::start();
+    let odd = d.root.join("repo,upperdir=x");
+    std::fs::create_dir(&odd).unwrap();
+    chown_r(&odd, USER);
+    let out = d.run(&["run", "--workspace", odd.to_str().unwrap(), "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "not refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("400") && err.contains("','"), "{err}");
+    assert!(err.contains("rename the directory"), "{err}");
+    assert!(d.json(&["ps", "--all"]).as_array().unwrap().is_empty());
+}
