@@ -2,7 +2,8 @@
 //! swap a session never swaps (memory.swap.max = 0: a memory bomb gets memory.max, not
 //! memory.max + the host's swap); a descriptor leaked into the daemon by whoever started it
 //! reaches no runtime, agent or call; a workspace path the overlay's mount options would
-//! misread is refused with a 400 naming it.
+//! misread is refused with a 400 naming it; calls with 1.9 MB of argv run, and their
+//! journal records keep a bounded part of it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -38,7 +39,7 @@ impl Drop for Swap {
 
 #[test]
 #[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
-fn daemon_a_memory_bomb_on_a_host_with_swap_gets_memory_max_and_no_swap() {
+fn hardening_a_memory_bomb_on_a_host_with_swap_gets_memory_max_and_no_swap() {
     let _vm = agentd_tests::vm::enter();
     let _swap = Swap::on("/var/tmp/agentd-bounds.swap", 512);
     let swaps = std::fs::read_to_string("/proc/swaps").unwrap();
@@ -95,7 +96,7 @@ fn holders(needle: &str, except: &[u32]) -> Vec<String> {
 
 #[test]
 #[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
-fn daemon_a_descriptor_leaked_into_the_daemon_reaches_no_runtime_agent_or_call() {
+fn hardening_a_descriptor_leaked_into_the_daemon_reaches_no_runtime_agent_or_call() {
     let _vm = agentd_tests::vm::enter();
     let mut d = Daemon::new();
     let secret = d.root.join("leaked-secret");
@@ -129,7 +130,7 @@ fn daemon_a_descriptor_leaked_into_the_daemon_reaches_no_runtime_agent_or_call()
 
 #[test]
 #[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
-fn daemon_a_workspace_the_overlay_options_would_misread_is_refused_by_name() {
+fn hardening_a_workspace_the_overlay_options_would_misread_is_refused_by_name() {
     let _vm = agentd_tests::vm::enter();
     let d = Daemon::start();
     let odd = d.root.join("repo,upperdir=x");
@@ -141,4 +142,53 @@ fn daemon_a_workspace_the_overlay_options_would_misread_is_refused_by_name() {
     assert!(err.contains("400") && err.contains("','"), "{err}");
     assert!(err.contains("rename the directory"), "{err}");
     assert!(d.json(&["ps", "--all"]).as_array().unwrap().is_empty());
+}
+
+/// Bytes of the journal and its write-ahead log.
+fn journal_bytes(d: &Daemon) -> u64 {
+    ["journal.db", "journal.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(d.root.join("state").join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn hardening_40_calls_with_1_9_mb_of_argv_each_run_and_their_records_stay_bounded() {
+    let _vm = agentd_tests::vm::enter();
+    let d = Daemon::start();
+    let id = d.session();
+    // 19 words of 100 KB: under the kernel's 128 KiB a word and 2 MiB in all.
+    let words: Vec<String> = (0..19)
+        .map(|i| format!("{:02}", i).repeat(50_000))
+        .collect();
+    let before = journal_bytes(&d);
+    for _ in 0..40 {
+        let mut args = vec!["exec", id.as_str(), "--", "true"];
+        args.extend(words.iter().map(String::as_str));
+        let out = d.ctl(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let grown = journal_bytes(&d).saturating_sub(before);
+    eprintln!("journal grew {grown} bytes for 40 calls of 1.9 MB argv");
+    // Unbounded, the rows alone would be 76 MB.
+    assert!(grown < 16 << 20, "journal grew {grown} bytes");
+    let calls = d.json(&["calls", &id]);
+    let calls = calls.as_array().unwrap();
+    assert_eq!(calls.len(), 40);
+    for c in calls {
+        assert_eq!(c["argv"][0], "true", "{}", c["n"]);
+        assert!(
+            c["argv_cut"].as_u64().unwrap() > 1_800_000,
+            "{}",
+            c["argv_cut"]
+        );
+        assert_eq!(c["exit_code"], 0);
+    }
+    let _ = d.json(&["kill", &id]);
 }
