@@ -215,6 +215,10 @@ pub struct SessionInfo {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The host uid (= gid) its container root maps to, its own among sessions (absent for a
+    /// session from before per-session ids: those all used 100000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_uid: Option<u32>,
 }
 
 /// `GET /v1/sessions/{id}/logs`.

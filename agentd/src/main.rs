@@ -49,6 +49,10 @@ enum Command {
         /// The agentd-shim binary (default: next to this binary).
         #[arg(long)]
         shim_bin: Option<PathBuf>,
+        /// Host ids for sessions' container roots, START:COUNT: one per session, checked at
+        /// start to overlap no /etc/subuid, /etc/subgid, /etc/passwd or /etc/group entry.
+        #[arg(long, default_value = "1879048192:65536", value_parser = parse_container_ids)]
+        container_ids: agentd::server::ids::IdRange,
     },
     /// Print a shell completion script for agentd.
     Completions { shell: clap_complete::Shell },
@@ -57,6 +61,10 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+}
+
+fn parse_container_ids(s: &str) -> Result<agentd::server::ids::IdRange, String> {
+    agentd::server::ids::IdRange::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -167,6 +175,7 @@ fn main() -> ExitCode {
             host_policy,
             sandbox_bin,
             shim_bin,
+            container_ids,
         } => serve(agentd::server::Config {
             socket,
             socket_mode,
@@ -175,6 +184,7 @@ fn main() -> ExitCode {
             host_policy,
             sandbox_bin: agentd::server::sibling_bin(sandbox_bin, "agentd-sandbox"),
             shim_bin: agentd::server::sibling_bin(shim_bin, "agentd-shim"),
+            container_ids,
         }),
         Command::Doctor { json } => {
             let report = agentd::doctor::run(&agentd::doctor::RealHost::new());

@@ -3,7 +3,8 @@
 //! memory.max + the host's swap); a descriptor leaked into the daemon by whoever started it
 //! reaches no runtime, agent or call; a workspace path the overlay's mount options would
 //! misread is refused with a 400 naming it; calls with 1.9 MB of argv run, and their
-//! journal records keep a bounded part of it.
+//! journal records keep a bounded part of it; each session has its own container root uid,
+//! and no other session's root (nor uid 100000) can enter its state dir.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -191,4 +192,73 @@ fn hardening_40_calls_with_1_9_mb_of_argv_each_run_and_their_records_stay_bounde
         assert_eq!(c["exit_code"], 0);
     }
     let _ = d.json(&["kill", &id]);
+}
+
+/// `ls DIR` as `uid` (gid the same, no groups): did it list?
+fn lists_as(uid: u32, dir: &std::path::Path) -> bool {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("ls")
+        .arg(dir)
+        .uid(uid)
+        .gid(uid)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn hardening_each_session_has_its_own_container_root_and_no_other_can_enter_its_state() {
+    use std::os::unix::fs::MetadataExt;
+    let _vm = agentd_tests::vm::enter();
+    let mut d = Daemon::start();
+    let (a, b) = (d.session(), d.session());
+    let uid_of =
+        |d: &Daemon, id: &str| d.json(&["inspect", id])["container_uid"].as_u64().unwrap() as u32;
+    let (ua, ub) = (uid_of(&d, &a), uid_of(&d, &b));
+    assert_ne!(ua, ub, "two sessions share a container root");
+    for u in [ua, ub] {
+        assert!(
+            (0x7000_0000..0x7001_0000).contains(&u),
+            "{u:#x} outside the range"
+        );
+    }
+    let root = d.root.clone();
+    let state = |id: &str| root.join("state/sessions").join(id);
+    let md = std::fs::metadata(state(&a)).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o777), (ua, 0o700));
+    // Inside, the root of each is uid 0 mapped to its own host uid.
+    let map = d.run(&["exec", &a, "--", "cat", "/proc/self/uid_map"]);
+    let map = String::from_utf8_lossy(&map.stdout).into_owned();
+    let ua_text = ua.to_string();
+    assert!(
+        map.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", ua_text.as_str(), "1"]),
+        "{map}"
+    );
+    // B's root, and uid 100000 (every session's root before), cannot even list A's state.
+    assert!(
+        lists_as(ua, &state(&a)),
+        "A's own root cannot list its state"
+    );
+    assert!(
+        !lists_as(ub, &state(&a)),
+        "B's container root lists A's state"
+    );
+    assert!(!lists_as(100_000, &state(&a)), "uid 100000 lists A's state");
+    // A restarted daemon keeps each session's uid (from its record), and its calls run.
+    d.crash();
+    d.spawn();
+    assert_eq!(uid_of(&d, &a), ua);
+    let c = d.run(&["exec", &a, "--", "true"]);
+    assert!(c.status.success());
+    // A third session does not take a uid a kept session holds.
+    let c3 = d.session();
+    let u3 = uid_of(&d, &c3);
+    assert!(u3 != ua && u3 != ub, "{u3:#x} reused");
+    for id in [&a, &b, &c3] {
+        let _ = d.json(&["kill", id]);
+    }
 }

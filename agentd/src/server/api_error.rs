@@ -169,6 +169,13 @@ pub enum ApiError {
         unmet: Vec<String>,
     },
 
+    // 503: the host has no room for it now.
+    #[error("{source}")]
+    ContainerIds {
+        #[source]
+        source: super::ids::IdError,
+    },
+
     // 410: existed once.
     #[error("checkpoint {id} of session {session} was pruned ({retention})")]
     Pruned {
@@ -331,6 +338,7 @@ impl ApiError {
             | CheckpointVanished { .. }
             | Thread { .. }
             | Join { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ContainerIds { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -60,6 +60,7 @@ fn context() -> SessionContext {
         workspace: PathBuf::from("/home/dev/repo"),
         state: PathBuf::from("/var/lib/agentd/sessions/0123456789ab"),
         agent_uid: 1000,
+        root_uid: 100_000,
         shim_bin: PathBuf::from("/usr/libexec/agentd/agentd-shim"),
         resolv_conf: Some(PathBuf::from(
             "/var/lib/agentd/egress/0123456789ab.resolv.conf",
