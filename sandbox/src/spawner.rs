@@ -42,6 +42,17 @@ pub const SOCKET: &str = "spawner.sock";
 /// Largest request packet (argv + env of one call).
 pub const MAX_PACKET: usize = 256 * 1024;
 
+/// A request whose JSON is longer goes in a sealed memfd instead, attached after the four
+/// descriptors with [`REQUEST_IN_MEMFD`] as the packet: a socket's send buffer (208 KiB by
+/// default) is smaller than a call's argv may be (the kernel allows 2 MiB).
+pub const INLINE_REQUEST: usize = 64 * 1024;
+
+/// The packet of a request carried in a memfd.
+pub const REQUEST_IN_MEMFD: &[u8] = b"memfd";
+
+/// Largest request read from a memfd (argv and env within the kernel's limits, as JSON).
+pub const MAX_REQUEST: u64 = 16 << 20;
+
 /// Descriptors a request carries, in this order: the call's cgroup directory, its stdin,
 /// stdout and stderr.
 pub const REQUEST_FDS: usize = 4;
@@ -219,7 +230,7 @@ pub fn send_packet(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> Result<(
 /// Receives one packet and the descriptors it carries; `Ok(None)` at end of stream.
 pub fn recv_packet(sock: BorrowedFd<'_>, flags: MsgFlags) -> Result<Option<Packet>, Error> {
     let mut buf = vec![0u8; MAX_PACKET];
-    let mut space = nix::cmsg_space!([RawFd; REQUEST_FDS]);
+    let mut space = nix::cmsg_space!([RawFd; REQUEST_FDS + 1]);
     let (n, fds, truncated) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = socket::recvmsg::<()>(
@@ -621,8 +632,16 @@ fn start_call(
     seccomp: &[u8],
     init: &OwnedFd,
     data: &[u8],
-    fds: Vec<OwnedFd>,
+    mut fds: Vec<OwnedFd>,
 ) -> Result<crate::exec::ExecChild, Error> {
+    let from_memfd;
+    let data = if data == REQUEST_IN_MEMFD && fds.len() == REQUEST_FDS + 1 {
+        let memfd = fds.pop().ok_or(Error::Descriptors { got: 0 })?;
+        from_memfd = read_bounded(memfd)?;
+        &from_memfd[..]
+    } else {
+        data
+    };
     let req: ExecRequest = serde_json::from_slice(data).map_err(|source| Error::Json {
         what: "request",
         source,
@@ -641,6 +660,20 @@ fn start_call(
         false,
     )?;
     Ok(child)
+}
+
+/// The request in a memfd, at most [`MAX_REQUEST`] bytes of it.
+fn read_bounded(memfd: OwnedFd) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::from(memfd)
+        .take(MAX_REQUEST + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::sys("reading the request's memfd", e))?;
+    if buf.len() as u64 > MAX_REQUEST {
+        return Err(Error::Truncated { bytes: buf.len() });
+    }
+    Ok(buf)
 }
 
 /// Reads a request from `conn`, starts the call and answers; the call in flight, if any.
@@ -748,5 +781,30 @@ mod tests {
         assert!(e.would_block(), "{e}");
         drop(a);
         assert!(recv_packet(b.as_fd(), MsgFlags::empty()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_request_too_big_for_a_packet_crosses_in_a_memfd() {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let mut req = ExecRequest::new(Path::new("/s"), &["true".to_string()]);
+        req.argv
+            .extend((0..19).map(|i| format!("{i:02}").repeat(50_000)));
+        let json = serde_json::to_vec(&req).unwrap();
+        assert!(json.len() > MAX_PACKET);
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let memfd = crate::launch::request_memfd(&req).unwrap();
+        let mut fds = vec![null.as_raw_fd(); REQUEST_FDS];
+        fds.push(memfd.as_raw_fd());
+        send_packet(a.as_fd(), REQUEST_IN_MEMFD, &fds).unwrap();
+        let (data, mut got) = recv_packet(b.as_fd(), MsgFlags::empty()).unwrap().unwrap();
+        assert_eq!(data, REQUEST_IN_MEMFD);
+        assert_eq!(got.len(), REQUEST_FDS + 1);
+        assert_eq!(read_bounded(got.pop().unwrap()).unwrap(), json);
     }
 }
