@@ -333,6 +333,11 @@ pub struct CallInfo {
     /// accounting BPF program (docs/scheduler.md); absent when it could not load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_sched: Option<CallSched>,
+    /// How the call was made: `api` (from outside), `shim` (the agent's `$SHELL -c`) or
+    /// `exec` (an exec captured in the kernel, docs/capture.md); absent in rows of older
+    /// daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<CallVia>,
     /// Only in the answer to `POST …/calls` (not kept in the journal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<String>,
@@ -340,6 +345,28 @@ pub struct CallInfo {
     pub stderr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// How a call was made (`CallInfo::via`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallVia {
+    /// `POST …/calls` (`agentctl exec`, MCP).
+    Api,
+    /// The agent's `$SHELL -c` (the shim).
+    Shim,
+    /// An exec of a process in the agent's leaf, captured in the kernel.
+    Exec,
+}
+
+impl CallVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallVia::Api => "api",
+            CallVia::Shim => "shim",
+            CallVia::Exec => "exec",
+        }
+    }
 }
 
 /// The memory pool's part in a call: its admitted grant (memory.high), the memory.max loans
@@ -409,6 +436,7 @@ impl CallInfo {
             memory_pool: None,
             net: None,
             cpu_sched: None,
+            via: None,
             stdout: None,
             stderr: None,
             error: None,

@@ -209,6 +209,10 @@ pub struct SessionPlan {
     /// as SCHED_NORMAL. The seccomp filter then keeps them there (docs/scheduler.md).
     #[serde(default)]
     pub sched_ext: bool,
+    /// Exec capture (docs/capture.md): every program a process of the agent leaf execs is
+    /// held in the kernel until the daemon has placed it in a call of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capture_exec: bool,
 }
 
 /// OCI's default masked paths (runtime-spec config-linux, runc's defaults).
@@ -333,6 +337,7 @@ impl SessionPlan {
                 optional_rights: default_optional_rights(),
             },
             sched_ext: false,
+            capture_exec: false,
         }
     }
 

@@ -212,6 +212,15 @@ pub enum ApiError {
         #[source]
         source: cgctl::Error,
     },
+    #[error("exec capture: {source}")]
+    Capture {
+        #[source]
+        source: agentd_sandbox::Error,
+    },
+    #[error(
+        "the policy captures execs (session.capture = \"exec\", from {origin}) but this kernel's seccomp has no user notification (user_notif in /proc/sys/kernel/seccomp/actions_avail, Linux 5.0+; see `agentd doctor`)"
+    )]
+    CaptureUnavailable { origin: String },
     #[error("call {n}: moving pid {pid}: {source}")]
     MovePid {
         n: u64,
@@ -318,7 +327,8 @@ impl ApiError {
             | NoStdin { .. }
             | Uncommitted { .. }
             | CommitConflicts { .. }
-            | RequireUnmet { .. } => StatusCode::CONFLICT,
+            | RequireUnmet { .. }
+            | CaptureUnavailable { .. } => StatusCode::CONFLICT,
             Pruned { .. } => StatusCode::GONE,
             Journal(_)
             | Layer(_)
@@ -326,6 +336,7 @@ impl ApiError {
             | Record { .. }
             | Launch { .. }
             | CallCgroup { .. }
+            | Capture { .. }
             | MovePid { .. }
             | Cgroup { .. }
             | Io { .. }

@@ -76,6 +76,7 @@ pub fn sandbox_plan(plan: &Plan, cx: &SessionContext) -> SessionPlan {
     // Off or through the proxy, the session never shares the host's network.
     p.namespaces.net = true;
     p.sched_ext = cx.sched_ext;
+    p.capture_exec = plan.session.capture == agentd_policy::CaptureMode::Exec;
     p.bind_ro.push(BindRo {
         source: cx.shim_bin.clone(),
         target: PathBuf::from(SHIM_IN_CONTAINER),

@@ -10,6 +10,7 @@ mod api_error;
 pub mod apply;
 pub mod approvals;
 pub mod calls;
+pub mod capture;
 pub mod conn;
 mod errors;
 pub mod ids;

@@ -340,6 +340,12 @@ pub async fn create(
     {
         return Err(ApiError::RequireUnmet { unmet });
     }
+    // Fail closed: exec capture needs seccomp user notification.
+    if plan.session.capture == agentd_policy::CaptureMode::Exec && !super::require::user_notif() {
+        return Err(ApiError::CaptureUnavailable {
+            origin: "the session's policy".into(),
+        });
+    }
     let id = new_id()?;
     let claim = claim_container_uid(&d)?;
     let (limits, cg_limits) = apply::session_limits(&plan);
@@ -498,6 +504,18 @@ pub async fn create(
     if let Err(e) = super::shim::listen(&d, &live, record.init_pid) {
         // Calls from inside then run in the agent's leaf; said in the session row.
         live.update(&d, |i| i.error = Some(format!("no shim socket: {e}")))?;
+    }
+    // Exec capture: the spawner holds the agent's execs until this daemon places them, so
+    // it must be connected before GO. Fail closed.
+    if live.plan.session.capture == agentd_policy::CaptureMode::Exec
+        && let Err(e) = super::capture::start(&d, &live)
+    {
+        let _ = child.start_kill();
+        let _ = live.cg.cgroup().kill();
+        let _ = child.wait().await;
+        fail(&d, &live, &e.to_string()).await;
+        let _ = done_tx.send(true);
+        return Err(e);
     }
     // Before the agent starts: its leaf is the session's latency work.
     d.sched.session_started(
