@@ -25,6 +25,7 @@ pub mod stats;
 pub mod stream;
 pub mod systemd;
 pub mod undo;
+mod undo_git;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
