@@ -16,6 +16,7 @@ pub mod leaf;
 pub mod log;
 pub mod mempool;
 pub mod net;
+mod page_cache;
 pub mod require;
 pub mod retention;
 pub mod sessions;
