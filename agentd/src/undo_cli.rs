@@ -52,8 +52,10 @@ pub enum UndoCmd {
         paths: Vec<String>,
         #[arg(long)]
         message: Option<String>,
-        /// Export the history as commits on this git branch (not implemented yet: refused).
-        #[arg(long)]
+        /// Instead of writing the repo's files, export the history as commits on this new
+        /// branch of the workspace's git repo (one per tool call, its argv the message;
+        /// working tree, index and current branch untouched).
+        #[arg(long, conflicts_with_all = ["paths", "message"])]
         git_branch: Option<String>,
     },
     /// Throw the session's changes away (back to checkpoint 0, the session's start).
@@ -191,6 +193,24 @@ pub async fn run(c: &Client, cmd: UndoCmd, json: bool) -> Result<u8, String> {
                 .map_err(e)?;
             if json {
                 print_json(&a)?;
+            } else if let Some(g) = &a.git {
+                println!(
+                    "branch {} at {}: {} commit(s) on {}{}",
+                    g.branch,
+                    g.head,
+                    g.commits,
+                    g.base
+                        .as_deref()
+                        .unwrap_or("no parent (the repo had no commit)"),
+                    if g.skipped > 0 {
+                        format!(
+                            "; {} fifo(s)/socket(s) left out (git cannot hold them)",
+                            g.skipped
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
             } else {
                 for p in &a.paths {
                     println!("{p}");

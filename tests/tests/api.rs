@@ -633,6 +633,23 @@ fn api_every_documented_operation_answers_as_documented() {
         &id,
         Some(r#"{"git_branch":"x"}"#),
     );
+    // The API test's repo is no git repo: a clear 409 (tests/tests/undo_git.rs exports).
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert!(
+        a.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not in a git repository"),
+        "{}",
+        a.body
+    );
+    let a = api.json(
+        None,
+        "POST",
+        "/sessions/{id}/commit",
+        &id,
+        Some(r#"{"git_branch":"a..b"}"#),
+    );
     assert_eq!(a.status, 400, "{}", a.body);
     api.json(None, "POST", "/sessions/{id}/discard", &id, None);
 

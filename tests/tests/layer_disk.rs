@@ -103,6 +103,18 @@ fn layer_disk_a_1gib_write_under_a_512mib_memory_limit_is_page_cache_not_shmem()
         fs::read_to_string(cg.join("memory.max")).unwrap().trim(),
         (512u64 << 20).to_string()
     );
+    // The daemon's page-cache threshold (agentd/src/server/page_cache.rs): half the limit
+    // while the session's processes hold little.
+    let high = || fs::read_to_string(cg.join("memory.high")).unwrap();
+    let t = Instant::now();
+    while high().trim() != (256u64 << 20).to_string() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "memory.high {}",
+            high()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let image = d.root.join(format!("state/sessions/{id}/layer.img"));
     assert_eq!(fs::metadata(&image).unwrap().len(), 2 << 30, "the quota");
     // 1 GiB of "build output" in the workspace (the overlay's upper dir), flushed, then
@@ -134,11 +146,13 @@ fn layer_disk_a_1gib_write_under_a_512mib_memory_limit_is_page_cache_not_shmem()
     let anon = stat_field(&stat, "anon");
     let file = stat_field(&stat, "file");
     let oom_kill = stat_field(&events, "oom_kill");
+    let high_events = stat_field(&events, "high");
     eprintln!(
         "FIGURE layer_disk: 1 GiB written in {secs:.1} s under memory.max 512 MiB: session \
-         memory.peak {} MiB (page cache: reclaimed at the limit), now file {} MiB, anon {} \
-         KiB, shmem {} KiB, oom_kill {oom_kill}; the call's own peak {} MiB",
+         memory.peak {} MiB (memory.high {} MiB, {high_events} high events), now file {} \
+         MiB, anon {} KiB, shmem {} KiB, oom_kill {oom_kill}; the call's own peak {} MiB",
         peak >> 20,
+        high().trim().parse::<u64>().unwrap_or(0) >> 20,
         file >> 20,
         anon >> 10,
         shmem >> 10,
@@ -151,6 +165,13 @@ fn layer_disk_a_1gib_write_under_a_512mib_memory_limit_is_page_cache_not_shmem()
     // (anon + shmem) stays near its processes' own memory.
     assert!(shmem < 16 << 20, "shmem {shmem}: {stat}");
     assert!(anon < 64 << 20, "anon {anon}: {stat}");
+    // And the page cache was reclaimed at the threshold, not at the limit: the session's
+    // memory stays well under it.
+    assert!(
+        peak <= (512 * 6 / 10) << 20,
+        "memory.peak {} MiB of a 512 MiB limit: {stat}",
+        peak >> 20
+    );
     d.run(&["kill", &id]);
 }
 

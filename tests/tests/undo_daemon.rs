@@ -122,7 +122,12 @@ fn undo_daemon_checkpoints_diff_undo_commit_discard_through_a_live_session() {
         &["checkpoints", "nosuchsession"],
         "no session nosuchsession",
     );
-    fails_with(&d, &["commit", &id, "--git-branch", "x"], "not implemented");
+    // The test repo is no git repo (tests/tests/undo_git.rs exports to one).
+    fails_with(
+        &d,
+        &["commit", &id, "--git-branch", "x"],
+        "is not in a git repository",
+    );
 
     // Commit: the repo gets exactly the session's changes.
     let c = d.json(&["commit", &id]);

@@ -126,6 +126,7 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
         live.inflight.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(resume_call(d.clone(), live.clone(), c));
     }
+    super::page_cache::watch(&live);
     tokio::spawn(watch_init(d.clone(), live, pid, fd, done_tx));
     Ok(())
 }

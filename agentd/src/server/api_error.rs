@@ -190,6 +190,9 @@ pub enum ApiError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Layer(#[from] LayerError),
+    /// `commit --git-branch`: its status depends on the cause (name, repo, git itself).
+    #[error(transparent)]
+    GitExport(#[from] agentd_sandbox::layer::git::GitError),
     #[error("cannot read the host policy {}: {source}", path.display())]
     HostPolicy {
         path: PathBuf,
@@ -330,6 +333,18 @@ impl ApiError {
             | RequireUnmet { .. }
             | CaptureUnavailable { .. } => StatusCode::CONFLICT,
             Pruned { .. } => StatusCode::GONE,
+            GitExport(e) => {
+                use agentd_sandbox::layer::git::GitError as G;
+                match e {
+                    G::BadBranch { .. } => StatusCode::BAD_REQUEST,
+                    G::NotARepo { .. } | G::BranchExists { .. } | G::NothingToExport { .. } => {
+                        StatusCode::CONFLICT
+                    }
+                    G::Git { .. } | G::Spawn { .. } | G::Layer(_) => {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                }
+            }
             Journal(_)
             | Layer(_)
             | HostPolicy { .. }

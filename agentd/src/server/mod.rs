@@ -18,6 +18,7 @@ pub mod leaf;
 pub mod log;
 pub mod mempool;
 pub mod net;
+mod page_cache;
 pub mod require;
 pub mod retention;
 pub mod sessions;
@@ -27,6 +28,7 @@ pub mod stats;
 pub mod stream;
 pub mod systemd;
 pub mod undo;
+mod undo_git;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;

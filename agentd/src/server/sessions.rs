@@ -534,6 +534,7 @@ pub async fn create(
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, live.clone());
     super::mempool::session_started(&d, &live);
+    super::page_cache::watch(&live);
     tokio::spawn(monitor(d.clone(), live.clone(), child, done_tx));
     Ok(Json(live.info()))
 }

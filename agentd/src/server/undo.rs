@@ -103,6 +103,8 @@ pub struct CommitRequest {
     pub paths: Vec<String>,
     #[serde(default)]
     pub message: Option<String>,
+    /// Export the history as commits on this new branch instead of writing the repo's
+    /// files (docs/undo.md).
     #[serde(default)]
     pub git_branch: Option<String>,
 }
@@ -112,16 +114,19 @@ pub struct CommitRequest {
 pub struct CommitAnswer {
     /// The checkpoint committed.
     pub checkpoint: u64,
-    /// Paths written or removed in the repo.
+    /// Paths written or removed in the repo (none for a `git_branch` export).
     pub paths: Vec<String>,
+    /// What a `git_branch` export made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<agentd_sandbox::layer::git::Exported>,
 }
 
-fn layer_err(e: LayerError) -> ApiError {
+pub(super) fn layer_err(e: LayerError) -> ApiError {
     ApiError::Layer(e)
 }
 
 /// One lock per session: checkpoints, undo and commit of a session never interleave.
-fn lock_for(id: &str) -> Arc<Mutex<()>> {
+pub(super) fn lock_for(id: &str) -> Arc<Mutex<()>> {
     static LOCKS: OnceLock<Mutex<HashMap<String, Arc<Mutex<()>>>>> = OnceLock::new();
     let m = LOCKS.get_or_init(|| Mutex::new(HashMap::new()));
     let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,7 +166,7 @@ impl Sess {
         }
     }
 
-    fn store(&self) -> Result<Store, ApiError> {
+    pub(super) fn store(&self) -> Result<Store, ApiError> {
         if let Some(p) = self.store_dir.parent() {
             std::fs::create_dir_all(p).map_err(|source| ApiError::Io {
                 what: "create",
@@ -181,6 +186,8 @@ impl Sess {
                 manifest: Manifest::default(),
             })
             .map_err(layer_err)?;
+            // The commit HEAD is at: the base of a `--git-branch` export.
+            super::undo_git::record_base(self);
         }
         Ok(s)
     }
@@ -193,12 +200,12 @@ impl Sess {
         self.store_dir.join("intent.json")
     }
 
-    fn lower(&self) -> Result<Root, ApiError> {
+    pub(super) fn lower(&self) -> Result<Root, ApiError> {
         Root::open(&self.workspace).map_err(layer_err)
     }
 
     /// The owner's ids (the workspace's), for writes through the merged view and the repo.
-    fn owner_ids(&self) -> Result<(u32, u32), ApiError> {
+    pub(super) fn owner_ids(&self) -> Result<(u32, u32), ApiError> {
         let md = std::fs::metadata(&self.workspace).map_err(|source| ApiError::Io {
             what: "stat",
             path: self.workspace.clone(),
@@ -216,10 +223,10 @@ impl Sess {
 }
 
 /// Freezes a running session for the guard's lifetime.
-struct Frozen<'a>(Option<&'a Live>);
+pub(super) struct Frozen<'a>(Option<&'a Live>);
 
 impl<'a> Frozen<'a> {
-    fn new(live: Option<&'a Live>) -> Result<Frozen<'a>, ApiError> {
+    pub(super) fn new(live: Option<&'a Live>) -> Result<Frozen<'a>, ApiError> {
         if let Some(l) = live {
             l.cg.cgroup()
                 .freeze(FREEZE_TIMEOUT)
@@ -245,7 +252,7 @@ impl Drop for Frozen<'_> {
     }
 }
 
-fn latest(store: &Store) -> Result<Checkpoint, ApiError> {
+pub(super) fn latest(store: &Store) -> Result<Checkpoint, ApiError> {
     let ids = store.ids().map_err(layer_err)?;
     let Some(id) = ids.last() else {
         return Err(ApiError::NoCheckpointYet);
@@ -275,7 +282,7 @@ fn resolve(store: &Store, s: &Sess, id: u64) -> Result<Checkpoint, ApiError> {
 
 /// The layer now (caller froze a running session): a walk of the upper dir, or the last
 /// checkpoint once the session ended and its layer is gone.
-fn layer_now(s: &Sess, store: &Store) -> Result<Manifest, ApiError> {
+pub(super) fn layer_now(s: &Sess, store: &Store) -> Result<Manifest, ApiError> {
     let prev = latest(store)?;
     if s.live.is_some() && s.upper.is_dir() {
         walk(&s.upper, store, Some(&prev.manifest)).map_err(layer_err)
@@ -285,7 +292,7 @@ fn layer_now(s: &Sess, store: &Store) -> Result<Manifest, ApiError> {
 }
 
 /// Saves `m` as the next checkpoint, records the bases of new paths, prunes.
-fn save(
+pub(super) fn save(
     s: &Sess,
     store: &Store,
     m: Manifest,
@@ -543,11 +550,6 @@ pub fn undo(s: &Sess, to: u64, reason: &str) -> Result<UndoAnswer, ApiError> {
 
 /// Commits session `s`'s layer (or `paths` of it) to the repo.
 pub fn commit_session(s: &Sess, req: &CommitRequest) -> Result<CommitAnswer, ApiError> {
-    if req.git_branch.is_some() {
-        return Err(ApiError::NotImplemented {
-            what: "git_branch: exporting the history as git commits",
-        });
-    }
     let lock = lock_for(&s.id);
     let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
     let store = s.store()?;
@@ -597,6 +599,7 @@ pub fn commit_session(s: &Sess, req: &CommitRequest) -> Result<CommitAnswer, Api
     Ok(CommitAnswer {
         checkpoint: cp.id,
         paths: plan.ops.iter().map(|c| c.path.clone()).collect(),
+        git: None,
     })
 }
 
@@ -912,5 +915,25 @@ pub async fn commit_route(
 ) -> Result<Json<CommitAnswer>, ApiError> {
     let s = sess_for(&d, &peer, &id)?;
     let req = body.map(|b| b.0).unwrap_or_default();
+    if let Some(branch) = req.git_branch.clone() {
+        if !req.paths.is_empty() || req.message.is_some() {
+            return Err(ApiError::BadQuery {
+                field: "git_branch",
+                why: "a git-branch export takes the whole history (one commit per tool \
+                      call, its argv the message): no paths or message",
+            });
+        }
+        let argv = super::undo_git::argv_of(&d, &id)?;
+        return blocking(move || {
+            let e = super::undo_git::export(&s, &branch, &argv)?;
+            let store = s.store()?;
+            Ok(Json(CommitAnswer {
+                checkpoint: latest(&store)?.id,
+                paths: Vec::new(),
+                git: Some(e),
+            }))
+        })
+        .await;
+    }
     blocking(move || commit_session(&s, &req).map(Json)).await
 }

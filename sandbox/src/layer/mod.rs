@@ -20,6 +20,7 @@
 pub mod apply;
 pub mod commit;
 pub mod diff;
+pub mod git;
 pub mod store;
 pub mod view;
 pub mod walk;
