@@ -120,20 +120,7 @@ fn daemon_a_64m_call_allocating_256m_is_oom_killed_and_the_session_goes_on() {
     let _vm = agentd_tests::vm::enter();
     let d = Daemon::start();
     let id = d.session();
-    // dd's 256 MiB buffer is touched by the read from /dev/zero.
-    let out = d.run(&[
-        "--json",
-        "exec",
-        &id,
-        "--intent",
-        "memory=64M",
-        "--",
-        "dd",
-        "if=/dev/zero",
-        "of=/dev/null",
-        "bs=256M",
-        "count=1",
-    ]);
+    let out = d.exec_256m_under_64m(&id);
     assert!(
         !out.status.success(),
         "the allocation should not survive 64M"

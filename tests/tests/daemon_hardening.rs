@@ -50,19 +50,7 @@ fn hardening_a_memory_bomb_on_a_host_with_swap_gets_memory_max_and_no_swap() {
     let cg = d.session_cgroup(&id);
     assert_eq!(read(&cg.join("memory.swap.max")).as_deref(), Some("0"));
     // 256 MiB touched under a 64 MiB call: with the host's swap it would page out and finish.
-    let out = d.run(&[
-        "--json",
-        "exec",
-        &id,
-        "--intent",
-        "memory=64M",
-        "--",
-        "dd",
-        "if=/dev/zero",
-        "of=/dev/null",
-        "bs=256M",
-        "count=1",
-    ]);
+    let out = d.exec_256m_under_64m(&id);
     assert!(!out.status.success(), "the bomb lived on swap");
     let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(c["oom_killed"], true, "{c}");

@@ -171,12 +171,27 @@ pub type State = Arc<Daemon>;
 
 impl Daemon {
     /// Runs `f` on the journal. A poisoned lock is recovered: the connection itself is fine.
+    ///
+    /// SQLite blocks (fsync, a lock held by another handler), so on the daemon's
+    /// multi-threaded runtime the wait and the write are `block_in_place`: this worker hands
+    /// its other tasks to the rest and no request, shim or stream waits behind a journal
+    /// write (issue 18). Elsewhere (a current-thread test runtime, a plain thread) it runs
+    /// inline.
     pub fn journal<T>(
         &self,
         f: impl FnOnce(&Journal) -> Result<T, JournalError>,
     ) -> Result<T, ApiError> {
-        let j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(f(&j)?)
+        let run = || {
+            let j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+            f(&j)
+        };
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        Ok(if multi {
+            tokio::task::block_in_place(run)?
+        } else {
+            run()?
+        })
     }
 
     /// The live session `id`, if this daemon runs it.

@@ -493,12 +493,7 @@ pub async fn create(
     // Egress before the shim socket and GO: the agent's first connection finds the
     // proxy. Fail closed: a network session without its proxy does not start.
     if let Err(e) = super::net::start(&d, &live, record.init_pid) {
-        let _ = child.start_kill();
-        let _ = live.cg.cgroup().kill();
-        let _ = child.wait().await;
-        fail(&d, &live, &e.to_string()).await;
-        let _ = done_tx.send(true);
-        return Err(e);
+        return Err(abort_start(&d, &live, &mut child, &done_tx, e).await);
     }
     // The container's /run is mounted now and the agent not started: bind its shim socket.
     if let Err(e) = super::shim::listen(&d, &live, record.init_pid) {
@@ -510,12 +505,7 @@ pub async fn create(
     if live.plan.session.capture == agentd_policy::CaptureMode::Exec
         && let Err(e) = super::capture::start(&d, &live)
     {
-        let _ = child.start_kill();
-        let _ = live.cg.cgroup().kill();
-        let _ = child.wait().await;
-        fail(&d, &live, &e.to_string()).await;
-        let _ = done_tx.send(true);
-        return Err(e);
+        return Err(abort_start(&d, &live, &mut child, &done_tx, e).await);
     }
     // Before the agent starts: its leaf is the session's latency work.
     d.sched.session_started(
@@ -593,6 +583,23 @@ async fn start_container(
     ours.set_nonblocking(true).map_err(ierr)?;
     let sync = tokio::net::UnixStream::from_std(ours).map_err(ierr)?;
     Ok((child, sync))
+}
+
+/// Ends a start that failed after the container was built: the runtime and everything in
+/// the session's cgroup killed, the session failed with `e`'s reason, its waiters told.
+async fn abort_start(
+    d: &Arc<Daemon>,
+    live: &Live,
+    child: &mut tokio::process::Child,
+    done_tx: &watch::Sender<bool>,
+    e: ApiError,
+) -> ApiError {
+    let _ = child.start_kill();
+    let _ = live.cg.cgroup().kill();
+    let _ = child.wait().await;
+    fail(d, live, &e.to_string()).await;
+    let _ = done_tx.send(true);
+    e
 }
 
 async fn fail(d: &Arc<Daemon>, live: &Live, why: &str) {

@@ -220,6 +220,24 @@ impl Daemon {
         out
     }
 
+    /// `agentctl --json exec ID --intent memory=64M -- dd … bs=256M count=1`: a call whose
+    /// 256 MiB buffer (touched by the read from /dev/zero) cannot fit its 64 MiB.
+    pub fn exec_256m_under_64m(&self, id: &str) -> Output {
+        self.run(&[
+            "--json",
+            "exec",
+            id,
+            "--intent",
+            "memory=64M",
+            "--",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=256M",
+            "count=1",
+        ])
+    }
+
     pub fn json(&self, args: &[&str]) -> Value {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
