@@ -257,6 +257,22 @@ fn seccomp_without_user_notification_degrades() {
 }
 
 #[test]
+fn exec_capture_needs_user_notification_and_gets_exit_statuses_from_6_15() {
+    let f = Fake::unified();
+    // The fake kernel is 7.3 (PIDFD_INFO_EXIT); 6.12's degradation is a unit test.
+    let r = doctor::run(&f);
+    assert_eq!(status_of(&r, "exec_capture"), Status::Available);
+    f.write(
+        "proc/sys/kernel/seccomp/actions_avail",
+        "kill_process kill_thread trap errno trace log allow\n",
+    );
+    let r = doctor::run(&f);
+    assert_eq!(status_of(&r, "exec_capture"), Status::Missing);
+    // Not required: a default session (capture = "shim") still runs.
+    assert!(r.ready());
+}
+
+#[test]
 fn overlay_as_module_is_available_absent_is_missing() {
     let f = Fake::unified();
     f.write("proc/filesystems", "nodev\ttmpfs\n");
@@ -412,7 +428,7 @@ fn json_report_has_every_row() {
     let report = doctor::run(&Fake::unified());
     let v: serde_json::Value = serde_json::to_value(&report).unwrap();
     assert_eq!(v["kernel"], "7.3.4-test");
-    assert_eq!(v["checks"].as_array().unwrap().len(), 12);
-    assert_eq!(v["checks"][2]["mechanism"], "cgroup2");
-    assert_eq!(v["checks"][2]["status"], "available");
+    assert_eq!(v["checks"].as_array().unwrap().len(), 13);
+    assert_eq!(v["checks"][3]["mechanism"], "cgroup2");
+    assert_eq!(v["checks"][3]["status"], "available");
 }

@@ -51,6 +51,17 @@ print("vfork", subprocess.run(["./vfork"]).returncode, flush=True)
 r = subprocess.run(["python3", "-c", "bytearray(256 << 20); print('allocated')"],
                    env=dict(os.environ, AGENTD_INTENT="memory=64M"))
 print("alloc", r.returncode, flush=True)
+# Re-parenting: a grandchild orphaned to the container init execs after its parent is gone.
+pid = os.fork()
+if pid == 0:
+    if os.fork() == 0:
+        import time
+        time.sleep(0.5)
+        os.execv("/bin/echo", ["/bin/echo", "orphan"])
+    os._exit(0)
+wait(pid)
+import time
+time.sleep(2)
 # Escapes: move itself (a forked child, not exec'd) out of the leaf; ptrace.
 pid = os.fork()
 if pid == 0:
@@ -194,12 +205,13 @@ fn capture_every_exec_of_the_agent_is_a_call_however_it_is_spawned() {
     has("/tmp/echo-link via-link");
     has("memfd-true");
     has("./vfork");
+    has("/bin/echo orphan");
     // The vfork'd echo runs inside ./vfork's call: no call of its own.
     assert!(!words.iter().any(|w| w == "/bin/echo vforked"), "{words:?}");
     let alloc = has("python3 -c bytearray(256 << 20); print('allocated')");
     assert_eq!(alloc["limits"]["memory"], 64 << 20, "{alloc}");
     assert_eq!(alloc["oom_killed"], true, "{alloc}");
-    assert_eq!(calls.len(), 9, "{words:?}");
+    assert_eq!(calls.len(), 10, "{words:?}");
     // The agent saw its commands in their calls and went on after the OOM kill.
     assert!(out.contains("subprocess-cgroup 0::/../calls/"), "{out}");
     assert!(out.contains("posix_spawn 4"), "{out}");
@@ -238,4 +250,34 @@ fn capture_an_agent_that_runs_no_command_records_no_call() {
     assert_eq!(s["exit_code"], 0, "{s}");
     let calls = calls_done(&d, &id);
     assert!(calls.is_empty(), "{calls:?}");
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn capture_execs_wait_for_a_restarted_daemon_and_become_its_calls() {
+    let _vm = agentd_tests::vm::enter();
+    let mut d = Daemon::start();
+    // The runtime is sh; its `sleep` is call 1; the daemon dies during it; the `echo` after
+    // it is held in the kernel until the new daemon has connected and placed it.
+    let id = start(&d, &["sh", "-c", "sleep 4; /bin/echo after-restart; true"]);
+    let t = Instant::now();
+    while d.json(&["calls", &id]).as_array().map_or(0, Vec::len) < 1 {
+        assert!(t.elapsed() < Duration::from_secs(60), "no call 1");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.crash();
+    std::thread::sleep(Duration::from_secs(6));
+    d.spawn();
+    // (A re-adopted session's own exit status is not known to the new daemon: not its
+    // child. Its calls are.)
+    let s = ended(&d, &id);
+    assert_eq!(s["state"], "exited", "{s}");
+    let logs = d.run(&["logs", &id]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("after-restart"));
+    let calls = calls_done(&d, &id);
+    let argv: Vec<Value> = calls.iter().map(|c| c["argv"].clone()).collect();
+    assert_eq!(calls.len(), 2, "{argv:?}");
+    assert_eq!(calls[0]["argv"][0], "sleep", "{argv:?}");
+    assert_eq!(calls[1]["argv"][1], "after-restart", "{argv:?}");
+    assert_eq!(calls[1]["via"], "exec");
 }

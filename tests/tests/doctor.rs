@@ -50,6 +50,8 @@ fn doctor_reports_every_required_mechanism_available() {
         Kernel::Fallback => "degraded",
     };
     assert_eq!(status(&v, "sched_ext"), expected);
+    // Exec capture: held on both; exit statuses of captured calls from 6.15 (7.x) only.
+    assert_eq!(status(&v, "exec_capture"), expected);
     // Landlock: 7.x enforces every right; 6.12 (ABI 6) cannot enforce resolve_unix, which the
     // default plan marks optional: degraded, naming the right.
     assert_eq!(status(&v, "landlock"), expected);

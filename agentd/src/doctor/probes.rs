@@ -14,6 +14,7 @@ pub(super) fn all(host: &dyn Host) -> Vec<Check> {
     vec![
         namespaces(host),
         seccomp(host),
+        exec_capture(host),
         cgroup::check(host),
         clone_into_cgroup(host),
         overlayfs(host),
@@ -118,6 +119,58 @@ fn seccomp(host: &dyn Host) -> Check {
         detail: format!("filters and user notification ({})", actions.trim()),
         ..c
     }
+}
+
+/// `session.capture = "exec"` (docs/capture.md): seccomp user notification holds each exec;
+/// the exit status of a captured call comes from its pidfd (`PIDFD_INFO_EXIT`, 6.15+).
+fn exec_capture(host: &dyn Host) -> Check {
+    let c = row("exec_capture", false);
+    let notif = host
+        .read("/proc/sys/kernel/seccomp/actions_avail")
+        .is_ok_and(|a| a.split_whitespace().any(|x| x == "user_notif"));
+    if !notif {
+        return missing(
+            c,
+            "no seccomp user notification: a policy with session.capture = \"exec\" is refused"
+                .into(),
+            "use Linux 5.0 or later",
+        );
+    }
+    let release = host.kernel_release();
+    if !has_pidfd_exit_info(&release) {
+        return degraded(
+            c,
+            format!(
+                "execs are captured; kernel {} has no PIDFD_INFO_EXIT, so a captured call's exit status is unknown",
+                release.trim()
+            ),
+            "the call's report, limits and OOM kills are recorded without its exit status",
+            "use Linux 6.15 or later",
+        );
+    }
+    Check {
+        detail: "every exec of the agent's processes can be held and placed in a call (seccomp user notification; exit status from pidfds)".into(),
+        ..c
+    }
+}
+
+/// Whether a kernel release (`uname -r`) has `PIDFD_INFO_EXIT` (Linux 6.15).
+pub(super) fn has_pidfd_exit_info(release: &str) -> bool {
+    let mut it = release
+        .trim()
+        .split(|ch: char| !ch.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= (6, 15)
+}
+
+#[cfg(test)]
+#[test]
+fn pidfd_exit_info_comes_with_6_15() {
+    assert!(has_pidfd_exit_info("7.3.4+deb13-cloud-amd64"));
+    assert!(has_pidfd_exit_info("6.15.0"));
+    assert!(!has_pidfd_exit_info("6.12.117+deb13-cloud-amd64"));
+    assert!(!has_pidfd_exit_info("5.19"));
+    assert!(!has_pidfd_exit_info(""));
 }
 
 fn clone_into_cgroup(host: &dyn Host) -> Check {
