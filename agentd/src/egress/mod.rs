@@ -11,13 +11,15 @@
 //! names them), relayed with byte counts, and audited in the journal. See docs/egress.md.
 //!
 //! Modules: `dns` (wire format), `http_connect`, `socks5`, `sni` (parsers), `netns` (the
-//! kernel side), `proxy` (connection handling), `fake` (the name ↔ fake address map).
+//! kernel side), `proxy` (connection handling), `relay` (splice, idle timeout), `fake` (the
+//! name ↔ fake address map).
 
 pub mod dns;
 pub mod fake;
 pub mod http_connect;
 pub mod netns;
 pub mod proxy;
+pub mod relay;
 pub mod sni;
 pub mod socks5;
 
@@ -56,8 +58,9 @@ pub enum EgressError {
 }
 
 /// Connections handled at once per session; beyond it new ones are refused at once. With
-/// the per-connection bounds (`http_connect::MAX_HEAD`, `sni::MAX_HELLO`, two 8 KiB relay
-/// buffers) this bounds the daemon's memory per session (asserted by the VM test).
+/// the per-connection bounds (`http_connect::MAX_HEAD`, `sni::MAX_HELLO`, two relay pipes
+/// of `relay::PIPE_SIZE` kernel memory, or two `relay::COPY_BUF` buffers) this bounds the
+/// daemon's memory per session (asserted by the VM test).
 pub const MAX_CONNECTIONS: usize = 512;
 
 /// One audited connection (a journal row; `GET /v1/sessions/{id}/net`).

@@ -156,7 +156,7 @@ async fn handle(eg: &SessionEgress, mut sock: TcpStream, peer: SocketAddr, via: 
         Via::Transparent(port) => transparent(eg, &mut sock, &mut c, local, port).await,
     };
     match r {
-        Some((up, pending)) => relay(sock, up, pending, &mut c).await,
+        Some((up, pending)) => relay(sock, up, pending, eg, &mut c).await,
         // Other transparent ports were refused with a reset (SO_LINGER 0): nothing to read.
         None if c.rec.decision == "deny"
             && !matches!(via, Via::Transparent(p) if ![80, 443, 22].contains(&p)) =>
@@ -597,7 +597,13 @@ async fn transparent(
     }
 }
 
-async fn relay(mut client: TcpStream, mut up: TcpStream, pending: Vec<u8>, c: &mut Conn) {
+async fn relay(
+    client: TcpStream,
+    mut up: TcpStream,
+    pending: Vec<u8>,
+    eg: &SessionEgress,
+    c: &mut Conn,
+) {
     if !pending.is_empty() {
         if up.write_all(&pending).await.is_err() {
             return;
@@ -605,9 +611,16 @@ async fn relay(mut client: TcpStream, mut up: TcpStream, pending: Vec<u8>, c: &m
         c.rec.bytes_up += pending.len() as u64;
     }
     drop(pending);
-    if let Ok((a, b)) = tokio::io::copy_bidirectional(&mut client, &mut up).await {
-        c.rec.bytes_up += a;
-        c.rec.bytes_down += b;
+    let idle = Duration::from_secs(eg.plan.idle_timeout_s);
+    let o = super::relay::relay(&client, &up, idle).await;
+    c.rec.bytes_up += o.up;
+    c.rec.bytes_down += o.down;
+    if o.end == super::relay::End::Idle {
+        // The audit row says why the connection ended early.
+        c.rec.rule = format!(
+            "{} — closed after {}s idle (network.idle_timeout)",
+            c.rec.rule, eg.plan.idle_timeout_s
+        );
     }
 }
 
