@@ -230,6 +230,8 @@ pub struct SessionEgress {
     pub(crate) call_active: Mutex<HashMap<u64, u64>>,
     /// Upstream answers, kept `proxy::DNS_CACHE_TTL` (bounded; every use is re-checked).
     pub(crate) dns_cache: Mutex<HashMap<String, (Vec<std::net::Ipv4Addr>, std::time::Instant)>>,
+    /// Spare relay pipes (`relay::POOL_MAX` at most).
+    pub(crate) pipes: relay::PipePool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -270,6 +272,7 @@ impl SessionEgress {
             cfg,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             dns_cache: Mutex::new(HashMap::new()),
+            pipes: relay::PipePool::default(),
             argv_cache: Mutex::new(HashMap::new()),
             per_call: Mutex::new(HashMap::new()),
             call_active: Mutex::new(HashMap::new()),

@@ -42,7 +42,41 @@ pub struct Outcome {
     pub end: End,
 }
 
+/// Empty pipes kept for the next relays of a session (at most this many): making one costs
+/// three system calls (pipe2, F_SETPIPE_SZ, and two closes later) on every connection's
+/// critical path.
+pub const POOL_MAX: usize = 64;
+
+/// A session's spare pipes. Only a pipe a relay drained to its end of file comes back, so
+/// a pipe taken from here is always empty.
+#[derive(Debug, Default)]
+pub struct PipePool(std::sync::Mutex<Vec<Pipe>>);
+
+impl PipePool {
+    fn take(&self) -> io::Result<Pipe> {
+        let spare = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        spare.map_or_else(Pipe::new, Ok)
+    }
+
+    fn give(&self, p: Pipe) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < POOL_MAX {
+            v.push(p);
+        }
+    }
+
+    /// Pipes kept now.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A pipe's two ends, non-blocking.
+#[derive(Debug)]
 struct Pipe {
     r: OwnedFd,
     w: OwnedFd,
@@ -122,11 +156,18 @@ async fn pump(
     to: &TcpStream,
     count: &AtomicU64,
     clock: &Clock,
-    use_splice: bool,
+    pool: Option<&PipePool>,
 ) -> io::Result<()> {
-    let pipe = if use_splice { Pipe::new().ok() } else { None };
+    let pipe = pool.and_then(|p| p.take().ok().map(|pipe| (p, pipe)));
     let res = match pipe {
-        Some(p) => pump_splice(from, to, &p, count, clock).await,
+        Some((pool, p)) => {
+            let r = pump_splice(from, to, &p, count, clock).await;
+            // Drained to the end of file: empty, reusable. After an error it may hold data.
+            if r.is_ok() {
+                pool.give(p);
+            }
+            r
+        }
         None => pump_copy(from, to, count, clock).await,
     };
     // Pass the end of file on (a reset or error ends the other direction too, by closing).
@@ -183,17 +224,13 @@ async fn pump_copy(
     }
 }
 
-/// Relays until both directions end, or nothing moves for `idle`.
-pub async fn relay(client: &TcpStream, up: &TcpStream, idle: Duration) -> Outcome {
-    relay_with(client, up, idle, true).await
-}
-
-/// `relay`, with the buffered copy forced when `use_splice` is false (tests).
-async fn relay_with(
+/// Relays until both directions end, or nothing moves for `idle`, with pipes from `pool`
+/// (`None`: the buffered copy, for tests of the fallback).
+pub async fn relay(
     client: &TcpStream,
     up: &TcpStream,
     idle: Duration,
-    use_splice: bool,
+    pool: Option<&PipePool>,
 ) -> Outcome {
     let clock = Clock {
         t0: Instant::now(),
@@ -203,8 +240,8 @@ async fn relay_with(
     let both = async {
         // An error in one direction (a reset) ends the relay: the other side is closed by
         // the caller dropping both sockets.
-        let a = pump(client, up, &n_up, &clock, use_splice);
-        let b = pump(up, client, &n_down, &clock, use_splice);
+        let a = pump(client, up, &n_up, &clock, pool);
+        let b = pump(up, client, &n_down, &clock, pool);
         tokio::pin!(a, b);
         let (mut a_done, mut b_done) = (false, false);
         while !(a_done && b_done) {
@@ -237,13 +274,14 @@ async fn relay_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// client ⇄ relay ⇄ server on loopback: returns (client end, server end, relay task).
     async fn rig(
         idle: Duration,
-        use_splice: bool,
+        pool: Option<Arc<PipePool>>,
     ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Outcome>) {
         let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -254,20 +292,25 @@ mod tests {
         let (server, _) = back.accept().await.unwrap();
         let task =
             tokio::spawn(
-                async move { relay_with(&relay_client, &relay_up, idle, use_splice).await },
+                async move { relay(&relay_client, &relay_up, idle, pool.as_deref()).await },
             );
         (client, server, task)
     }
 
     #[tokio::test]
     async fn relays_both_ways_counts_and_passes_end_of_file_on() {
-        for use_splice in [true, false] {
-            both_ways(use_splice).await;
+        let pool = Arc::new(PipePool::default());
+        // Spliced twice (the second time with the first relay's pipes), then buffered.
+        for p in [Some(pool.clone()), Some(pool.clone()), None] {
+            both_ways(p).await;
+            // Drained pipes come back and are reused (one direction may finish before the
+            // other starts and hand its pipe on): never more than the two a relay uses.
+            assert!((1..=2).contains(&pool.len()), "{} pipes kept", pool.len());
         }
     }
 
-    async fn both_ways(use_splice: bool) {
-        let (mut c, mut s, task) = rig(Duration::from_secs(30), use_splice).await;
+    async fn both_ways(pool: Option<Arc<PipePool>>) {
+        let (mut c, mut s, task) = rig(Duration::from_secs(30), pool).await;
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = big.clone();
         let writer = tokio::spawn(async move {
@@ -293,7 +336,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_relay_ends_at_the_timeout_and_not_before() {
-        let (mut c, mut s, task) = rig(Duration::from_millis(600), true).await;
+        let (mut c, mut s, task) = rig(Duration::from_millis(600), Some(Arc::default())).await;
         // Traffic every 300 ms keeps it open past the timeout …
         for _ in 0..4 {
             c.write_all(b"x").await.unwrap();
