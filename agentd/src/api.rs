@@ -215,6 +215,10 @@ pub struct SessionInfo {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The host uid (= gid) its container root maps to, its own among sessions (absent for a
+    /// session from before per-session ids: those all used 100000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_uid: Option<u32>,
 }
 
 /// `GET /v1/sessions/{id}/logs`.
@@ -301,7 +305,13 @@ pub struct CallInfo {
     pub session: String,
     /// The call number (`calls/<n>`).
     pub n: u64,
+    /// The command's words as recorded: at most [`ARGV_RECORD_BYTES`] of them (the command
+    /// itself gets them all).
     pub argv: Vec<String>,
+    /// Bytes of argv not recorded (the record's bound: an agent's 2 MB command lines,
+    /// hundreds of times, must not grow the journal without end); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv_cut: Option<u64>,
     pub intent: DeclaredIntent,
     pub limits: CallLimits,
     pub state: CallState,
@@ -323,6 +333,11 @@ pub struct CallInfo {
     /// accounting BPF program (docs/scheduler.md); absent when it could not load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_sched: Option<CallSched>,
+    /// How the call was made: `api` (from outside), `shim` (the agent's `$SHELL -c`) or
+    /// `exec` (an exec captured in the kernel, docs/capture.md); absent in rows of older
+    /// daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<CallVia>,
     /// Only in the answer to `POST …/calls` (not kept in the journal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<String>,
@@ -330,6 +345,28 @@ pub struct CallInfo {
     pub stderr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// How a call was made (`CallInfo::via`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallVia {
+    /// `POST …/calls` (`agentctl exec`, MCP).
+    Api,
+    /// The agent's `$SHELL -c` (the shim).
+    Shim,
+    /// An exec of a process in the agent's leaf, captured in the kernel.
+    Exec,
+}
+
+impl CallVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallVia::Api => "api",
+            CallVia::Shim => "shim",
+            CallVia::Exec => "exec",
+        }
+    }
 }
 
 /// The memory pool's part in a call: its admitted grant (memory.high), the memory.max loans
@@ -382,10 +419,12 @@ impl CallInfo {
         intent: DeclaredIntent,
         limits: CallLimits,
     ) -> CallInfo {
+        let (argv, argv_cut) = recorded_argv(argv);
         CallInfo {
             session: session.to_string(),
             n,
-            argv: argv.to_vec(),
+            argv,
+            argv_cut,
             intent,
             limits,
             state: CallState::Running,
@@ -397,11 +436,45 @@ impl CallInfo {
             memory_pool: None,
             net: None,
             cpu_sched: None,
+            via: None,
             stdout: None,
             stderr: None,
             error: None,
         }
     }
+}
+
+/// How much of a call's argv its record keeps (its words' bytes, a NUL each).
+pub const ARGV_RECORD_BYTES: usize = 64 << 10;
+
+/// A call's argv as its record keeps it: whole words while they fit in
+/// [`ARGV_RECORD_BYTES`], the first that does not cut at a character boundary, and how many
+/// bytes were left out.
+pub fn recorded_argv(argv: &[String]) -> (Vec<String>, Option<u64>) {
+    let total: usize = argv.iter().map(|w| w.len() + 1).sum();
+    if total <= ARGV_RECORD_BYTES {
+        return (argv.to_vec(), None);
+    }
+    let mut kept = Vec::new();
+    let mut room = ARGV_RECORD_BYTES;
+    for w in argv {
+        if w.len() < room {
+            room -= w.len() + 1;
+            kept.push(w.clone());
+            continue;
+        }
+        // The cut word takes its NUL from the room too.
+        let mut end = room.saturating_sub(1);
+        while !w.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end > 0 {
+            kept.push(w[..end].to_string());
+        }
+        break;
+    }
+    let kept_bytes: usize = kept.iter().map(|w| w.len() + 1).sum();
+    (kept, Some((total - kept_bytes) as u64))
 }
 
 /// Now, in Unix seconds.
@@ -486,4 +559,31 @@ pub struct ShimAnswer {
 pub struct ShimExit {
     /// The shell's exit status (128+n for signal n).
     pub code: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code
+    use super::*;
+
+    #[test]
+    fn a_call_record_keeps_at_most_its_bound_of_argv_and_says_how_much_it_left_out() {
+        let short = vec!["cargo".to_string(), "test".to_string()];
+        assert_eq!(recorded_argv(&short), (short.clone(), None));
+        // 40 words of 48 KiB each (1.9 MB): the record keeps 64 KiB and counts the rest.
+        let big: Vec<String> = (0..40)
+            .map(|i| format!("{i:02}").repeat(24 << 10))
+            .collect();
+        let (kept, cut) = recorded_argv(&big);
+        let kept_bytes: usize = kept.iter().map(|w| w.len() + 1).sum();
+        assert!(kept_bytes <= ARGV_RECORD_BYTES, "{kept_bytes}");
+        assert_eq!(kept[0], big[0]);
+        let total: usize = big.iter().map(|w| w.len() + 1).sum();
+        assert_eq!(cut, Some((total - kept_bytes) as u64));
+        // A cut never splits a character.
+        let wide = vec!["é".repeat(ARGV_RECORD_BYTES)];
+        let (kept, cut) = recorded_argv(&wide);
+        assert!(kept[0].chars().all(|c| c == 'é'));
+        assert!(cut.unwrap() > 0);
+    }
 }

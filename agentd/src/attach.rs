@@ -161,6 +161,7 @@ impl InProcess {
             host_policy: None,
             sandbox_bin: crate::server::sibling_bin(None, "agentd-sandbox"),
             shim_bin: crate::server::sibling_bin(None, "agentd-shim"),
+            container_ids: crate::server::ids::in_process_range(pid),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(crate::server::serve_until(cfg.clone(), async move {

@@ -64,15 +64,25 @@ fn figures(c: &CallInfo) -> (String, String, String, String) {
 /// `agentctl calls SESSION`.
 pub fn calls_table(list: &[CallInfo]) -> String {
     let mut out = format!(
-        "{:>4} {:<9} {:>5} {:>9} {:<8} {:>9} {:>9} {:>9} {:>4}  {}\n",
-        "CALL", "STATE", "EXIT", "MEM.MAX", "CPU", "WALL", "CPU.TIME", "MEM.PEAK", "OOM", "COMMAND"
+        "{:>4} {:<9} {:>5} {:>9} {:<8} {:>9} {:>9} {:>9} {:>4} {:<4}  {}\n",
+        "CALL",
+        "STATE",
+        "EXIT",
+        "MEM.MAX",
+        "CPU",
+        "WALL",
+        "CPU.TIME",
+        "MEM.PEAK",
+        "OOM",
+        "VIA",
+        "COMMAND"
     );
     for c in list {
         let (wall, cpu, peak, oom) = figures(c);
         let exit = c.exit_code.map_or("-".to_string(), |e| e.to_string());
         let _ = writeln!(
             out,
-            "{:>4} {:<9} {:>5} {:>9} {:<8} {:>9} {:>9} {:>9} {:>4}  {}",
+            "{:>4} {:<9} {:>5} {:>9} {:<8} {:>9} {:>9} {:>9} {:>4} {:<4}  {}",
             c.n,
             c.state.as_str(),
             exit,
@@ -82,6 +92,7 @@ pub fn calls_table(list: &[CallInfo]) -> String {
             cpu,
             peak,
             oom,
+            c.via.map_or("-", |v| v.as_str()),
             c.argv.join(" ")
         );
     }

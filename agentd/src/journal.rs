@@ -489,6 +489,7 @@ mod tests {
             },
             calls: 0,
             error: None,
+            container_uid: None,
         }
     }
 

@@ -49,6 +49,10 @@ enum Command {
         /// The agentd-shim binary (default: next to this binary).
         #[arg(long)]
         shim_bin: Option<PathBuf>,
+        /// Host ids for sessions' container roots, START:COUNT: one per session, checked at
+        /// start to overlap no /etc/subuid, /etc/subgid, /etc/passwd or /etc/group entry.
+        #[arg(long, default_value = "1879048192:65536", value_parser = parse_container_ids)]
+        container_ids: agentd::server::ids::IdRange,
     },
     /// Print a shell completion script for agentd.
     Completions { shell: clap_complete::Shell },
@@ -57,6 +61,10 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+}
+
+fn parse_container_ids(s: &str) -> Result<agentd::server::ids::IdRange, String> {
+    agentd::server::ids::IdRange::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -86,7 +94,40 @@ fn raise_nofile() {
     }
 }
 
+/// Marks every descriptor the daemon inherited (above stdio) close-on-exec, before any
+/// thread or file of its own exists: a descriptor leaked into the daemon by whoever started
+/// it (a shell, a supervisor; systemd's LISTEN_FDS are the daemon's own to use) must never
+/// reach a runtime, an agent or a call (issue 18). The exec paths close theirs as well.
+fn cloexec_inherited() -> std::io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's fds.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: the same, one descriptor at a time.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number; a stale one (the read_dir's own) is EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
 fn serve(cfg: agentd::server::Config) -> ExitCode {
+    if let Err(e) = cloexec_inherited() {
+        agentd::server::log::error(&format!("marking inherited descriptors close-on-exec: {e}"));
+        return ExitCode::FAILURE;
+    }
     raise_nofile();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -134,6 +175,7 @@ fn main() -> ExitCode {
             host_policy,
             sandbox_bin,
             shim_bin,
+            container_ids,
         } => serve(agentd::server::Config {
             socket,
             socket_mode,
@@ -142,6 +184,7 @@ fn main() -> ExitCode {
             host_policy,
             sandbox_bin: agentd::server::sibling_bin(sandbox_bin, "agentd-sandbox"),
             shim_bin: agentd::server::sibling_bin(shim_bin, "agentd-shim"),
+            container_ids,
         }),
         Command::Doctor { json } => {
             let report = agentd::doctor::run(&agentd::doctor::RealHost::new());

@@ -73,6 +73,10 @@ pub const TABLE: &[Entry] = &[
     on("session.env", "sandbox (environment of the session)"),
     on("session.env_deny", "sandbox (environment of the session)"),
     on("session.timeout", "agentd session manager"),
+    on(
+        "session.capture",
+        "sandbox exec capture (seccomp user notification)",
+    ),
     off(
         "session.workspace",
         "sandbox workspace modes",

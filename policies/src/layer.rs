@@ -279,6 +279,8 @@ pub struct Layer {
     pub network_grants: Vec<NetGrant>,
     /// `undo.checkpoint`, `undo.keep`, `undo.retention`.
     pub undo_checkpoint: Option<Val<CheckpointMode>>,
+    /// `session.capture`.
+    pub capture: Option<Val<crate::schema::CaptureMode>>,
     pub undo_keep: Option<Val<u32>>,
     pub undo_retention: Option<Val<Duration>>,
 }
@@ -327,6 +329,7 @@ pub fn merge(a: &Layer, b: &Layer) -> Layer {
         pids: over(&a.pids, &b.pids),
         disk: over(&a.disk, &b.disk),
         undo_checkpoint: over(&a.undo_checkpoint, &b.undo_checkpoint),
+        capture: over(&a.capture, &b.capture),
         undo_keep: over(&a.undo_keep, &b.undo_keep),
         undo_retention: over(&a.undo_retention, &b.undo_retention),
         call: merge_call(&a.call, &b.call),

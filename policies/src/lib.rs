@@ -36,7 +36,7 @@ pub use plan::{
     ApprovalsPlan, CallLimit, CallPlan, CapRef, Decider, DeclaredIntent, Limit, Plan, PoolPlan,
     UndoPlan,
 };
-pub use schema::{CpuClass, Effect, Priority, json_schema};
+pub use schema::{CaptureMode, CpuClass, Effect, Priority, json_schema};
 pub use units::{Cpu, Duration, Size};
 pub use validate::validate;
 

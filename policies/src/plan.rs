@@ -90,6 +90,9 @@ pub struct SessionPlan {
     pub workspace: WorkspaceMode,
     /// Only the host root (read-only) exists in this build.
     pub root: String,
+    /// Which of the agent's commands are tool calls (`session.capture`, docs/capture.md).
+    #[serde(default, skip_serializing_if = "is_shim")]
+    pub capture: crate::schema::CaptureMode,
     /// The `[network]` rules the egress proxy enforces (`enabled = false`: loopback only).
     pub network: NetworkPlan,
     /// The session's memory-pool priority (`resources.priority`), when a layer set one
@@ -474,6 +477,7 @@ pub fn resolve_layers(stack: &[StackLayer<'_>]) -> (Option<Plan>, Vec<Diagnostic
             },
             workspace: WorkspaceMode::Overlay,
             root: "host".into(),
+            capture: all.capture.as_ref().map(|v| v.value).unwrap_or_default(),
             network,
             priority: all
                 .priority
@@ -693,4 +697,8 @@ impl Plan {
         let e = &self.session.env;
         e.allow_m.iter().any(|g| g.is_match(name)) && !e.deny_m.iter().any(|g| g.is_match(name))
     }
+}
+
+fn is_shim(m: &crate::schema::CaptureMode) -> bool {
+    *m == crate::schema::CaptureMode::Shim
 }

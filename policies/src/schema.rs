@@ -98,6 +98,20 @@ pub struct Session {
     pub env_deny: Option<L<Vec<L<String>>>>,
     /// Wall-clock limit of the whole session.
     pub timeout: Option<L<Duration>>,
+    /// Which of the agent's commands are tool calls: `shim` (its `$SHELL -c` commands,
+    /// the default) or `exec` (every program its processes exec, docs/capture.md).
+    pub capture: Option<L<CaptureMode>>,
+}
+
+/// `session.capture`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaptureMode {
+    /// Calls from the shim (`$SHELL -c`) and from outside only.
+    #[default]
+    Shim,
+    /// Every exec of a process in the agent's leaf is a call (seccomp user notification).
+    Exec,
 }
 
 #[derive(

@@ -440,6 +440,7 @@ fn check_session(cx: &mut Cx, s: &schema::Session, layer: &mut Layer) {
     }
     layer.env_deny = deny;
     layer.session_timeout = cx.opt(&s.timeout, "session.timeout");
+    layer.capture = cx.opt(&s.capture, "session.capture");
 }
 
 fn check_call(cx: &mut Cx, c: &schema::CallLimits, prefix: &str) -> CallLayer {

@@ -257,12 +257,20 @@ pub fn start(
     Ok(container)
 }
 
+/// What the init hands over with its READY.
+#[derive(Debug)]
+pub struct Ready {
+    /// The exec-capture listener, when the plan captures execs (docs/capture.md).
+    pub capture: Option<OwnedFd>,
+}
+
 /// Waits until the init has built the container (mounts, pivot_root; the agent is not
-/// started yet). `false`: the init exited first (its stderr said why; [`wait`] for it).
-pub fn wait_ready(c: &Container) -> Result<bool, Error> {
-    match crate::launch::read_byte(&mut &c.sync) {
-        Ok(Some(crate::launch::READY)) => Ok(true),
-        Ok(_) => Ok(false),
+/// started yet). `None`: the init exited first (its stderr said why; [`wait`] for it).
+pub fn wait_ready(c: &Container) -> Result<Option<Ready>, Error> {
+    use std::os::fd::AsFd;
+    match crate::capture::recv_byte_and_fd(c.sync.as_fd()) {
+        Ok(Some((crate::launch::READY, capture))) => Ok(Some(Ready { capture })),
+        Ok(_) => Ok(None),
         Err(e) => Err(Error::sys("waiting for the container init", e)),
     }
 }

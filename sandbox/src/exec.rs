@@ -337,6 +337,18 @@ pub fn start_in_session(
                     fail(errno());
                 }
             }
+            // Nothing the runtime inherited above stdio reaches the command: a descriptor
+            // leaked into the daemon or the spawner (issue 18). CLOEXEC, not close, so the
+            // error pipe still reports a failed exec.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
+                fail(errno());
+            }
             // Always a new session, so the caller's terminal is never the command's
             // controlling terminal (no TIOCSTI injection, /dev/tty is ENXIO: the
             // CVE-2017-5226 pattern); with --pty the new pty becomes it (job control, isatty).

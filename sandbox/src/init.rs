@@ -116,9 +116,19 @@ pub fn run_launch(launch: Launch, sync: std::os::unix::net::UnixStream) -> Resul
     }
     {
         use std::io::Write;
+        use std::os::fd::AsFd;
         let mut sync = sync;
-        sync.write_all(&[crate::launch::READY])
-            .map_err(|e| Error::sys("telling the runtime the container is up", e))?;
+        if plan.capture_exec {
+            // On the init itself, so the agent and all it forks inherit it; the listener
+            // goes to the runtime (then its spawner) and is closed here, so nothing in the
+            // container can answer its own execs (docs/capture.md).
+            let listener = crate::capture::install()?;
+            crate::capture::send_byte_and_fd(sync.as_fd(), crate::launch::READY, listener.as_fd())
+                .map_err(|e| Error::sys("telling the runtime the container is up", e))?;
+        } else {
+            sync.write_all(&[crate::launch::READY])
+                .map_err(|e| Error::sys("telling the runtime the container is up", e))?;
+        }
         match crate::launch::read_byte(&mut sync) {
             Ok(Some(crate::launch::GO)) => {}
             Ok(_) => return Err(Error::NotStarted),

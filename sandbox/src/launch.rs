@@ -207,7 +207,7 @@ impl Sandbox {
 
 /// A sealed memfd holding `v` as JSON, rewound, duplicated above the stdio and handshake
 /// fds (so installing it on [`REQUEST_FD`] never clobbers another source).
-fn request_memfd<T: Serialize>(v: &T) -> Result<OwnedFd, Error> {
+pub(crate) fn request_memfd<T: Serialize>(v: &T) -> Result<OwnedFd, Error> {
     use rustix::fs::{MemfdFlags, SealFlags};
     let json = serde_json::to_vec(v).map_err(|e| Error::json("the request", e))?;
     let fd = rustix::fs::memfd_create(

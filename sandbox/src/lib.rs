@@ -7,6 +7,7 @@
 //! root, and starts the agent confined by [`confine`] (capabilities, no_new_privs, rlimits,
 //! Landlock from [`fsrules`], seccomp from [`seccomp`]). See `docs/sandbox.md`.
 
+pub mod capture;
 pub mod confine;
 pub mod container;
 pub mod disk;

@@ -209,6 +209,10 @@ pub struct SessionPlan {
     /// as SCHED_NORMAL. The seccomp filter then keeps them there (docs/scheduler.md).
     #[serde(default)]
     pub sched_ext: bool,
+    /// Exec capture (docs/capture.md): every program a process of the agent leaf execs is
+    /// held in the kernel until the daemon has placed it in a call of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capture_exec: bool,
 }
 
 /// OCI's default masked paths (runtime-spec config-linux, runc's defaults).
@@ -333,6 +337,7 @@ impl SessionPlan {
                 optional_rights: default_optional_rights(),
             },
             sched_ext: false,
+            capture_exec: false,
         }
     }
 
@@ -406,6 +411,14 @@ impl SessionPlan {
             || self.workspace.repo.starts_with(&self.workspace.state)
         {
             return Err(PlanError::StateAndRepoNested);
+        }
+        for p in [&self.workspace.repo, &self.workspace.state] {
+            if let Some(ch) = overlay_special_char(p) {
+                return Err(PlanError::OverlaySpecial {
+                    path: p.clone(),
+                    ch,
+                });
+            }
         }
         for name in self.rlimits.keys() {
             if crate::confine::rlimit_resource(name).is_none() {
@@ -651,6 +664,12 @@ pub enum PlanError {
     TinyWorkspace { bytes: u64 },
     #[error("state dir and repo must not contain each other")]
     StateAndRepoNested,
+    #[error(
+        "{} contains {ch:?}, which the overlay mount's options cannot carry (it separates \
+         layers or options); rename the directory",
+        path.display()
+    )]
+    OverlaySpecial { path: PathBuf, ch: char },
     #[error("unknown rlimit {name:?}")]
     UnknownRlimit { name: String },
     #[error("read-only bind {}:{}: {problem}", source_path.display(), target.display())]
@@ -659,6 +678,15 @@ pub enum PlanError {
         target: PathBuf,
         problem: BindError,
     },
+}
+
+/// The first character of `path` that the overlay mount's option string would read as
+/// syntax (`:` between lower layers, `,` between options, `\\` as an escape; a newline
+/// for good measure): such a workspace or state path is refused, never formatted in.
+pub fn overlay_special_char(path: &Path) -> Option<char> {
+    path.to_string_lossy()
+        .chars()
+        .find(|c| matches!(c, ':' | ',' | '\\' | '\n'))
 }
 
 /// What is wrong with a read-only bind of the plan.
@@ -712,6 +740,40 @@ mod tests {
             100_000,
         );
         assert!(p.validate().unwrap_err().to_string().contains("contain"));
+    }
+
+    #[test]
+    fn paths_the_overlay_options_would_misread_are_refused() {
+        for (repo, ch) in [
+            ("/srv/a:b", ':'),
+            ("/srv/a,upperdir=/etc", ','),
+            ("/srv/a\\b", '\\'),
+            ("/srv/a\nb", '\n'),
+        ] {
+            let p = SessionPlan::new(
+                Path::new(repo),
+                Path::new("/var/lib/agentd/s1"),
+                64 << 20,
+                1000,
+                100_000,
+            );
+            assert_eq!(
+                p.validate().unwrap_err(),
+                PlanError::OverlaySpecial {
+                    path: PathBuf::from(repo),
+                    ch
+                }
+            );
+        }
+        let p = SessionPlan::new(
+            Path::new("/srv/repo"),
+            Path::new("/var/lib/a,b/s1"),
+            64 << 20,
+            1000,
+            100_000,
+        );
+        assert!(p.validate().unwrap_err().to_string().contains("rename"));
+        assert_eq!(overlay_special_char(Path::new("/srv/plain-repo_1.x")), None);
     }
 
     #[test]

@@ -42,6 +42,17 @@ pub const SOCKET: &str = "spawner.sock";
 /// Largest request packet (argv + env of one call).
 pub const MAX_PACKET: usize = 256 * 1024;
 
+/// A request whose JSON is longer goes in a sealed memfd instead, attached after the four
+/// descriptors with [`REQUEST_IN_MEMFD`] as the packet: a socket's send buffer (208 KiB by
+/// default) is smaller than a call's argv may be (the kernel allows 2 MiB).
+pub const INLINE_REQUEST: usize = 64 * 1024;
+
+/// The packet of a request carried in a memfd.
+pub const REQUEST_IN_MEMFD: &[u8] = b"memfd";
+
+/// Largest request read from a memfd (argv and env within the kernel's limits, as JSON).
+pub const MAX_REQUEST: u64 = 16 << 20;
+
 /// Descriptors a request carries, in this order: the call's cgroup directory, its stdin,
 /// stdout and stderr.
 pub const REQUEST_FDS: usize = 4;
@@ -130,7 +141,7 @@ impl Error {
     }
 
     /// Whether this is the "nothing to read yet" of a non-blocking receive.
-    fn would_block(&self) -> bool {
+    pub fn would_block(&self) -> bool {
         matches!(self, Error::Sys { source, .. } if source.kind() == std::io::ErrorKind::WouldBlock)
     }
 }
@@ -163,8 +174,37 @@ pub type Packet = (Vec<u8>, Vec<OwnedFd>);
 /// `/proc/self/fd/<dir>/spawner.sock`: short whatever the state dir's length (a Unix
 /// socket path has 108 bytes).
 fn addr_in(dir: BorrowedFd<'_>) -> Result<UnixAddr, Error> {
-    UnixAddr::new(&format!("/proc/self/fd/{}/{SOCKET}", dir.as_raw_fd()) as &str)
+    addr_named(dir, SOCKET)
+}
+
+/// `/proc/self/fd/<dir>/<name>`.
+fn addr_named(dir: BorrowedFd<'_>, name: &str) -> Result<UnixAddr, Error> {
+    UnixAddr::new(&format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()) as &str)
         .map_err(|e| Error::sys("the socket address", e))
+}
+
+/// Connects a `SOCK_SEQPACKET` socket to `<state>/<name>` (blocking, close-on-exec).
+pub(crate) fn connect_seqpacket(state: &Path, name: &str) -> Result<OwnedFd, crate::Error> {
+    let io = |what: String, e: nix::errno::Errno| crate::Error::Sys {
+        what,
+        source: e.into(),
+    };
+    let dir = open_dir(state).map_err(|e| crate::Error::Sys {
+        what: format!("open {}", state.display()),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let conn = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| io("socket".into(), e))?;
+    let addr = UnixAddr::new(&format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()) as &str)
+        .map_err(|e| io("the socket address".into(), e))?;
+    socket::connect(conn.as_raw_fd(), &addr)
+        .map_err(|e| io(format!("connect to {}", state.join(name).display()), e))?;
+    Ok(conn)
 }
 
 fn open_dir(state: &Path) -> Result<OwnedFd, Error> {
@@ -190,7 +230,7 @@ pub fn send_packet(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> Result<(
 /// Receives one packet and the descriptors it carries; `Ok(None)` at end of stream.
 pub fn recv_packet(sock: BorrowedFd<'_>, flags: MsgFlags) -> Result<Option<Packet>, Error> {
     let mut buf = vec![0u8; MAX_PACKET];
-    let mut space = nix::cmsg_space!([RawFd; REQUEST_FDS]);
+    let mut space = nix::cmsg_space!([RawFd; REQUEST_FDS + 1]);
     let (n, fds, truncated) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = socket::recvmsg::<()>(
@@ -257,6 +297,20 @@ impl Spawner {
 
 /// Binds the listening socket at `<state>/spawner.sock`: host root's, mode 0600.
 fn listen(state: &Path) -> Result<(OwnedFd, PathBuf), Error> {
+    listen_named(state, SOCKET)
+}
+
+/// Binds a listening `SOCK_SEQPACKET` socket at `<state>/<name>` (the capture socket too).
+pub(crate) fn bind_seqpacket(state: &Path, name: &str) -> Result<OwnedFd, crate::Error> {
+    listen_named(state, name)
+        .map(|(fd, _)| fd)
+        .map_err(|e| crate::Error::Sys {
+            what: format!("{}", state.join(name).display()),
+            source: std::io::Error::other(e.to_string()),
+        })
+}
+
+fn listen_named(state: &Path, name: &str) -> Result<(OwnedFd, PathBuf), Error> {
     let dir = open_dir(state)?;
     let listener = socket::socket(
         AddressFamily::Unix,
@@ -265,7 +319,7 @@ fn listen(state: &Path) -> Result<(OwnedFd, PathBuf), Error> {
         None,
     )
     .map_err(|e| Error::sys("socket", e))?;
-    let path = state.join(SOCKET);
+    let path = state.join(name);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -275,7 +329,7 @@ fn listen(state: &Path) -> Result<(OwnedFd, PathBuf), Error> {
     // whatever the umask was).
     // SAFETY: umask only changes this process's file-creation mask.
     let old = unsafe { libc::umask(0o177) };
-    let bound = socket::bind(listener.as_raw_fd(), &addr_in(dir.as_fd())?);
+    let bound = socket::bind(listener.as_raw_fd(), &addr_named(dir.as_fd(), name)?);
     // SAFETY: as above, restoring it.
     unsafe { libc::umask(old) };
     bound.map_err(|e| Error::sys(format!("bind {}", path.display()), e))?;
@@ -292,8 +346,14 @@ fn listen(state: &Path) -> Result<(OwnedFd, PathBuf), Error> {
 /// Starts the spawner of the session `c` (called by the runtime once the init said the
 /// container is built, while the runtime is still single-threaded: the spawner is a plain
 /// fork of it). The socket is bound here, in the host's mount namespace, before the fork,
-/// so a daemon may connect as soon as this returns.
-pub fn start(plan: &SessionPlan, c: &crate::container::Container) -> Result<Spawner, Error> {
+/// so a daemon may connect as soon as this returns. `capture`: the init's exec-capture
+/// listener (docs/capture.md), which the spawner supervises; `<state>/capture.sock` is
+/// bound for the daemon then.
+pub fn start(
+    plan: &SessionPlan,
+    c: &crate::container::Container,
+    capture: Option<OwnedFd>,
+) -> Result<Spawner, Error> {
     // Compiled once for the session's whole life, not per call.
     let seccomp = crate::exec::compile_seccomp(plan)?;
     let init = c
@@ -301,6 +361,15 @@ pub fn start(plan: &SessionPlan, c: &crate::container::Container) -> Result<Spaw
         .try_clone()
         .map_err(|e| Error::sys("dup the init's pidfd", e))?;
     let (listener, socket) = listen(&plan.workspace.state)?;
+    let capture = match capture {
+        Some(notify) => Some(CaptureFds {
+            notify,
+            procfs: crate::capture::open_procfs()?,
+            listener: crate::capture::listen(&plan.workspace.state)?,
+            init_pid: c.pid.as_raw(),
+        }),
+        None => None,
+    };
     let runtime = nix::unistd::getpid();
     // SAFETY: the runtime is single-threaded here (it forks the spawner before it starts
     // its signal thread), so the child may run ordinary Rust code.
@@ -324,7 +393,7 @@ pub fn start(plan: &SessionPlan, c: &crate::container::Container) -> Result<Spaw
                 // SAFETY: end the fork child without running the runtime's exit path.
                 unsafe { libc::_exit(1) }
             }
-            let code = match serve(plan, seccomp, &init, &listener) {
+            let code = match serve(plan, seccomp, &init, &listener, capture) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("agentd-sandbox: {e}");
@@ -335,6 +404,18 @@ pub fn start(plan: &SessionPlan, c: &crate::container::Container) -> Result<Spaw
             unsafe { libc::_exit(code) }
         }
     }
+}
+
+/// What the spawner needs to supervise exec capture (docs/capture.md).
+struct CaptureFds {
+    /// The init's seccomp listener.
+    notify: OwnedFd,
+    /// The host's /proc, opened before the spawner joins the session's mount namespace.
+    procfs: OwnedFd,
+    /// `<state>/capture.sock`.
+    listener: OwnedFd,
+    /// The init's pid (host pid namespace): its cgroup is the agent leaf.
+    init_pid: i32,
 }
 
 /// One call in flight: its connection and pidfd.
@@ -381,13 +462,28 @@ fn serve(
     seccomp: Vec<u8>,
     init: &OwnedFd,
     listener: &OwnedFd,
+    capture: Option<CaptureFds>,
 ) -> Result<(), Error> {
     // SAFETY: integer-only prctl: no core dumps, and no ptrace by anyone but host root.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // A session of its own: a Ctrl-C on the terminal the runtime runs in is the agent's
     // to receive (forwarded by the runtime), never the spawner's.
     nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
-    close_inherited(&[listener.as_raw_fd(), init.as_raw_fd()])?;
+    let mut keep = vec![listener.as_raw_fd(), init.as_raw_fd()];
+    if let Some(c) = &capture {
+        keep.extend([
+            c.notify.as_raw_fd(),
+            c.procfs.as_raw_fd(),
+            c.listener.as_raw_fd(),
+        ]);
+    }
+    close_inherited(&keep)?;
+    let mut supervisor = match capture {
+        Some(c) => Some(crate::capture::Supervisor::new(
+            c.notify, c.procfs, c.listener, c.init_pid,
+        )?),
+        None => None,
+    };
     let flags = crate::container::clone_flags(plan) as libc::c_int;
     // The cgroup namespace is joined by each call's child after its clone3 (as `exec`).
     // SAFETY: setns with a valid pidfd; it changes only this (single-threaded) process.
@@ -417,6 +513,14 @@ fn serve(
                 .filter_map(|k| running.get(k))
                 .map(|r| PollFd::new(r.pidfd.as_fd(), PollFlags::POLLIN)),
         );
+        let sup_at = fds.len();
+        if let Some(s) = &supervisor {
+            fds.extend(
+                s.fds()
+                    .into_iter()
+                    .map(|f| PollFd::new(f, PollFlags::POLLIN)),
+            );
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
@@ -436,8 +540,11 @@ fn serve(
             }
             return Ok(());
         }
+        if let Some(s) = &mut supervisor {
+            s.ready(&ready[sup_at..]);
+        }
         let nw = waiting.len();
-        for (k, r) in order.iter().zip(&ready[2 + nw..]) {
+        for (k, r) in order.iter().zip(&ready[2 + nw..sup_at]) {
             if *r && let Some(run) = running.remove(k) {
                 report(&run);
             }
@@ -525,8 +632,16 @@ fn start_call(
     seccomp: &[u8],
     init: &OwnedFd,
     data: &[u8],
-    fds: Vec<OwnedFd>,
+    mut fds: Vec<OwnedFd>,
 ) -> Result<crate::exec::ExecChild, Error> {
+    let from_memfd;
+    let data = if data == REQUEST_IN_MEMFD && fds.len() == REQUEST_FDS + 1 {
+        let memfd = fds.pop().ok_or(Error::Descriptors { got: 0 })?;
+        from_memfd = read_bounded(memfd)?;
+        &from_memfd[..]
+    } else {
+        data
+    };
     let req: ExecRequest = serde_json::from_slice(data).map_err(|source| Error::Json {
         what: "request",
         source,
@@ -545,6 +660,20 @@ fn start_call(
         false,
     )?;
     Ok(child)
+}
+
+/// The request in a memfd, at most [`MAX_REQUEST`] bytes of it.
+fn read_bounded(memfd: OwnedFd) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::from(memfd)
+        .take(MAX_REQUEST + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::sys("reading the request's memfd", e))?;
+    if buf.len() as u64 > MAX_REQUEST {
+        return Err(Error::Truncated { bytes: buf.len() });
+    }
+    Ok(buf)
 }
 
 /// Reads a request from `conn`, starts the call and answers; the call in flight, if any.
@@ -652,5 +781,30 @@ mod tests {
         assert!(e.would_block(), "{e}");
         drop(a);
         assert!(recv_packet(b.as_fd(), MsgFlags::empty()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_request_too_big_for_a_packet_crosses_in_a_memfd() {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let mut req = ExecRequest::new(Path::new("/s"), &["true".to_string()]);
+        req.argv
+            .extend((0..19).map(|i| format!("{i:02}").repeat(50_000)));
+        let json = serde_json::to_vec(&req).unwrap();
+        assert!(json.len() > MAX_PACKET);
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let memfd = crate::launch::request_memfd(&req).unwrap();
+        let mut fds = vec![null.as_raw_fd(); REQUEST_FDS];
+        fds.push(memfd.as_raw_fd());
+        send_packet(a.as_fd(), REQUEST_IN_MEMFD, &fds).unwrap();
+        let (data, mut got) = recv_packet(b.as_fd(), MsgFlags::empty()).unwrap().unwrap();
+        assert_eq!(data, REQUEST_IN_MEMFD);
+        assert_eq!(got.len(), REQUEST_FDS + 1);
+        assert_eq!(read_bounded(got.pop().unwrap()).unwrap(), json);
     }
 }

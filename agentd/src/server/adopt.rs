@@ -109,6 +109,12 @@ fn adopt_one(d: &Arc<Daemon>, s: &SessionInfo) -> Result<(), AdoptError> {
     if let Err(e) = super::shim::listen(d, &live, pid) {
         super::log::warn(&format!("session {}: {e}", s.id));
     }
+    // The held execs wait for a daemon: this one takes them over.
+    if live.plan.session.capture == agentd_policy::CaptureMode::Exec
+        && let Err(e) = super::capture::start(d, &live)
+    {
+        super::log::warn(&format!("session {}: {e}", s.id));
+    }
     // Egress died with the previous daemon; the session gets it back (listeners rebound).
     if let Err(e) = super::net::start(d, &live, pid) {
         super::log::warn(&format!(

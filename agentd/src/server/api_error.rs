@@ -33,6 +33,12 @@ pub enum ApiError {
     #[error("workspace {} is not a directory", path.display())]
     WorkspaceNotDir { path: PathBuf },
     #[error(
+        "workspace {} contains {ch:?}, which the session's overlay mount cannot carry in its \
+         options; rename the directory or start the session on a path without it",
+        path.display()
+    )]
+    WorkspaceUnsafeName { path: PathBuf, ch: char },
+    #[error(
         "workspace {} is owned by root, and the agent runs as the workspace's owner, never \
          root. Either run the agent as an unprivileged uid: `agentctl run --user UID …` \
          (as root; files that uid may not write stay read-only to the agent), or give the \
@@ -163,6 +169,13 @@ pub enum ApiError {
         unmet: Vec<String>,
     },
 
+    // 503: the host has no room for it now.
+    #[error("{source}")]
+    ContainerIds {
+        #[source]
+        source: super::ids::IdError,
+    },
+
     // 410: existed once.
     #[error("checkpoint {id} of session {session} was pruned ({retention})")]
     Pruned {
@@ -199,6 +212,15 @@ pub enum ApiError {
         #[source]
         source: cgctl::Error,
     },
+    #[error("exec capture: {source}")]
+    Capture {
+        #[source]
+        source: agentd_sandbox::Error,
+    },
+    #[error(
+        "the policy captures execs (session.capture = \"exec\", from {origin}) but this kernel's seccomp has no user notification (user_notif in /proc/sys/kernel/seccomp/actions_avail, Linux 5.0+; see `agentd doctor`)"
+    )]
+    CaptureUnavailable { origin: String },
     #[error("call {n}: moving pid {pid}: {source}")]
     MovePid {
         n: u64,
@@ -274,6 +296,7 @@ impl ApiError {
             | WorkspaceNotAbsolute { .. }
             | Workspace { .. }
             | WorkspaceNotDir { .. }
+            | WorkspaceUnsafeName { .. }
             | WorkspaceOwnedByRoot { .. }
             | RootAgent
             | BadArgv { .. }
@@ -304,7 +327,8 @@ impl ApiError {
             | NoStdin { .. }
             | Uncommitted { .. }
             | CommitConflicts { .. }
-            | RequireUnmet { .. } => StatusCode::CONFLICT,
+            | RequireUnmet { .. }
+            | CaptureUnavailable { .. } => StatusCode::CONFLICT,
             Pruned { .. } => StatusCode::GONE,
             Journal(_)
             | Layer(_)
@@ -312,6 +336,7 @@ impl ApiError {
             | Record { .. }
             | Launch { .. }
             | CallCgroup { .. }
+            | Capture { .. }
             | MovePid { .. }
             | Cgroup { .. }
             | Io { .. }
@@ -324,6 +349,7 @@ impl ApiError {
             | CheckpointVanished { .. }
             | Thread { .. }
             | Join { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ContainerIds { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -34,9 +34,6 @@ pub fn disk_bytes(plan: &Plan) -> u64 {
     plan.session.disk.as_ref().map_or(DISK_BYTES, |l| l.value.0)
 }
 
-/// Host uid (= gid) container root maps to (unprivileged, never 0).
-pub const CONTAINER_ROOT_HOST_ID: u32 = 100_000;
-
 /// What a session's sandbox plan depends on besides its policy.
 #[derive(Debug, Clone)]
 pub struct SessionContext {
@@ -46,6 +43,9 @@ pub struct SessionContext {
     pub state: PathBuf,
     /// The agent's host uid (the workspace's owner).
     pub agent_uid: u32,
+    /// The host uid (= gid) the container's root maps to: the session's own
+    /// (`super::ids`), never 0.
+    pub root_uid: u32,
     /// The shim binary on the host (bound at [`SHIM_IN_CONTAINER`]).
     pub shim_bin: PathBuf,
     /// The session's resolv.conf on the host (naming the egress DNS stub), written by the
@@ -71,11 +71,12 @@ pub fn sandbox_plan(plan: &Plan, cx: &SessionContext) -> SessionPlan {
         &cx.state,
         disk_bytes(plan),
         cx.agent_uid,
-        CONTAINER_ROOT_HOST_ID,
+        cx.root_uid,
     );
     // Off or through the proxy, the session never shares the host's network.
     p.namespaces.net = true;
     p.sched_ext = cx.sched_ext;
+    p.capture_exec = plan.session.capture == agentd_policy::CaptureMode::Exec;
     p.bind_ro.push(BindRo {
         source: cx.shim_bin.clone(),
         target: PathBuf::from(SHIM_IN_CONTAINER),
@@ -140,7 +141,9 @@ pub fn agent_limits(plan: &Plan, session_cpu_millis: u64) -> AgentLimits {
     }
 }
 
-/// The session's limits (API view) and the caps of `session-<id>`.
+/// The session's limits (API view) and the caps of `session-<id>`. memory.swap.max is 0:
+/// a session's memory is what memory.max says, never that plus the host's swap (no policy
+/// key grants swap yet; the kernel applies it to every leaf below).
 pub fn session_limits(plan: &Plan) -> (SessionLimits, cgctl::Limits) {
     let s = &plan.session;
     let agent = agent_limits(plan, s.cpu.value.0);
@@ -155,6 +158,7 @@ pub fn session_limits(plan: &Plan) -> (SessionLimits, cgctl::Limits) {
     };
     let cg = cgctl::Limits {
         memory_max: Some(cgctl::Max::Limit(lim.memory)),
+        memory_swap_max: Some(cgctl::Max::Limit(0)),
         cpu_max: Some(cgctl::CpuMax::cpus(lim.cpu_millis as f64 / 1000.0)),
         pids_max: Some(cgctl::Max::Limit(u64::from(lim.pids))),
         ..cgctl::Limits::default()

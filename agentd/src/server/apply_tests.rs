@@ -60,6 +60,7 @@ fn context() -> SessionContext {
         workspace: PathBuf::from("/home/dev/repo"),
         state: PathBuf::from("/var/lib/agentd/sessions/0123456789ab"),
         agent_uid: 1000,
+        root_uid: 100_000,
         shim_bin: PathBuf::from("/usr/libexec/agentd/agentd-shim"),
         resolv_conf: Some(PathBuf::from(
             "/var/lib/agentd/egress/0123456789ab.resolv.conf",
@@ -103,6 +104,8 @@ fn each_profile_gives_its_session_agent_and_call_limits() {
     for (name, plan) in profiles() {
         let (session, session_cg) = session_limits(&plan);
         let agent = agent_limits(&plan, session.cpu_millis);
+        // No session swaps, whatever the host has.
+        assert_eq!(session_cg.memory_swap_max, Some(cgctl::Max::Limit(0)));
         // The agent leaf never exceeds one CPU nor what a default call gets.
         assert!(agent.cpu_millis <= 1000 && agent.cpu_millis <= session.cpu_millis);
         assert_eq!(agent.memory, plan.call_defaults.memory.value.0);

@@ -132,7 +132,8 @@ async fn run_call(
     grant: Option<super::mempool::Grant>,
     events: Events,
 ) -> Result<CallInfo, ApiError> {
-    let info = CallInfo::running(&live.id, n, &req.argv, req.intent.clone(), view);
+    let mut info = CallInfo::running(&live.id, n, &req.argv, req.intent.clone(), view);
+    info.via = Some(crate::api::CallVia::Api);
     live.start_call(d, &info)?;
     let call = match live.cg.create_call(n, cg_limits) {
         Ok(c) => c,

@@ -10,8 +10,10 @@ mod api_error;
 pub mod apply;
 pub mod approvals;
 pub mod calls;
+pub mod capture;
 pub mod conn;
 mod errors;
+pub mod ids;
 pub mod leaf;
 pub mod log;
 pub mod mempool;
@@ -60,6 +62,8 @@ pub struct Config {
     pub sandbox_bin: PathBuf,
     /// The `agentd-shim` binary (the agents' $SHELL), a path visible inside containers.
     pub shim_bin: PathBuf,
+    /// The host ids sessions' container roots map to, one each ([`ids`]).
+    pub container_ids: ids::IdRange,
 }
 
 /// Errors of the daemon outside a request (startup).
@@ -80,6 +84,9 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The container id range overlaps the host's ids, or is malformed.
+    #[error(transparent)]
+    ContainerIds(#[from] ids::IdError),
     /// The host policy's memory pool could not start.
     #[error("{0}")]
     MemPool(Box<dyn std::error::Error + Send + Sync>),
@@ -155,6 +162,8 @@ pub struct Daemon {
     pub sched: crate::sched::Sched,
     /// Capability tables and the approval queue.
     pub caps: approvals::Broker,
+    /// Container uids picked for sessions not yet in the journal ([`ids`]).
+    pub ids_in_flight: Mutex<std::collections::BTreeSet<u32>>,
 }
 
 /// Handler state.
@@ -162,12 +171,27 @@ pub type State = Arc<Daemon>;
 
 impl Daemon {
     /// Runs `f` on the journal. A poisoned lock is recovered: the connection itself is fine.
+    ///
+    /// SQLite blocks (fsync, a lock held by another handler), so on the daemon's
+    /// multi-threaded runtime the wait and the write are `block_in_place`: this worker hands
+    /// its other tasks to the rest and no request, shim or stream waits behind a journal
+    /// write (issue 18). Elsewhere (a current-thread test runtime, a plain thread) it runs
+    /// inline.
     pub fn journal<T>(
         &self,
         f: impl FnOnce(&Journal) -> Result<T, JournalError>,
     ) -> Result<T, ApiError> {
-        let j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(f(&j)?)
+        let run = || {
+            let j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+            f(&j)
+        };
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        Ok(if multi {
+            tokio::task::block_in_place(run)?
+        } else {
+            run()?
+        })
     }
 
     /// The live session `id`, if this daemon runs it.
@@ -260,6 +284,9 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Ser
 pub fn open(mut cfg: Config) -> Result<State, ServeError> {
     // Fail closed: without the shim, agents' shell commands would get no call cgroups.
     cfg.shim_bin = resolve_bin(&cfg.shim_bin).map_err(io_err("the shim binary", &cfg.shim_bin))?;
+    // Fail closed: a container root sharing a uid with a user's subordinate ids (or a user)
+    // would let that user into every session's state.
+    cfg.container_ids.check_host()?;
     // 0711: the container's root (an unprivileged host uid) must traverse to its session's
     // state dir under `sessions/` to mount the overlay, but nobody may list them. Logs and
     // the journal are root's alone.
@@ -312,6 +339,7 @@ pub fn open(mut cfg: Config) -> Result<State, ServeError> {
         mem,
         sched: crate::sched::Sched::start(),
         caps: approvals::Broker::default(),
+        ids_in_flight: Mutex::default(),
     });
     approvals::cancel_stale(&d);
     let adopted = adopt::readopt(&d)?;

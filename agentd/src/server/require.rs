@@ -58,6 +58,12 @@ pub fn unmet(plan: &Plan, probe: &Probe) -> Option<Vec<String>> {
     (!lines.is_empty()).then_some(lines)
 }
 
+/// Whether this kernel's seccomp offers user notification (exec capture, docs/capture.md).
+pub fn user_notif() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+        .is_ok_and(|s| s.split_whitespace().any(|a| a == "user_notif"))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code

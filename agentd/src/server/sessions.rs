@@ -249,6 +249,9 @@ fn check_workspace(peer: &Peer, ws: &Path, user: Option<u32>) -> Result<(PathBuf
     if !md.is_dir() {
         return Err(ApiError::WorkspaceNotDir { path: canon });
     }
+    if let Some(ch) = agentd_sandbox::plan::overlay_special_char(&canon) {
+        return Err(ApiError::WorkspaceUnsafeName { path: canon, ch });
+    }
     agent_uid(peer, &canon, md.uid(), user).map(|uid| (canon, uid))
 }
 
@@ -272,6 +275,44 @@ pub fn agent_uid(peer: &Peer, ws: &Path, owner: u32, user: Option<u32>) -> Resul
         }),
         None => Ok(owner),
     }
+}
+
+/// A container uid picked for a session, held against other starts until the session is
+/// in the journal (then the journal holds it).
+struct IdClaim<'a> {
+    d: &'a Daemon,
+    uid: u32,
+}
+
+impl Drop for IdClaim<'_> {
+    fn drop(&mut self) {
+        let mut f = self
+            .d
+            .ids_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        f.remove(&self.uid);
+    }
+}
+
+/// The lowest container uid of the daemon's range that no session holds: none in the
+/// journal (running, ended or kept — a kept state dir is its root's until `rm`) and none
+/// being started.
+fn claim_container_uid(d: &Daemon) -> Result<IdClaim<'_>, ApiError> {
+    let mut flight = d.ids_in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    let mut taken: std::collections::BTreeSet<u32> = d
+        .journal(|j| j.sessions(None))?
+        .iter()
+        .filter_map(|s| s.container_uid)
+        .collect();
+    taken.extend(flight.iter().copied());
+    let uid = d
+        .cfg
+        .container_ids
+        .pick(&taken)
+        .map_err(|source| ApiError::ContainerIds { source })?;
+    flight.insert(uid);
+    Ok(IdClaim { d, uid })
 }
 
 /// `POST /v1/sessions`.
@@ -299,7 +340,14 @@ pub async fn create(
     {
         return Err(ApiError::RequireUnmet { unmet });
     }
+    // Fail closed: exec capture needs seccomp user notification.
+    if plan.session.capture == agentd_policy::CaptureMode::Exec && !super::require::user_notif() {
+        return Err(ApiError::CaptureUnavailable {
+            origin: "the session's policy".into(),
+        });
+    }
     let id = new_id()?;
+    let claim = claim_container_uid(&d)?;
     let (limits, cg_limits) = apply::session_limits(&plan);
     let cg = d
         .root
@@ -337,6 +385,7 @@ pub async fn create(
                 workspace: workspace.clone(),
                 state: sandbox_state.clone(),
                 agent_uid,
+                root_uid: claim.uid,
                 shim_bin: d.cfg.shim_bin.clone(),
                 resolv_conf,
                 sched_ext: d.sched.kernel_ext(),
@@ -360,6 +409,7 @@ pub async fn create(
         limits,
         calls: 0,
         error: None,
+        container_uid: Some(claim.uid),
     };
     let plan_row = crate::journal::PlanRow {
         host_policy: host_text,
@@ -374,6 +424,7 @@ pub async fn create(
         j.put_policy(&id, req.policy.as_ref())?;
         j.put_plan(&id, &plan_row)
     })?;
+    drop(claim);
     let logs = d.cfg.state_dir.join("logs");
     let (agent_stdin, stdin_writer) = if req.stdin {
         match super::stream::stdin_pipe(&logs, &id) {
@@ -453,6 +504,18 @@ pub async fn create(
     if let Err(e) = super::shim::listen(&d, &live, record.init_pid) {
         // Calls from inside then run in the agent's leaf; said in the session row.
         live.update(&d, |i| i.error = Some(format!("no shim socket: {e}")))?;
+    }
+    // Exec capture: the spawner holds the agent's execs until this daemon places them, so
+    // it must be connected before GO. Fail closed.
+    if live.plan.session.capture == agentd_policy::CaptureMode::Exec
+        && let Err(e) = super::capture::start(&d, &live)
+    {
+        let _ = child.start_kill();
+        let _ = live.cg.cgroup().kill();
+        let _ = child.wait().await;
+        fail(&d, &live, &e.to_string()).await;
+        let _ = done_tx.send(true);
+        return Err(e);
     }
     // Before the agent starts: its leaf is the session's latency work.
     d.sched.session_started(

@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use super::apply::{Exit, SOCKET_IN_CONTAINER, call_limits};
 use super::sessions::Live;
 use super::{ApiError, Daemon, Peer};
-use crate::api::{CallInfo, SessionState, ShimAnswer, ShimCall, ShimExit};
+use crate::api::{CallInfo, CallVia, SessionState, ShimAnswer, ShimCall, ShimExit};
 
 #[derive(Debug, Clone)]
 struct ShimState {
@@ -40,7 +40,7 @@ enum Place {
 }
 
 /// The session cgroup as /proc/<pid>/cgroup spells it (relative to the cgroup2 mount).
-fn session_cgroup_name(live: &Live) -> String {
+pub(super) fn session_cgroup_name(live: &Live) -> String {
     cgctl::discover::as_proc_path(
         live.cg.cgroup().path(),
         std::path::Path::new(cgctl::discover::UNIFIED_MOUNT),
@@ -48,7 +48,7 @@ fn session_cgroup_name(live: &Live) -> String {
 }
 
 /// Where process `pid` is, as `/proc/<pid>/cgroup` says (empty when it is gone).
-fn cgroup_of(pid: i32) -> String {
+pub(super) fn cgroup_of(pid: i32) -> String {
     cgctl::discover::cgroup_of(&pid.to_string()).unwrap_or_default()
 }
 
@@ -92,53 +92,84 @@ async fn shim_call(
             limits: None,
         }));
     }
-    if req.argv.is_empty() {
-        return Err(ApiError::BadArgv {
-            why: "argv is empty",
-        });
-    }
     let intent =
         crate::ctl::parse_intent(&req.intent).map_err(|source| ApiError::Intent { source })?;
-    let plan = live.plan.call(&req.argv, &intent);
-    let (view, mut cg_limits) = call_limits(&plan);
-    let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
-    super::undo::before_call(&s.d, live, n).await;
-    let info = CallInfo::running(&live.id, n, &req.argv, intent, view.clone());
-    live.start_call(&s.d, &info)?;
-    // The memory pool's admission: the shim (and so the agent's command) waits here while
-    // the call's grant does not fit.
-    let grant = super::mempool::admit(&s.d, live, n, &plan, &mut cg_limits).await;
-    let call = match live.cg.create_call(n, &cg_limits) {
-        Ok(c) => c,
-        Err(source) => {
-            let e = ApiError::CallCgroup { n, source };
-            let fail = Exit::Failed(e.to_string());
-            let _ = super::calls::finish(&s.d, None, info, fail, false, grant).await;
-            return Err(e);
-        }
-    };
-    super::mempool::attach(&grant, call.cgroup());
-    // Before the agent's command moves in: the scheduler's class and the accounting watch.
-    s.d.sched.call_starting(
-        &live.id,
-        call.cgroup().path(),
-        view.cpu_class,
-        view.cpu_weight,
-    );
     let pid = peer.pid.unwrap_or_default();
-    if let Err(source) = call.cgroup().add_pid(pid as u32) {
-        let e = ApiError::MovePid { n, pid, source };
-        let fail = Exit::Failed(e.to_string());
-        let _ = super::calls::finish(&s.d, Some(call), info, fail, false, grant).await;
-        return Err(e);
-    }
+    let p = place_new_call(&s.d, live, pid, &req.argv, intent, CallVia::Shim).await?;
+    let view = p.info.limits.clone();
+    let n = p.info.n;
     live.inflight.fetch_add(1, Ordering::SeqCst);
-    tokio::spawn(watch_call(s.d.clone(), live.clone(), call, info, grant));
+    tokio::spawn(watch_call(
+        s.d.clone(),
+        live.clone(),
+        p.call,
+        p.info,
+        p.grant,
+    ));
     Ok(Json(ShimAnswer {
         n: Some(n),
         nested: false,
         limits: Some(view),
     }))
+}
+
+/// A call made for a process of the agent leaf, which is in it now.
+pub(super) struct Placed {
+    pub call: cgctl::Call,
+    pub info: CallInfo,
+    pub grant: Option<super::mempool::Grant>,
+}
+
+/// Makes a call for `argv` (the shim's command words or a captured exec's argv) with its
+/// intent and moves process `pid` into it: the one way a process of the agent leaf
+/// becomes a call (the shim's request, exec capture: docs/capture.md).
+pub(super) async fn place_new_call(
+    d: &Arc<Daemon>,
+    live: &Arc<Live>,
+    pid: i32,
+    argv: &[String],
+    intent: agentd_policy::DeclaredIntent,
+    via: CallVia,
+) -> Result<Placed, ApiError> {
+    if argv.is_empty() {
+        return Err(ApiError::BadArgv {
+            why: "argv is empty",
+        });
+    }
+    let plan = live.plan.call(argv, &intent);
+    let (view, mut cg_limits) = call_limits(&plan);
+    let n = live.next_call.fetch_add(1, Ordering::SeqCst) + 1;
+    super::undo::before_call(d, live, n).await;
+    let mut info = CallInfo::running(&live.id, n, argv, intent, view.clone());
+    info.via = Some(via);
+    live.start_call(d, &info)?;
+    // The memory pool's admission: the shim (and so the agent's command) waits here while
+    // the call's grant does not fit.
+    let grant = super::mempool::admit(d, live, n, &plan, &mut cg_limits).await;
+    let call = match live.cg.create_call(n, &cg_limits) {
+        Ok(c) => c,
+        Err(source) => {
+            let e = ApiError::CallCgroup { n, source };
+            let fail = Exit::Failed(e.to_string());
+            let _ = super::calls::finish(d, None, info, fail, false, grant).await;
+            return Err(e);
+        }
+    };
+    super::mempool::attach(&grant, call.cgroup());
+    // Before the agent's command moves in: the scheduler's class and the accounting watch.
+    d.sched.call_starting(
+        &live.id,
+        call.cgroup().path(),
+        view.cpu_class,
+        view.cpu_weight,
+    );
+    if let Err(source) = call.cgroup().add_pid(pid as u32) {
+        let e = ApiError::MovePid { n, pid, source };
+        let fail = Exit::Failed(e.to_string());
+        let _ = super::calls::finish(d, Some(call), info, fail, false, grant).await;
+        return Err(e);
+    }
+    Ok(Placed { call, info, grant })
 }
 
 /// Waits until the call's cgroup is empty (or its timeout kills it), then records it with

@@ -39,6 +39,7 @@ fn fixture() -> Fixture {
         host_policy: Some(dir.path().join("no-host-policy.toml")),
         sandbox_bin: "/nonexistent/agentd-sandbox".into(),
         shim_bin: "/nonexistent/agentd-shim".into(),
+        container_ids: super::ids::IdRange::default(),
     };
     let daemon = Arc::new(Daemon {
         cfg,
@@ -48,6 +49,7 @@ fn fixture() -> Fixture {
         mem: None,
         sched: crate::sched::Sched::off("unit test"),
         caps: super::approvals::Broker::default(),
+        ids_in_flight: Mutex::default(),
     });
     Fixture { _dir: dir, daemon }
 }
@@ -96,6 +98,7 @@ fn put_session(f: &Fixture, id: &str, owner: u32, state: SessionState) {
         },
         calls: 0,
         error: None,
+        container_uid: None,
     };
     f.daemon.journal.lock().unwrap().put_session(&s).unwrap();
 }

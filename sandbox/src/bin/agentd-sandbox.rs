@@ -26,7 +26,7 @@ struct Cli {
 struct SessionArgs {
     /// Read the whole request (a `launch::RunRequest`: plan, command, cgroup) as JSON from
     /// this fd instead of building it from the flags below: how programs start sessions.
-    #[arg(long, value_name = "FD", conflicts_with_all = ["workspace", "state", "bundle", "bind_ro", "landlock_require", "owner_uid", "host_net", "allow_io_uring"])]
+    #[arg(long, value_name = "FD", conflicts_with_all = ["workspace", "state", "bundle", "bind_ro", "landlock_require", "owner_uid", "host_net", "allow_io_uring", "capture_exec"])]
     plan_fd: Option<i32>,
     /// The repo: the overlay's read-only lower layer, mounted at the same path inside.
     #[arg(long, required_unless_present = "plan_fd")]
@@ -50,6 +50,10 @@ struct SessionArgs {
     /// Allow io_uring in the seccomp filter.
     #[arg(long)]
     allow_io_uring: bool,
+    /// Capture every exec of the agent's processes (docs/capture.md): each waits until a
+    /// client of `<state>/capture.sock` (the daemon) has placed it in a call.
+    #[arg(long)]
+    capture_exec: bool,
     /// A Landlock right the session requires even though the plan's default marks it
     /// optional (e.g. `resolve_unix`), or `all`; repeatable.
     #[arg(long = "landlock-require", value_name = "RIGHT")]
@@ -212,6 +216,7 @@ fn build_plan(a: &SessionArgs) -> Result<(SessionPlan, Option<Vec<String>>), Str
     }
     plan.ids.root_host_id = a.root_uid;
     plan.namespaces.net = !a.host_net;
+    plan.capture_exec = a.capture_exec;
     for name in &a.landlock_require {
         if name == "all" {
             plan.landlock.optional_rights.clear();
@@ -288,14 +293,19 @@ fn start_and_wait(
     if let Some(gap) = c.landlock.gap() {
         eprintln!("agentd-sandbox: warning: {gap}");
     }
-    if !container::wait_ready(&c).map_err(|e| e.to_string())? {
+    let Some(ready) = container::wait_ready(&c).map_err(|e| e.to_string())? else {
         // The init failed building the container and said why on stderr.
         return container::wait(&c).map_err(|e| e.to_string());
+    };
+    if plan.capture_exec && ready.capture.is_none() {
+        let _ = nix::sys::signal::kill(c.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = container::wait(&c);
+        return Err("exec capture: the init sent no seccomp listener".into());
     }
     // The session's call spawner (docs/spawner.md), forked once the container is built
     // (it joins the finished mount namespace) and while this process is still
     // single-threaded; its socket is bound before the record and READY say the session runs.
-    let spawner = match agentd_sandbox::spawner::start(plan, &c) {
+    let spawner = match agentd_sandbox::spawner::start(plan, &c, ready.capture) {
         Ok(s) => s,
         Err(e) => {
             let _ = nix::sys::signal::kill(c.pid, nix::sys::signal::Signal::SIGKILL);

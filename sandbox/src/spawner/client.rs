@@ -7,7 +7,10 @@ use std::path::Path;
 
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 
-use super::{Error, REQUEST_FDS, Reply, SOCKET, addr_in, open_dir, recv_packet, send_packet};
+use super::{
+    Error, INLINE_REQUEST, REQUEST_FDS, REQUEST_IN_MEMFD, Reply, SOCKET, addr_in, open_dir,
+    recv_packet, send_packet,
+};
 use crate::launch::ExecRequest;
 
 /// A call the spawner started: the connection its exit will come on, its pid (in the
@@ -52,7 +55,14 @@ pub fn start(req: &ExecRequest, fds: [BorrowedFd<'_>; REQUEST_FDS]) -> Result<St
         source,
     })?;
     let raw = fds.map(|f| f.as_raw_fd());
-    send_packet(conn.as_fd(), &json, &raw)?;
+    if json.len() > INLINE_REQUEST {
+        let memfd = crate::launch::request_memfd(req)?;
+        let mut with = raw.to_vec();
+        with.push(memfd.as_raw_fd());
+        send_packet(conn.as_fd(), REQUEST_IN_MEMFD, &with)?;
+    } else {
+        send_packet(conn.as_fd(), &json, &raw)?;
+    }
     let protocol = |what| Error::Protocol {
         state: state.clone(),
         what,

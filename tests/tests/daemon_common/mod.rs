@@ -37,6 +37,8 @@ pub struct Daemon {
     pub notify: Option<PathBuf>,
     /// Start the daemon inside this cgroup (as systemd's Delegate=yes would).
     pub start_in: Option<PathBuf>,
+    /// A file the daemon inherits open on fd 9 without close-on-exec (a leaking launcher).
+    pub leak_fd: Option<fs::File>,
     pub child: Option<Child>,
 }
 
@@ -110,6 +112,7 @@ impl Daemon {
             activate: false,
             notify: None,
             start_in: None,
+            leak_fd: None,
             child: None,
         }
     }
@@ -142,6 +145,20 @@ impl Daemon {
             }
             c
         };
+        if let Some(f) = &self.leak_fd {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let raw = f.as_raw_fd();
+            // SAFETY: dup2 in the forked child before exec; the target has no CLOEXEC.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(raw, 9) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd
             .arg("serve")
             .arg("--socket")
