@@ -37,7 +37,7 @@ allow = ["beta.test"]
 /// defaults let a repo allow only the registry sets, and the test names its own upstreams
 /// (and their private address). The daemon reads the host file at each session start.
 const EGRESS_HOST: &str =
-    "\n[network.max]\nenabled = true\nallow = [\"*.test\", \"10.77.0.2/32\"]\n";
+    "\n[network.max]\nenabled = true\nallow = [\"*.test\", \"*.test:22\", \"10.77.0.2/32\"]\n";
 
 /// A daemon with a network session on the test policy; the repo holds the CA and scripts.
 fn session(d: &Daemon, up: &Upstream, argv: &[&str]) -> String {
@@ -449,7 +449,10 @@ fn egress_tools_reach_allowed_names_with_and_without_proxy_variables_and_fail_fa
     let c = call(&d, &id, git_other);
     assert!(c.stdout.contains("exit=128"), "{}", c.stdout);
     assert!(c.stderr.contains("403"), "{}", c.stderr);
-    assert!(ms_of(&c) < 5000, "{}", c.stdout);
+    // Never a hang (that would be the 5 s upstream connect bound or the idle timeout); the
+    // proxy's own time to refuse is asserted on the audit rows below (< 1 s): git's start-up
+    // on a loaded TCG host takes seconds by itself.
+    assert!(ms_of(&c) < 20_000, "{}", c.stdout);
     refusals.push((c.n, "git", vec!["http-connect"]));
     let c = call(
         &d,
@@ -457,9 +460,14 @@ fn egress_tools_reach_allowed_names_with_and_without_proxy_variables_and_fail_fa
         &format!("env -u HTTPS_PROXY -u https_proxy -u ALL_PROXY -u all_proxy sh -c '{git_other}'"),
     );
     assert!(c.stdout.contains("exit=128"), "{}", c.stdout);
-    // A TLS alert (git's libcurl may be built on GnuTLS: "A TLS fatal alert has been received").
-    assert!(c.stderr.to_lowercase().contains("alert"), "{}", c.stderr);
-    assert!(ms_of(&c) < 5000, "{}", c.stdout);
+    // The TLS alert access_denied, in the TLS library's words (GnuTLS: "Access was denied").
+    let e = c.stderr.to_lowercase();
+    assert!(
+        e.contains("access denied") || e.contains("access was denied"),
+        "{}",
+        c.stderr
+    );
+    assert!(ms_of(&c) < 20_000, "{}", c.stdout);
     refusals.push((c.n, "git without proxy variables", vec!["transparent"]));
 
     // Java ignores the proxy variables: transparent capture (Proxy.NO_PROXY); and with the
@@ -541,7 +549,7 @@ fn egress_tools_reach_allowed_names_with_and_without_proxy_variables_and_fail_fa
     let c = call(
         &d,
         &id,
-        "ssh -v -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+        "timeout 20 ssh -v -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
          -o ConnectTimeout=5 git@web.test true; echo \" exit=$?\"",
     );
     assert!(
@@ -876,7 +884,7 @@ fn egress_an_idle_relay_is_closed_at_network_idle_timeout() {
     let _vm = agentd_tests::vm::enter();
     let up = upstream();
     let d = Daemon::start();
-    let policy = "version = 1\n[network]\nenabled = true\nallow = [\"web.test:22\"]\nidle_timeout = \"2s\"\n";
+    let policy = "version = 1\n[network]\nenabled = true\nallow = [\"web.test:22\", \"10.77.0.2/32\"]\nidle_timeout = \"2s\"\n";
     let id = session_with(&d, up, policy, &["sleep", "86400"]);
     let script = r#"
 import socket, time

@@ -76,7 +76,8 @@ def serve(port, tls):
 
 def ssh_banner():
     """Port 22: an SSH server's version line, then whatever the client sends is read and
-    dropped until it closes (what `ssh -v` shows proves the connection reached here)."""
+    dropped until it closes or sends its own version line (what `ssh -v` shows proves the
+    connection reached here)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((ADDR, 22))
@@ -85,8 +86,12 @@ def ssh_banner():
     def one(c):
         with c:
             c.sendall(b"SSH-2.0-agentd-test-upstream\r\n")
-            while c.recv(4096):
-                pass
+            # A real ssh client (its version line) is answered by a close: this server does
+            # no key exchange, and the client would wait for one. Anything else is drained.
+            while True:
+                b = c.recv(4096)
+                if not b or b.startswith(b"SSH-"):
+                    return
 
     while True:
         c, _ = s.accept()
