@@ -176,6 +176,60 @@ fn parse(out: &str) -> Result<(Vec<f64>, f64)> {
     Ok((lat, v["mib_s"].as_f64().context("mib_s")?))
 }
 
+/// A profiling aid (not part of the report): `AGENTD_BENCH_EGRESS_PROFILE=strace` counts the
+/// daemon's system calls, `=perf` samples its CPU (`perf record -g`), over one proxied run
+/// of 200 connects and a 64 MiB stream; the summary goes to stderr.
+fn profile(d: &Daemon, id: &str, bench: &str, how: &str) -> Result<()> {
+    let pid = d.pid().context("no daemon pid")?.to_string();
+    let out = "/tmp/agentd-bench-egress-profile";
+    let mut tool = match how {
+        "strace" => Command::new("strace")
+            .args(["-c", "-f", "-o", out, "-p", &pid])
+            .spawn()?,
+        "perf" => Command::new("perf")
+            .args(["record", "-g", "-e", "cpu-clock", "-o", out, "-p", &pid])
+            .spawn()?,
+        other => bail!("AGENTD_BENCH_EGRESS_PROFILE={other}: strace or perf"),
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let bytes = (64u64 << 20).to_string();
+    let c = d.call(
+        id,
+        &[
+            bench,
+            "egress-client",
+            "--host",
+            "bench.test",
+            "--n",
+            "200",
+            "--bytes",
+            &bytes,
+        ],
+    )?;
+    eprintln!("profiled run: {}", c.stdout.as_deref().unwrap_or(""));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(tool.id() as i32, libc::SIGINT) };
+    let _ = tool.wait();
+    let report = if how == "perf" {
+        Command::new("perf")
+            .args([
+                "report",
+                "-i",
+                out,
+                "--stdio",
+                "--no-children",
+                "--percent-limit",
+                "0.7",
+            ])
+            .output()?
+            .stdout
+    } else {
+        std::fs::read(out)?
+    };
+    eprintln!("{}", String::from_utf8_lossy(&report));
+    Ok(())
+}
+
 pub fn run(quick: bool) -> Result<Section> {
     let started = Instant::now();
     let (n, bytes) = if quick {
@@ -237,6 +291,9 @@ pub fn run(quick: bool) -> Result<Section> {
         let (l, t) = parse(c.stdout.as_deref().unwrap_or(""))?;
         proxied.0.extend(l);
         proxied.1.push(t);
+    }
+    if let Ok(how) = std::env::var("AGENTD_BENCH_EGRESS_PROFILE") {
+        profile(&d, &s.id, bench, &how)?;
     }
     let _ = d.destroy(&s.id);
     let sd = Summary::of_ms(&direct.0).context("no direct samples")?;

@@ -123,6 +123,10 @@ pub const TABLE: &[Entry] = &[
         "network.grant",
         "agentd egress proxy (per tool call, by cgroup)",
     ),
+    on(
+        "network.idle_timeout",
+        "agentd egress proxy (closes an idle relay)",
+    ),
     on("network.max", "agentd-policy (host cap)"),
     off(
         "exec",

@@ -273,6 +273,8 @@ pub struct Layer {
     pub network_ask: Vec<Val<String>>,
     /// `approvals.timeout`.
     pub approval_timeout: Option<Val<Duration>>,
+    /// `network.idle_timeout`.
+    pub network_idle_timeout: Option<Val<Duration>>,
     /// `network.grant`: later layers' grants first.
     pub network_grants: Vec<NetGrant>,
     /// `undo.checkpoint`, `undo.keep`, `undo.retention`.
@@ -358,6 +360,7 @@ pub fn merge(a: &Layer, b: &Layer) -> Layer {
         network_deny: union(&a.network_deny, &b.network_deny, |v| v.value.clone()),
         network_ask: union(&a.network_ask, &b.network_ask, |v| v.value.clone()),
         approval_timeout: over(&a.approval_timeout, &b.approval_timeout),
+        network_idle_timeout: over(&a.network_idle_timeout, &b.network_idle_timeout),
         network_grants: b
             .network_grants
             .iter()

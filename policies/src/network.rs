@@ -245,7 +245,17 @@ pub struct NetworkPlan {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ask: Vec<NetRule>,
     pub grants: Vec<GrantPlan>,
+    /// A relay with no byte either way for this many seconds is closed
+    /// (`network.idle_timeout`, default [`DEFAULT_IDLE_TIMEOUT_S`]).
+    pub idle_timeout_s: u64,
 }
+
+/// The relay idle timeout when no layer sets `network.idle_timeout` (15 minutes: longer
+/// than any keep-alive a client expects a proxy to hold, short enough that abandoned
+/// connections do not pin the session's connection slots).
+pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 900;
+/// The largest `network.idle_timeout` a policy may set (24 h).
+pub const MAX_IDLE_TIMEOUT_S: u64 = 86_400;
 
 impl NetworkPlan {
     pub fn off() -> NetworkPlan {
@@ -255,6 +265,7 @@ impl NetworkPlan {
             deny: Vec::new(),
             ask: Vec::new(),
             grants: Vec::new(),
+            idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
         }
     }
 }
@@ -487,6 +498,7 @@ mod tests {
             deny: rules(deny, "network.deny"),
             ask: Vec::new(),
             grants: Vec::new(),
+            idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
         }
     }
 

@@ -598,6 +598,10 @@ fn resolve_network(all: &Layer, caps: &crate::layer::Caps, d: &mut Vec<Diagnosti
         deny: net_rules(&all.network_deny),
         ask: net_rules(&ask),
         grants,
+        idle_timeout_s: all
+            .network_idle_timeout
+            .as_ref()
+            .map_or(crate::network::DEFAULT_IDLE_TIMEOUT_S, |v| v.value.0),
     }
 }
 

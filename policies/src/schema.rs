@@ -259,6 +259,9 @@ pub struct Network {
     pub ask: Option<L<Vec<L<String>>>>,
     /// Per-command grants.
     pub grant: Option<Vec<L<NetworkGrant>>>,
+    /// A relayed connection that moves no byte either way for this long is closed
+    /// (default 15m; 1s to 24h).
+    pub idle_timeout: Option<L<Duration>>,
     /// Host policy only: what lower layers may enable.
     pub max: Option<L<NetworkMax>>,
 }

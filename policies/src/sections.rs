@@ -8,6 +8,7 @@ use globset::Glob;
 
 use crate::error::DiagnosticKind as K;
 use crate::layer::{ArgvPattern, Layer, NetGrant, Val};
+use crate::network::MAX_IDLE_TIMEOUT_S;
 use crate::schema::{self, L};
 use crate::validate::Cx;
 
@@ -96,6 +97,20 @@ pub(crate) fn check_network(cx: &mut Cx, n: &schema::Network, layer: &mut Layer)
             "destinations are put under ask but the network is off".into(),
             Some("set `enabled = true` or drop `ask`".into()),
         );
+    }
+    if let Some(t) = &n.idle_timeout {
+        let secs = t.get().0;
+        if (1..=MAX_IDLE_TIMEOUT_S).contains(&secs) {
+            layer.network_idle_timeout = Some(cx.val(t, "network.idle_timeout"));
+        } else {
+            cx.err(
+                K::Invalid,
+                t.span(),
+                "network.idle_timeout",
+                format!("`network.idle_timeout = {}` is outside 1s to 24h", t.get()),
+                Some("a relayed connection idle this long is closed; pick e.g. \"15m\"".into()),
+            );
+        }
     }
     for g in n.grant.iter().flatten() {
         let patterns = cx.patterns(&g.get().patterns, "network.grant.match");

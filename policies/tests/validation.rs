@@ -404,6 +404,23 @@ fn network_ask_resolves_within_the_host_caps_and_net_capabilities_join_it() {
     assert_eq!((d.line, d.column), (3, 11));
 }
 
+/// `network.idle_timeout` closes idle relays: default 15 minutes, a policy's value within
+/// 1s to 24h, anything else refused at its position.
+#[test]
+fn network_idle_timeout_defaults_is_set_and_bounded() {
+    let p = plan("version = 1\n[network]\nenabled = true\nallow = [\"@crates\"]\n");
+    assert_eq!(p.session.network.idle_timeout_s, 900);
+    let p = plan(
+        "version = 1\n[network]\nenabled = true\nallow = [\"@crates\"]\nidle_timeout = \"90s\"\n",
+    );
+    assert_eq!(p.session.network.idle_timeout_s, 90);
+    let d = one_error("version = 1\n[network]\nenabled = true\nidle_timeout = \"2d\"\n");
+    assert!(d.message.contains("outside 1s to 24h"), "{}", d.message);
+    assert_eq!((d.line, d.column), (4, 16));
+    let d = one_error("version = 1\n[network]\nenabled = true\nidle_timeout = \"soon\"\n");
+    assert_eq!((d.line, d.column), (4, 16), "{}", d.message);
+}
+
 /// The built-in host defaults let a session turn the network on but a repo name only the
 /// shipped registry sets: an arbitrary name or a private address (a cloud metadata service)
 /// needs the host admin.

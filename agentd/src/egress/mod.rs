@@ -11,13 +11,15 @@
 //! names them), relayed with byte counts, and audited in the journal. See docs/egress.md.
 //!
 //! Modules: `dns` (wire format), `http_connect`, `socks5`, `sni` (parsers), `netns` (the
-//! kernel side), `proxy` (connection handling), `fake` (the name ↔ fake address map).
+//! kernel side), `proxy` (connection handling), `relay` (splice, idle timeout), `fake` (the
+//! name ↔ fake address map).
 
 pub mod dns;
 pub mod fake;
 pub mod http_connect;
 pub mod netns;
 pub mod proxy;
+pub mod relay;
 pub mod sni;
 pub mod socks5;
 
@@ -56,8 +58,9 @@ pub enum EgressError {
 }
 
 /// Connections handled at once per session; beyond it new ones are refused at once. With
-/// the per-connection bounds (`http_connect::MAX_HEAD`, `sni::MAX_HELLO`, two 8 KiB relay
-/// buffers) this bounds the daemon's memory per session (asserted by the VM test).
+/// the per-connection bounds (`http_connect::MAX_HEAD`, `sni::MAX_HELLO`, two relay pipes
+/// of `relay::PIPE_SIZE` kernel memory, or two `relay::COPY_BUF` buffers) this bounds the
+/// daemon's memory per session (asserted by the VM test).
 pub const MAX_CONNECTIONS: usize = 512;
 
 /// One audited connection (a journal row; `GET /v1/sessions/{id}/net`).
@@ -227,6 +230,8 @@ pub struct SessionEgress {
     pub(crate) call_active: Mutex<HashMap<u64, u64>>,
     /// Upstream answers, kept `proxy::DNS_CACHE_TTL` (bounded; every use is re-checked).
     pub(crate) dns_cache: Mutex<HashMap<String, (Vec<std::net::Ipv4Addr>, std::time::Instant)>>,
+    /// Spare relay pipes (`relay::POOL_MAX` at most).
+    pub(crate) pipes: relay::PipePool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -267,6 +272,7 @@ impl SessionEgress {
             cfg,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             dns_cache: Mutex::new(HashMap::new()),
+            pipes: relay::PipePool::default(),
             argv_cache: Mutex::new(HashMap::new()),
             per_call: Mutex::new(HashMap::new()),
             call_active: Mutex::new(HashMap::new()),

@@ -1,7 +1,7 @@
 """Test upstreams for tests/tests/egress.rs, run inside their own network namespace:
 a DNS server (the daemon's upstream resolver), a plain HTTP server and an HTTPS server
 (self-signed certificate made by the test) serving one directory (a file, a pip simple
-index, a git repository over git's dumb HTTP protocol). Usage: upstream.py ADDR WWW CERT KEY"""
+index, a git repository over git's dumb HTTP protocol), and an SSH version line on 22. Usage: upstream.py ADDR WWW CERT KEY"""
 
 import http.server
 import socket
@@ -74,7 +74,32 @@ def serve(port, tls):
     httpd.serve_forever()
 
 
+def ssh_banner():
+    """Port 22: an SSH server's version line, then whatever the client sends is read and
+    dropped until it closes or sends its own version line (what `ssh -v` shows proves the
+    connection reached here)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((ADDR, 22))
+    s.listen(64)
+
+    def one(c):
+        with c:
+            c.sendall(b"SSH-2.0-agentd-test-upstream\r\n")
+            # A real ssh client (its version line) is answered by a close: this server does
+            # no key exchange, and the client would wait for one. Anything else is drained.
+            while True:
+                b = c.recv(4096)
+                if not b or b.startswith(b"SSH-"):
+                    return
+
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=one, args=(c,), daemon=True).start()
+
+
 threading.Thread(target=dns, daemon=True).start()
+threading.Thread(target=ssh_banner, daemon=True).start()
 threading.Thread(target=serve, args=(443, True), daemon=True).start()
 print("ready", flush=True)
 serve(80, False)
