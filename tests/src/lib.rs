@@ -95,3 +95,22 @@ pub fn wait_for_path(path: &std::path::Path, timeout: std::time::Duration, what:
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Removes an emptied cgroup directory, retrying EBUSY for up to 10 s: a call's last task
+/// leaves its cgroup a moment after its exit is reported (reaped by another process, the
+/// spawner), and until then rmdir says busy.
+pub fn remove_cgroup_dir(path: &std::path::Path) {
+    let t = std::time::Instant::now();
+    loop {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return,
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && t.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("rmdir {}: {e}", path.display()),
+        }
+    }
+}

@@ -100,7 +100,7 @@ fn spawner_call(f: &Fixture, cg: &Path, argv: &[&str]) -> (i32, String) {
     let mut out = String::new();
     rd.read_to_string(&mut out).unwrap();
     let code = client::wait_exit(&started).unwrap();
-    fs::remove_dir(cg).unwrap();
+    agentd_tests::remove_cgroup_dir(cg);
     (code, out)
 }
 
@@ -140,7 +140,7 @@ fn spawner_call_has_exactly_the_confinement_of_an_exec_call() {
         .unwrap();
     assert!(old_way.status.success());
     let old = String::from_utf8_lossy(&old_way.stdout).into_owned();
-    fs::remove_dir(cg.join("exec")).unwrap();
+    agentd_tests::remove_cgroup_dir(&cg.join("exec"));
     let (code, new) = spawner_call(&f, &cg.join("spawner"), &["sh", "-c", PROBE]);
     eprintln!("exec:\n{old}\nspawner:\n{new}");
     assert_eq!(code, 0);
