@@ -69,6 +69,8 @@ pub enum IdError {
         line: usize,
         entry: String,
     },
+    #[error("container ids: reading {file}: {reason}")]
+    Read { file: String, reason: String },
     #[error(
         "no free container id: all {count} ids from {start} belong to sessions alive or kept \
          (remove ended sessions with `agentctl rm`, or widen --container-ids)"
@@ -149,19 +151,37 @@ impl IdRange {
             })
     }
 
-    /// Checks the range against the host's id files (missing files hold no ids).
+    /// Checks the range against the host's id files. A missing file holds no ids; one that
+    /// exists but cannot be read refuses the start (fail closed: its ids are unknown).
     pub fn check_host(&self) -> Result<(), IdError> {
-        for f in ["/etc/subuid", "/etc/subgid"] {
-            if let Ok(text) = std::fs::read_to_string(f) {
+        for (f, sub) in [
+            ("/etc/subuid", true),
+            ("/etc/subgid", true),
+            ("/etc/passwd", false),
+            ("/etc/group", false),
+        ] {
+            let Some(text) = read_id_file(Path::new(f))? else {
+                continue;
+            };
+            if sub {
                 self.check_subids(Path::new(f), &text)?;
-            }
-        }
-        for f in ["/etc/passwd", "/etc/group"] {
-            if let Ok(text) = std::fs::read_to_string(f) {
+            } else {
                 self.check_ids(Path::new(f), &text)?;
             }
         }
         Ok(())
+    }
+}
+
+/// An id file's text; `None` when it does not exist.
+fn read_id_file(path: &Path) -> Result<Option<String>, IdError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(IdError::Read {
+            file: path.display().to_string(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -206,6 +226,15 @@ mod tests {
         assert!(r.check_ids(Path::new("/etc/passwd"), passwd).is_err());
         r.check_ids(Path::new("/etc/passwd"), "root:x:0:0::/root:/bin/sh\n")
             .unwrap();
+    }
+
+    #[test]
+    fn a_missing_id_file_holds_no_ids_and_an_unreadable_one_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_id_file(&dir.path().join("none")).unwrap(), None);
+        // A directory where the file should be: it exists, and reading it fails.
+        let e = read_id_file(dir.path()).unwrap_err();
+        assert!(matches!(e, IdError::Read { .. }), "{e}");
     }
 
     #[test]
