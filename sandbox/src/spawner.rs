@@ -763,15 +763,19 @@ mod tests {
         assert_eq!(r, Reply::Error { error: "no".into() });
     }
 
-    #[test]
-    fn a_packet_and_its_descriptors_cross_a_seqpacket_pair() {
-        let (a, b) = socket::socketpair(
+    fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+        socket::socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_packet_and_its_descriptors_cross_a_seqpacket_pair() {
+        let (a, b) = seqpacket_pair();
         let f = std::fs::File::open("/dev/null").unwrap();
         send_packet(a.as_fd(), b"hello", &[f.as_raw_fd()]).unwrap();
         let (data, fds) = recv_packet(b.as_fd(), MsgFlags::empty()).unwrap().unwrap();
@@ -785,13 +789,7 @@ mod tests {
 
     #[test]
     fn a_request_too_big_for_a_packet_crosses_in_a_memfd() {
-        let (a, b) = socket::socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (a, b) = seqpacket_pair();
         let mut req = ExecRequest::new(Path::new("/s"), &["true".to_string()]);
         req.argv
             .extend((0..19).map(|i| format!("{i:02}").repeat(50_000)));
