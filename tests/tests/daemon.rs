@@ -596,5 +596,5 @@ fn daemon_agent_leaf_has_tight_limits_and_a_delegated_daemon_moves_into_its_own_
     drop(d);
     // The fixture removed its root; the daemon's leaf and its own cgroup are the test's.
     let _ = fs::remove_dir(own.join("daemon"));
-    fs::remove_dir(&own).unwrap();
+    agentd_tests::remove_cgroup_dir(&own);
 }

@@ -180,7 +180,7 @@ fn spawner_call_has_exactly_the_confinement_of_an_exec_call() {
         "{e}"
     );
     drop(dir);
-    fs::remove_dir(cg.join("bad")).unwrap();
+    agentd_tests::remove_cgroup_dir(&cg.join("bad"));
     let (code, out) = spawner_call(
         &f,
         &cg.join("last"),
@@ -189,8 +189,8 @@ fn spawner_call_has_exactly_the_confinement_of_an_exec_call() {
     assert_eq!((code, out.as_str()), (0, "ok\n"));
     assert!(agent.wait_with_output().unwrap().status.success());
     assert!(!f.state.exists());
-    fs::remove_dir(cg.join("agent")).unwrap();
-    fs::remove_dir(&cg).unwrap();
+    agentd_tests::remove_cgroup_dir(&cg.join("agent"));
+    agentd_tests::remove_cgroup_dir(&cg);
 }
 
 #[test]
@@ -266,8 +266,8 @@ fn spawner_survives_the_agent_killing_everything_it_can_see() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("agent-done"));
     assert!(out.status.success());
     assert!(!f.state.exists());
-    fs::remove_dir(cg.join("agent")).unwrap();
-    fs::remove_dir(&cg).unwrap();
+    agentd_tests::remove_cgroup_dir(&cg.join("agent"));
+    agentd_tests::remove_cgroup_dir(&cg);
 }
 
 #[test]
@@ -340,9 +340,9 @@ fn spawner_many_calls_from_ten_clients_none_lost_and_nothing_left() {
             assert_ne!(exe, bin, "a sandbox process survived: {:?}", e.path());
         }
     }
-    fs::remove_dir(cg.join("calls")).unwrap();
-    fs::remove_dir(cg.join("agent")).unwrap();
-    fs::remove_dir(&cg).unwrap();
+    agentd_tests::remove_cgroup_dir(&cg.join("calls"));
+    agentd_tests::remove_cgroup_dir(&cg.join("agent"));
+    agentd_tests::remove_cgroup_dir(&cg);
 }
 
 /// Whether `pid` has ended (gone, or a zombie nobody reaped yet).
@@ -417,14 +417,6 @@ fn sigkill_of_the_runtime_ends_the_init_the_agent_and_the_spawner() {
     // The runtime could not clean up: the state stays mounted until destroyed.
     destroy(&f);
     for d in [&call_cg, &cg.join("agent"), &cg] {
-        let t = Instant::now();
-        while let Err(e) = fs::remove_dir(d) {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "rmdir {}: {e}",
-                d.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        agentd_tests::remove_cgroup_dir(d);
     }
 }
