@@ -2,7 +2,8 @@
 //! checkpoint before every tool call, diff per call, undo through a running session's
 //! merged view, commit to the repo with conflict detection, discard, `rm` refusing
 //! uncommitted work, an ended session committed from its final checkpoint, bad input, and
-//! no torn checkpoint while the agent writes continuously.
+//! no torn checkpoint while the agent writes continuously, and a running session frozen for
+//! the whole of a commit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -274,6 +275,71 @@ fn undo_daemon_no_torn_checkpoint_while_the_agent_writes_continuously() {
     }
     eprintln!("torn-checkpoint test: {runs} checkpoints, none torn ({a} all-a, {b} all-b)");
     assert!(a > 0 && b > 0, "the writer never alternated ({a} a, {b} b)");
+    assert!(d.run(&["kill", &id]).status.success());
+    assert!(d.run(&["rm", &id, "--force"]).status.success());
+}
+
+#[test]
+#[ignore = "needs the agentd test VM: run `cargo xtask vm-test`"]
+fn undo_daemon_a_running_session_stays_frozen_for_the_whole_commit() {
+    let _vm = agentd_tests::vm::enter();
+    let d = Daemon::start();
+    let repo = d.repo.to_str().unwrap();
+    // The agent rewrites 50 files in order with its round number, as fast as it can. A
+    // commit that read the layer while the agent ran would mix rounds far apart; one of a
+    // frozen session sees round k in a prefix of the files (k + 1 where the round had got
+    // to) and k in the rest.
+    let files = 50;
+    let script = format!(
+        "L=$(seq -w 0 {}); i=0; while :; do i=$((i+1)); for n in $L; do echo $i > f$n; done; done",
+        files - 1
+    );
+    let out = d.run(&[
+        "run",
+        "--detach",
+        "--workspace",
+        repo,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success());
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let rounds = |dir: &std::path::Path| -> Option<Vec<u64>> {
+        (0..files)
+            .map(|n| {
+                fs::read_to_string(dir.join(format!("f{n:02}")))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    let mut seen = Vec::new();
+    let t = Instant::now();
+    while seen.len() < 5 {
+        assert!(t.elapsed() < Duration::from_secs(300), "commits: {seen:?}");
+        d.json(&["commit", &id]);
+        let Some(r) = rounds(&d.repo) else {
+            continue; // before the agent's first whole round
+        };
+        let (lo, hi) = (*r.iter().min().unwrap(), *r.iter().max().unwrap());
+        let split = r.iter().take_while(|v| **v == hi).count();
+        assert!(
+            hi - lo <= 1 && r[split..].iter().all(|v| *v == lo),
+            "commit {} mixes rounds: {r:?}",
+            seen.len()
+        );
+        seen.push(hi);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("frozen-commit test: rounds committed {seen:?}");
+    assert!(
+        seen.windows(2).any(|w| w[0] != w[1]),
+        "the agent never ran: {seen:?}"
+    );
     assert!(d.run(&["kill", &id]).status.success());
     assert!(d.run(&["rm", &id, "--force"]).status.success());
 }
